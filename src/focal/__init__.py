@@ -1,0 +1,3 @@
+"""focal: on-the-fly image transformations with face-aware cropping."""
+
+__version__ = "0.1.0"

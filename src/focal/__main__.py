@@ -1,0 +1,5 @@
+import sys
+
+from focal.cli import main
+
+sys.exit(main())

@@ -1,0 +1,53 @@
+"""The boundary between the image pipeline and any face detector.
+
+A detector takes a batch of RGB images (H x W x 3, uint8) and returns, for each image in order,
+the faces found in that image's own pixel coordinates. Nothing here imports an inference runtime.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+RGBImage = npt.NDArray[np.uint8]
+Point = tuple[float, float]
+
+
+@dataclass(frozen=True)
+class Face:
+    """One detected face: box (x1, y1, x2, y2; x2/y2 exclusive), confidence, five landmarks
+    (left eye, right eye, nose, left mouth corner, right mouth corner)."""
+
+    box: tuple[float, float, float, float]
+    score: float
+    landmarks: tuple[Point, ...] = ()
+
+    def scaled(self, factor: float) -> Face:
+        x1, y1, x2, y2 = self.box
+        return Face(
+            box=(x1 * factor, y1 * factor, x2 * factor, y2 * factor),
+            score=self.score,
+            landmarks=tuple((x * factor, y * factor) for x, y in self.landmarks),
+        )
+
+
+class Detector(Protocol):
+    """Anything that finds faces in a batch of images."""
+
+    @property
+    def model_id(self) -> str:
+        """Identifies the model and its settings (part of cache keys)."""
+        ...
+
+    def detect(self, images: Sequence[RGBImage]) -> list[list[Face]]:
+        """Faces for each image, in the order given."""
+        ...
+
+
+class DetectionFailed(Exception):
+    """Raised by a detector that could not answer (deadline passed, worker died). The pipeline then
+    falls back to centre gravity, marks the result degraded, and the server does not cache it."""
