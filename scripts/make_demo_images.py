@@ -1,4 +1,4 @@
-"""Write the bundled demo images out of scikit-image's and matplotlib's packaged public-domain samples.
+"""Write the bundled demo images out of scikit-image's and matplotlib's packaged samples.
 
 Run once by a maintainer (``pip install scikit-image matplotlib``); the output is committed under
 ``src/focal/demo/``. Sources and licences are listed in ``src/focal/demo/LICENSES.md``.
@@ -28,7 +28,9 @@ def main() -> None:
     save(skimage.data.coffee(), "coffee.jpg", Q=90, strip=True)
     save(skimage.data.chelsea(), "chelsea.jpg", Q=90, strip=True)
     hopper = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
-    pyvips.Image.new_from_file(str(hopper)).write_to_file(str(OUT / "grace_hopper.jpg"), Q=90, strip=True)
+    pyvips.Image.new_from_file(str(hopper)).write_to_file(
+        str(OUT / "grace_hopper.jpg"), Q=90, strip=True
+    )
     logo = Path(matplotlib.get_data_path()) / "sample_data" / "logo2.png"
     pyvips.Image.new_from_file(str(logo)).write_to_file(str(OUT / "logo.png"))
     print("wrote", sorted(os.listdir(OUT)))

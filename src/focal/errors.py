@@ -1,15 +1,15 @@
 """Errors that carry an HTTP status and a public message.
 
-    FocalError                 base: .status, .public (safe to show), .detail (logs only)
-    ├── OptionError      400   a URL/CLI option is unknown, duplicated, malformed or out of range
-    ├── SignatureError   403   a signed URL is missing or wrong
-    ├── ForbiddenError   403   a source outside the allowed roots/hosts
-    ├── NotFoundError    404   no such source
-    ├── LimitError       413   a source over a pixel, byte, frame or output limit
-    ├── ImageError       415   the source is not a decodable image (empty, truncated, not an image)
-    ├── UpstreamError    502   a remote origin failed
-    ├── BusyError        503   the detector queue is full (carries retry_after)
-    └── ModelMissingError 500  the face model is not installed (says which command installs it)
+FocalError                 base: .status, .public (safe to show), .detail (logs only)
+├── OptionError      400   a URL/CLI option is unknown, duplicated, malformed or out of range
+├── SignatureError   403   a signed URL is missing or wrong
+├── ForbiddenError   403   a source outside the allowed roots/hosts
+├── NotFoundError    404   no such source
+├── LimitError       413   a source over a pixel, byte, frame or output limit
+├── ImageError       415   the source is not a decodable image (empty, truncated, not an image)
+├── UpstreamError    502   a remote origin failed
+├── BusyError        503   the detector queue is full (carries retry_after)
+└── ModelMissingError 500  the face model is not installed (says which command installs it)
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ from __future__ import annotations
 class FocalError(Exception):
     status: int = 500
 
-    def __init__(self, public: str, *, detail: str | None = None, status: int | None = None) -> None:
+    def __init__(
+        self, public: str, *, detail: str | None = None, status: int | None = None
+    ) -> None:
         super().__init__(public)
         self.public = public
         self.detail = detail if detail is not None else public

@@ -7,8 +7,13 @@ form: ``Expected <what> for <option> but received '<value>'``.
 
 from __future__ import annotations
 
+import math
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+
+from focal.errors import expected
 
 
 class Fit(StrEnum):
@@ -92,3 +97,385 @@ class Options:
     @property
     def target_height(self) -> int | None:
         return None if self.height is None else max(1, round(self.height * self.dpr))
+
+
+# --- parsing -----------------------------------------------------------------------------------
+
+MAX_DIMENSION = 12000
+QUALITY_NAMES = {"high": 90, "medium-high": 80, "medium-low": 65, "low": 50}
+GRAVITY_MODES = ("center", "auto", "face", "left", "right", "top", "bottom")
+FLIPS = {"h": "h", "v": "v", "hv": "hv", "vh": "hv"}
+NAMED_COLOURS: dict[str, RGBA] = {
+    "transparent": (0, 0, 0, 0),
+    "black": (0, 0, 0, 255),
+    "white": (255, 255, 255, 255),
+    "red": (255, 0, 0, 255),
+    "lime": (0, 255, 0, 255),
+    "green": (0, 128, 0, 255),
+    "blue": (0, 0, 255, 255),
+    "yellow": (255, 255, 0, 255),
+    "cyan": (0, 255, 255, 255),
+    "aqua": (0, 255, 255, 255),
+    "magenta": (255, 0, 255, 255),
+    "fuchsia": (255, 0, 255, 255),
+    "gray": (128, 128, 128, 255),
+    "grey": (128, 128, 128, 255),
+    "silver": (192, 192, 192, 255),
+    "maroon": (128, 0, 0, 255),
+    "olive": (128, 128, 0, 255),
+    "navy": (0, 0, 128, 255),
+    "purple": (128, 0, 128, 255),
+    "teal": (0, 128, 128, 255),
+    "orange": (255, 165, 0, 255),
+}
+
+Parser = Callable[[str, str], object]
+
+
+def _integer(low: int, high: int) -> Parser:
+    def parse(name: str, text: str) -> int:
+        if not text.isdigit() and not (text.startswith("-") and text[1:].isdigit()):
+            raise expected(name, f"an integer from {low} to {high}", text)
+        value = int(text)
+        if not low <= value <= high:
+            raise expected(name, f"an integer from {low} to {high}", text)
+        return value
+
+    return parse
+
+
+def _number(low: float, high: float, *, low_open: bool = False) -> Parser:
+    if low_open:
+        what = f"a number above {low:g} and at most {high:g}"
+    else:
+        what = f"a number from {low:g} to {high:g}"
+
+    def parse(name: str, text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise expected(name, what, text) from None
+        if not math.isfinite(value) or value > high or value < low or (low_open and value == low):
+            raise expected(name, what, text)
+        return value
+
+    return parse
+
+
+def _choice(choices: dict[str, object]) -> Parser:
+    what = "one of " + ", ".join(choices)
+
+    def parse(name: str, text: str) -> object:
+        if text not in choices:
+            raise expected(name, what, text)
+        return choices[text]
+
+    return parse
+
+
+def _enum(kind: type[StrEnum]) -> Parser:
+    return _choice({member.value: member for member in kind})
+
+
+def _quality(name: str, text: str) -> int:
+    if text in QUALITY_NAMES:
+        return QUALITY_NAMES[text]
+    value: int = _integer(1, 100)(name, text)  # type: ignore[assignment]
+    return value
+
+
+def _gravity(name: str, text: str) -> Gravity:
+    if text in GRAVITY_MODES:
+        return Gravity(mode=text)
+    match = re.fullmatch(r"(\d*\.?\d+)x(\d*\.?\d+)", text)
+    what = "one of " + ", ".join(GRAVITY_MODES) + ", or XxY with X and Y from 0 to 1"
+    if match is None:
+        raise expected(name, what, text)
+    x, y = float(match[1]), float(match[2])
+    if not (0 <= x <= 1 and 0 <= y <= 1):
+        raise expected(name, what, text)
+    return Gravity(mode="point", x=x, y=y)
+
+
+def _trim(name: str, text: str) -> Trim:
+    if text == "border":
+        return Trim(border=True)
+    what = "border, or top;right;bottom;left in pixels"
+    parts = text.split(";")
+    if len(parts) != 4 or not all(part.isdigit() for part in parts):
+        raise expected(name, what, text)
+    top, right, bottom, left = (int(part) for part in parts)
+    if max(top, right, bottom, left) > MAX_DIMENSION * 10:
+        raise expected(name, what, text)
+    return Trim(top=top, right=right, bottom=bottom, left=left)
+
+
+def _colour(name: str, text: str) -> RGBA:
+    what = "a CSS colour (#rgb, #rrggbb, #rrggbbaa, rgb(r g b), rgba(r,g,b,a) or a colour name)"
+    lowered = text.strip().lower()
+    if lowered in NAMED_COLOURS:
+        return NAMED_COLOURS[lowered]
+    hexa = re.fullmatch(r"#([0-9a-f]{3,4}|[0-9a-f]{6}|[0-9a-f]{8})", lowered)
+    if hexa:
+        digits = hexa[1]
+        if len(digits) <= 4:
+            digits = "".join(c * 2 for c in digits)
+        channels = [int(digits[i : i + 2], 16) for i in range(0, len(digits), 2)]
+        return (channels[0], channels[1], channels[2], channels[3] if len(channels) == 4 else 255)
+    func = re.fullmatch(r"rgba?\(([^)]*)\)", lowered)
+    if func:
+        parts = [p for p in re.split(r"[\s,/]+", func[1].strip()) if p]
+        if len(parts) in (3, 4):
+            try:
+                rgb = [int(p) for p in parts[:3]]
+                alpha = float(parts[3].rstrip("%")) / (100 if parts[3].endswith("%") else 1)
+                alpha = alpha if len(parts) == 4 else 1.0
+            except (ValueError, IndexError):
+                if len(parts) == 3 and all(p.isdigit() for p in parts):
+                    rgb, alpha = [int(p) for p in parts], 1.0
+                else:
+                    raise expected(name, what, text) from None
+            if all(0 <= c <= 255 for c in rgb) and 0 <= alpha <= 1:
+                return (rgb[0], rgb[1], rgb[2], round(alpha * 255))
+    raise expected(name, what, text)
+
+
+def _boolean(name: str, text: str) -> bool:
+    if text in ("true", "1"):
+        return True
+    if text in ("false", "0"):
+        return False
+    raise expected(name, "true or false", text)
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    name: str  # the field of Options it sets
+    aliases: tuple[str, ...]
+    parse: Parser
+    values: str
+    help: str
+    default: str
+
+
+OPTIONS: tuple[OptionSpec, ...] = (
+    # name, aliases, parser, values, meaning, default
+    OptionSpec(
+        "width",
+        ("w",),
+        _integer(1, MAX_DIMENSION),
+        "1..12000",
+        "target width in pixels",
+        "original",
+    ),
+    OptionSpec(
+        "height",
+        ("h",),
+        _integer(1, MAX_DIMENSION),
+        "1..12000",
+        "target height in pixels",
+        "original",
+    ),
+    OptionSpec(
+        "dpr", (), _number(1, 3), "1..3", "device pixel ratio: multiplies width and height", "1"
+    ),
+    OptionSpec(
+        "fit",
+        (),
+        _enum(Fit),
+        "scale-down, contain, cover, crop, pad, squeeze",
+        "how the image meets width x height (see below)",
+        "scale-down",
+    ),
+    OptionSpec(
+        "gravity",
+        ("g",),
+        _gravity,
+        "center, auto, face, left, right, top, bottom, XxY (0..1 each)",
+        "where to crop from when the fit crops",
+        "center",
+    ),
+    OptionSpec(
+        "zoom",
+        ("face-zoom",),
+        _number(0, 1),
+        "0..1",
+        "with gravity=face only: 1 = crop to the faces, towards 0 = more surroundings",
+        "0",
+    ),
+    OptionSpec(
+        "format",
+        ("f",),
+        _enum(Format),
+        "auto, avif, webp, jpeg, baseline-jpeg, png, gif, json",
+        "output format; auto = the best the Accept header allows; json = a description",
+        "the source's",
+    ),
+    OptionSpec(
+        "quality",
+        ("q",),
+        _quality,
+        "1..100, high (90), medium-high (80), medium-low (65), low (50)",
+        "encoder quality",
+        "85",
+    ),
+    OptionSpec(
+        "background",
+        (),
+        _colour,
+        "CSS colour: name, #rgb, #rrggbb, #rrggbbaa, rgb(), rgba()",
+        "for pad and to flatten transparency",
+        "white",
+    ),
+    OptionSpec(
+        "rotate",
+        (),
+        _choice({"0": 0, "90": 90, "180": 180, "270": 270}),
+        "0, 90, 180, 270",
+        "clockwise turn, before resizing",
+        "0",
+    ),
+    OptionSpec(
+        "flip",
+        (),
+        _choice(dict(FLIPS)),
+        "h, v, hv",
+        "mirror horizontally, vertically or both",
+        "none",
+    ),
+    OptionSpec(
+        "trim",
+        (),
+        _trim,
+        "top;right;bottom;left (pixels) or border",
+        "cut pixels from the sides, or a uniform border",
+        "none",
+    ),
+    OptionSpec("blur", (), _number(0, 250), "0..250", "gaussian blur radius", "0"),
+    OptionSpec("sharpen", (), _number(0, 10), "0..10", "sharpening strength", "0"),
+    OptionSpec(
+        "brightness",
+        (),
+        _number(0, 10, low_open=True),
+        "above 0, up to 10",
+        "1 = unchanged, 0.5 = half, 2 = double",
+        "1",
+    ),
+    OptionSpec(
+        "contrast", (), _number(0, 10, low_open=True), "above 0, up to 10", "1 = unchanged", "1"
+    ),
+    OptionSpec(
+        "gamma",
+        (),
+        _number(0, 10, low_open=True),
+        "above 0, up to 10",
+        "1 = unchanged, above 1 = lighter",
+        "1",
+    ),
+    OptionSpec("saturation", (), _number(0, 10), "0..10", "1 = unchanged, 0 = greyscale", "1"),
+    OptionSpec(
+        "metadata",
+        (),
+        _enum(Metadata),
+        "keep, copyright, none",
+        "metadata kept in the output (EXIF orientation is always applied)",
+        "copyright",
+    ),
+    OptionSpec(
+        "anim",
+        (),
+        _boolean,
+        "true, false",
+        "keep animation frames (false: the first frame only)",
+        "true",
+    ),
+    OptionSpec(
+        "onerror",
+        (),
+        _choice({"redirect": "redirect"}),
+        "redirect",
+        "served by focal serve: on failure, redirect to the original",
+        "none",
+    ),
+)
+BY_KEY: dict[str, OptionSpec] = {
+    key: spec for spec in OPTIONS for key in (spec.name, *spec.aliases)
+}
+
+
+def split_options(text: str) -> list[str]:
+    """Split on commas that are not inside parentheses (``background=rgb(1,2,3)``)."""
+    parts: list[str] = []
+    current: list[str] = []
+    depth = 0
+    for char in text:
+        if char == "(":
+            depth += 1
+        elif char == ")":
+            depth = max(0, depth - 1)
+        if char == "," and depth == 0:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current))
+    return parts
+
+
+def parse_options(text: str) -> Options:
+    """Parse ``width=256,fit=cover,...`` into :class:`Options`; every problem is an OptionError."""
+    values: dict[str, object] = {}
+    seen: dict[str, str] = {}
+    if text.strip() == "":
+        return Options()
+    for part in split_options(text):
+        key, sep, raw = part.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise expected(key or "options", "key=value pairs separated by commas", part)
+        spec = BY_KEY.get(key)
+        if spec is None:
+            raise expected("option name", "one of " + ", ".join(sorted(BY_KEY)), key)
+        if spec.name in seen:
+            raise expected(spec.name, "a single value", f"{seen[spec.name]} and {part}")
+        seen[spec.name] = part
+        values[spec.name] = spec.parse(key, raw.strip())
+    return Options(**values)  # type: ignore[arg-type]
+
+
+def _canonical(value: object) -> str:
+    if isinstance(value, StrEnum):
+        return value.value
+    if isinstance(value, Gravity):
+        return value.mode if value.mode != "point" else f"{value.x:g}x{value.y:g}"
+    if isinstance(value, Trim):
+        return (
+            "border" if value.border else f"{value.top};{value.right};{value.bottom};{value.left}"
+        )
+    if isinstance(value, tuple):
+        return "#" + "".join(f"{c:02x}" for c in value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value).lower()
+
+
+def normalise(options: Options) -> str:
+    """Canonical text of the options that differ from the defaults (for cache keys and logs)."""
+    default = Options()
+    parts = [
+        f"{spec.name}={_canonical(getattr(options, spec.name))}"
+        for spec in OPTIONS
+        if getattr(options, spec.name) != getattr(default, spec.name)
+    ]
+    return ",".join(sorted(parts))
+
+
+def options_markdown() -> str:
+    """The option table of docs/options.md, generated from ``OPTIONS`` (a test keeps it current)."""
+    lines = ["| option | aliases | values | meaning | default |", "|---|---|---|---|---|"]
+    for spec in OPTIONS:
+        aliases = ", ".join(f"`{alias}`" for alias in spec.aliases)
+        lines.append(
+            f"| `{spec.name}` | {aliases} | {spec.values} | {spec.help} | {spec.default} |"
+        )
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Installs everything the tests need (idempotent), then runs the linters and the whole test suite.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+if [ ! -x /usr/bin/chromium ]; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+fi
+bash scripts/setup.sh test
+.venv/bin/ruff check src tests benchmarks scripts
+.venv/bin/ruff format --check src tests benchmarks scripts
+.venv/bin/mypy
+.venv/bin/python -m pytest -q -p no:cacheprovider "$@"

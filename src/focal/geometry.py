@@ -1,0 +1,454 @@
+"""Pure geometry: where to crop and what size to make the output. No image library, no I/O.
+
+Two parts:
+
+* The published face-cropping algorithm (``inference_size``, ``outer_box``, ``focal_point``,
+  ``face_crop_size``, ``face_region``), computed exactly as published: on the inference image
+  (at most ``cap`` pixels per side), then scaled back to the original.
+* ``plan``: turns a source size, a requested width/height, a fit and a gravity into a
+  :class:`Plan` (the integer region to keep, the size to scale it to, the canvas it sits on).
+
+Rounding, everywhere the same: sizes round to the nearest integer (halves up) and are at least 1;
+positions round to the nearest integer, halves down (an odd excess puts the extra pixel on the
+right or bottom). The integer crop of a face region is rounded outwards, so it always holds the
+region. docs/cropping.md
+describes every decision made here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from focal.options import Fit, Gravity
+
+_EPS = 1e-9  # absorbs float noise before floor/ceil (a computed 3.0000000001 is 3)
+
+NO_FACE = "no face found"
+NO_FOCUS = "no focus point"
+
+CROPPING_FITS = frozenset({Fit.COVER, Fit.CROP})
+NEVER_ENLARGE = frozenset({Fit.SCALE_DOWN, Fit.CROP})
+
+
+@dataclass(frozen=True)
+class Size:
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class Box:
+    """A box in pixel coordinates; ``right`` and ``bottom`` are exclusive."""
+
+    left: float
+    top: float
+    right: float
+    bottom: float
+
+    @property
+    def width(self) -> float:
+        return self.right - self.left
+
+    @property
+    def height(self) -> float:
+        return self.bottom - self.top
+
+    @property
+    def center(self) -> tuple[float, float]:
+        return ((self.left + self.right) / 2, (self.top + self.bottom) / 2)
+
+    def scaled(self, factor: float) -> Box:
+        return Box(self.left * factor, self.top * factor, self.right * factor, self.bottom * factor)
+
+
+@dataclass(frozen=True)
+class Rect:
+    """An integer region of an image."""
+
+    left: int
+    top: int
+    width: int
+    height: int
+
+    @property
+    def right(self) -> int:
+        return self.left + self.width
+
+    @property
+    def bottom(self) -> int:
+        return self.top + self.height
+
+    @property
+    def size(self) -> Size:
+        return Size(self.width, self.height)
+
+
+@dataclass(frozen=True)
+class FaceRegion:
+    """The published face crop, in original pixels: the outer box of the faces, its centre (the
+    focal point), and the crop placed centred on it and shifted to stay inside the image.
+    ``inference`` and ``scale`` (original / inference, >= 1) say where detection ran."""
+
+    outer: Box
+    focal: tuple[float, float]
+    crop: Box
+    inference: Size
+    scale: float
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to do with the source: keep ``crop``, scale it to ``resize``, place that at ``offset``
+    on a ``canvas`` (``canvas == resize`` and ``offset == (0, 0)`` except for fit=pad)."""
+
+    crop: Rect
+    resize: Size
+    canvas: Size
+    offset: tuple[int, int]
+    gravity_used: str
+    fallback: str | None
+    face: FaceRegion | None
+
+
+# --- rounding -------------------------------------------------------------------------------
+
+
+def round_size(value: float) -> int:
+    """A size: nearest integer, halves up, at least 1."""
+    return max(1, math.floor(value + 0.5 + _EPS))
+
+
+def floor_pos(value: float) -> int:
+    """An edge rounded outwards on the left or top."""
+    return math.floor(value + _EPS)
+
+
+def ceil_pos(value: float) -> int:
+    return math.ceil(value - _EPS)
+
+
+def round_pos(value: float) -> int:
+    """A position: nearest integer, halves down (an odd excess puts the extra pixel on the
+    right or bottom, as ``excess // 2`` does)."""
+    return math.ceil(value - 0.5 - _EPS)
+
+
+# --- the published algorithm (SPEC §2) --------------------------------------------------------
+
+
+def inference_size(source: Size, cap: int = 1024) -> tuple[Size, float]:
+    """Step 1: the size detection runs at, and the factor original / inference (>= 1).
+
+    A source at most ``cap`` on both sides is used as is; otherwise it is scaled to fit
+    ``cap`` x ``cap`` keeping its aspect ratio (the factor is the long side over ``cap``)."""
+    _check_size(source)
+    longest = max(source.width, source.height)
+    if longest <= cap:
+        return source, 1.0
+    factor = longest / cap
+    size = Size(round_size(source.width / factor), round_size(source.height / factor))
+    return size, factor
+
+
+def outer_box(boxes: Sequence[Box]) -> Box | None:
+    """Step 3: the smallest box holding every box (None for no boxes)."""
+    if not boxes:
+        return None
+    return Box(
+        left=min(b.left for b in boxes),
+        top=min(b.top for b in boxes),
+        right=max(b.right for b in boxes),
+        bottom=max(b.bottom for b in boxes),
+    )
+
+
+def focal_point(box: Box) -> tuple[float, float]:
+    """Step 4: the centre of the outer box."""
+    return box.center
+
+
+def face_crop_size(outer: Box, zoom: float, bounds: Size) -> tuple[float, float]:
+    """Step 5, on the inference image: ``(1 / zoom) * d`` per side, each side capped by
+    ``bounds`` (``min``). ``zoom == 0`` keeps as much as possible: the bounds themselves."""
+    _check_zoom(zoom)
+    if zoom == 0:
+        return float(bounds.width), float(bounds.height)
+    return (
+        min(outer.width / zoom, float(bounds.width)),
+        min(outer.height / zoom, float(bounds.height)),
+    )
+
+
+def face_region(
+    faces: Sequence[Box], zoom: float, image: Size, cap: int = 1024
+) -> FaceRegion | None:
+    """Steps 1, 3, 4, 5 and 6 for faces given in original pixels (None when there are none).
+
+    Faces are first clipped to the image (detectors may return boxes that overhang it); a face
+    with nothing left inside the image is dropped. The crop size is computed on the inference
+    image and scaled back; a side capped at the inference image's side becomes the original
+    image's side. The crop is centred on the focal point and shifted to stay inside the image."""
+    clipped = [b for b in (_clip(face, image) for face in faces) if b is not None]
+    if not clipped:
+        return None
+    inference, factor = inference_size(image, cap)
+    # Scaling commutes with min/max: the outer box of the scaled faces is the scaled outer box.
+    # It is kept in original pixels, free of the float noise of scaling there and back.
+    outer = outer_box(clipped)
+    if outer is None:  # unreachable: clipped is not empty
+        return None
+    crop_w, crop_h = face_crop_size(outer.scaled(1 / factor), zoom, inference)
+    width = _scale_back(crop_w, inference.width, image.width, factor)
+    height = _scale_back(crop_h, inference.height, image.height, factor)
+    focal = focal_point(outer)
+    left = _shift_inside(focal[0] - width / 2, width, image.width)
+    top = _shift_inside(focal[1] - height / 2, height, image.height)
+    crop = Box(left, top, left + width, top + height)
+    return FaceRegion(outer=outer, focal=focal, crop=crop, inference=inference, scale=factor)
+
+
+def _scale_back(side: float, inference_side: int, image_side: int, factor: float) -> float:
+    if side >= inference_side:
+        return float(image_side)
+    return min(side * factor, float(image_side))
+
+
+def _shift_inside(start: float, length: float, limit: int) -> float:
+    return min(max(start, 0.0), limit - length)
+
+
+def _clip(box: Box, image: Size) -> Box | None:
+    left, top = max(box.left, 0.0), max(box.top, 0.0)
+    right, bottom = min(box.right, float(image.width)), min(box.bottom, float(image.height))
+    if right <= left or bottom <= top:
+        return None
+    return Box(left, top, right, bottom)
+
+
+def enclosing_rect(box: Box, image: Size) -> Rect:
+    """The integer region holding ``box`` (rounded outwards), inside ``image``."""
+    left = min(max(floor_pos(box.left), 0), image.width - 1)
+    top = min(max(floor_pos(box.top), 0), image.height - 1)
+    right = max(min(ceil_pos(box.right), image.width), left + 1)
+    bottom = max(min(ceil_pos(box.bottom), image.height), top + 1)
+    return Rect(left, top, right - left, bottom - top)
+
+
+# --- crop sizes and placement -----------------------------------------------------------------
+
+
+def largest_crop(width: int, height: int, aspect: float) -> tuple[int, int]:
+    """The largest ``aspect`` (width / height) crop of a ``width`` x ``height`` region."""
+    if width / height > aspect:
+        return min(round_size(height * aspect), width), height
+    return width, min(round_size(width / aspect), height)
+
+
+def grow_to_aspect(width: int, height: int, aspect: float, bounds: Size) -> tuple[int, int]:
+    """The smallest ``aspect`` crop holding ``width`` x ``height`` (its short side grown), or,
+    when ``bounds`` cannot hold that, the largest ``aspect`` crop of ``bounds``."""
+    if width / height < aspect:
+        if height * aspect <= bounds.width:
+            return min(round_size(height * aspect), bounds.width), height
+    elif width / aspect <= bounds.height:
+        return width, min(round_size(width / aspect), bounds.height)
+    return largest_crop(bounds.width, bounds.height, aspect)
+
+
+def place(center: float, length: int, limit: int, keep: Sequence[tuple[int, int]] = ()) -> int:
+    """Start of a ``length`` span centred on ``center`` and inside ``0..limit``.
+
+    ``keep`` lists spans (start, end) to hold, best first: the first one that fits in
+    ``length`` is kept inside the span (the span moves as little as needed)."""
+    start = round_pos(center - length / 2)
+    for lo, hi in keep:
+        if hi - lo <= length:
+            start = min(max(start, hi - length), lo)
+            break
+    return min(max(start, 0), limit - length)
+
+
+def _anchored(mode: str, region: Rect, width: int, height: int) -> Rect:
+    """A ``width`` x ``height`` crop of ``region`` for gravity left/right/top/bottom/center."""
+    left = region.left + (region.width - width) // 2
+    top = region.top + (region.height - height) // 2
+    if mode == "left":
+        left = region.left
+    elif mode == "right":
+        left = region.right - width
+    elif mode == "top":
+        top = region.top
+    elif mode == "bottom":
+        top = region.bottom - height
+    return Rect(left, top, width, height)
+
+
+def _around(point: tuple[float, float], region: Rect, width: int, height: int) -> Rect:
+    """A ``width`` x ``height`` crop of ``region`` centred on ``point``, shifted inside."""
+    left = region.left + place(point[0] - region.left, width, region.width)
+    top = region.top + place(point[1] - region.top, height, region.height)
+    return Rect(left, top, width, height)
+
+
+# --- output sizes -----------------------------------------------------------------------------
+
+
+def _scaled(crop: Size, factor: float) -> Size:
+    return Size(round_size(crop.width * factor), round_size(crop.height * factor))
+
+
+def _one_side(crop: Size, width: int | None, height: int | None, fit: Fit) -> Size:
+    """Only one side requested: scale the crop so that side matches (never up for scale-down
+    and crop); the other side follows the crop's aspect ratio."""
+    if width is not None:
+        factor = width / crop.width
+    elif height is not None:
+        factor = height / crop.height
+    else:
+        return crop
+    if fit in NEVER_ENLARGE and factor > 1:
+        return crop
+    size = _scaled(crop, factor)
+    return Size(width or size.width, height or size.height)
+
+
+def _inside(crop: Size, box: Size, fit: Fit) -> Size:
+    """scale-down / contain / pad: the largest size of the crop's aspect inside ``box``."""
+    factor = min(box.width / crop.width, box.height / crop.height)
+    if fit is Fit.SCALE_DOWN and factor >= 1:
+        return crop
+    return _scaled(crop, factor)
+
+
+def _cover_size(crop: Size, box: Size, fit: Fit) -> Size:
+    """cover / crop: the crop already has the box's aspect; crop never enlarges it."""
+    if fit is Fit.CROP and (crop.width < box.width or crop.height < box.height):
+        return crop
+    return box
+
+
+def crop_target(source: Size, box: Size, fit: Fit) -> Size:
+    """The box a cropping fit fills: the requested box, or for fit=crop the requested box
+    limited to the source on each side (never enlarging)."""
+    if fit is Fit.CROP:
+        return Size(min(box.width, source.width), min(box.height, source.height))
+    return box
+
+
+# --- the plan ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Choice:
+    mode: str
+    point: tuple[float, float] | None
+    fallback: str | None
+    face: FaceRegion | None
+
+
+def _choose(
+    source: Size,
+    gravity: Gravity,
+    faces: Sequence[Box],
+    zoom: float,
+    focus: tuple[float, float] | None,
+    cap: int,
+) -> _Choice:
+    mode = gravity.mode
+    if mode == "face":
+        region = face_region(faces, zoom, source, cap)
+        if region is None:
+            return _Choice("center", None, NO_FACE, None)
+        return _Choice("face", region.focal, None, region)
+    if mode == "auto":
+        if focus is None:
+            return _Choice("center", None, NO_FOCUS, None)
+        return _Choice("auto", focus, None, None)
+    if mode == "point":
+        return _Choice("point", (gravity.x * source.width, gravity.y * source.height), None, None)
+    if mode in {"center", "left", "right", "top", "bottom"}:
+        return _Choice(mode, None, None, None)
+    raise ValueError(f"unknown gravity mode {mode!r}")
+
+
+def plan(
+    source: Size,
+    width: int | None,
+    height: int | None,
+    fit: Fit,
+    gravity: Gravity,
+    *,
+    faces: Sequence[Box] = (),
+    zoom: float = 0.0,
+    focus: tuple[float, float] | None = None,
+    cap: int = 1024,
+) -> Plan:
+    """The crop, resize and canvas for one request (``width``/``height`` already times dpr)."""
+    _check_size(source)
+    _check_zoom(zoom)
+    for name, value in (("width", width), ("height", height)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}")
+    choice = _choose(source, gravity, faces, zoom, focus, cap)
+    whole = Rect(0, 0, source.width, source.height)
+    if width is not None and height is not None and fit in CROPPING_FITS:
+        box = crop_target(source, Size(width, height), fit)
+        crop = _cropping_region(source, box, choice, whole)
+        resize = _cover_size(crop.size, box, fit)
+        return _finish(crop, resize, resize, choice)
+    crop = whole if choice.face is None else enclosing_rect(choice.face.crop, source)
+    if width is None or height is None:
+        resize = _one_side(crop.size, width, height, fit)
+        return _finish(crop, resize, resize, choice)
+    box = Size(width, height)
+    if fit is Fit.SQUEEZE:
+        return _finish(crop, box, box, choice)
+    resize = _inside(crop.size, box, fit)
+    return _finish(crop, resize, box if fit is Fit.PAD else resize, choice)
+
+
+def _cropping_region(source: Size, box: Size, choice: _Choice, whole: Rect) -> Rect:
+    aspect = box.width / box.height
+    if choice.face is not None:
+        return _face_crop(source, aspect, choice.face)
+    width, height = largest_crop(source.width, source.height, aspect)
+    if choice.point is not None:
+        return _around(choice.point, whole, width, height)
+    return _anchored(choice.mode, whole, width, height)
+
+
+def _face_crop(source: Size, aspect: float, face: FaceRegion) -> Rect:
+    """The face region grown to ``aspect`` around the focal point, inside the image; kept whole
+    when it fits, else the faces' outer box is kept when that fits (else the faces are cut)."""
+    region = enclosing_rect(face.crop, source)
+    outer = enclosing_rect(face.outer, source)
+    width, height = grow_to_aspect(region.width, region.height, aspect, source)
+    fx, fy = face.focal
+    left = place(fx, width, source.width, [_span_x(region), _span_x(outer)])
+    top = place(fy, height, source.height, [_span_y(region), _span_y(outer)])
+    return Rect(left, top, width, height)
+
+
+def _span_x(rect: Rect) -> tuple[int, int]:
+    return rect.left, rect.right
+
+
+def _span_y(rect: Rect) -> tuple[int, int]:
+    return rect.top, rect.bottom
+
+
+def _finish(crop: Rect, resize: Size, canvas: Size, choice: _Choice) -> Plan:
+    offset = ((canvas.width - resize.width) // 2, (canvas.height - resize.height) // 2)
+    return Plan(crop, resize, canvas, offset, choice.mode, choice.fallback, choice.face)
+
+
+def _check_size(size: Size) -> None:
+    if size.width < 1 or size.height < 1:
+        raise ValueError(f"image size must be at least 1x1, got {size.width}x{size.height}")
+
+
+def _check_zoom(zoom: float) -> None:
+    if not 0 <= zoom <= 1:
+        raise ValueError(f"zoom must be within 0..1, got {zoom}")

@@ -1,0 +1,143 @@
+"""The image steps of the pipeline, each a small function of one frame. A step that is not asked
+for returns the frame unchanged. No step decides geometry: :mod:`focal.geometry` does."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyvips
+
+from focal.detection import RGBImage
+from focal.geometry import Plan, Size
+from focal.options import RGBA, Options, Trim
+
+
+def to_srgb(frame: pyvips.Image) -> pyvips.Image:
+    """ICC profiles, CMYK, 16-bit and greyscale all become 8-bit sRGB (alpha kept)."""
+    if frame.get_typeof("icc-profile-data") != 0:
+        frame = frame.icc_transform("srgb", embedded=True, intent="perceptual")
+    if frame.interpretation != "srgb" or frame.format != "uchar":
+        frame = frame.colourspace("srgb")
+    if frame.format != "uchar":
+        frame = frame.cast("uchar")
+    return frame
+
+
+def orient(frame: pyvips.Image) -> pyvips.Image:
+    return frame.autorot()
+
+
+def trim(frame: pyvips.Image, spec: Trim | None, scale: float = 1.0) -> pyvips.Image:
+    """Cut pixels (given at full size; ``scale`` is the decoded size over the full size)."""
+    if spec is None:
+        return frame
+    if spec.border:
+        left, top, width, height = frame.find_trim(threshold=10)
+        if width == 0 or height == 0:
+            return frame
+        return frame.crop(left, top, width, height)
+    left, top = round(spec.left * scale), round(spec.top * scale)
+    width = frame.width - left - round(spec.right * scale)
+    height = frame.height - top - round(spec.bottom * scale)
+    if width < 1 or height < 1:
+        return frame  # refused before decoding by the pipeline's size check
+    return frame.crop(left, top, width, height)
+
+
+def rotate_flip(frame: pyvips.Image, options: Options) -> pyvips.Image:
+    if options.rotate:
+        frame = frame.rot(f"d{options.rotate}")
+    if options.flip in ("h", "hv"):
+        frame = frame.fliphor()
+    if options.flip in ("v", "hv"):
+        frame = frame.flipver()
+    return frame
+
+
+def inference_array(frame: pyvips.Image, size: Size) -> RGBImage:
+    """The RGB uint8 copy of exactly ``size`` that the face detector sees."""
+    if frame.hasalpha():
+        frame = frame.flatten(background=[255, 255, 255])
+    if (frame.width, frame.height) != (size.width, size.height):
+        frame = frame.thumbnail_image(size.width, height=size.height, size="force")
+    frame = frame.cast("uchar")
+    array = np.ndarray(
+        buffer=frame.write_to_memory(), dtype=np.uint8, shape=(size.height, size.width, frame.bands)
+    )
+    return np.ascontiguousarray(array[:, :, :3])
+
+
+def attention_point(frame: pyvips.Image, crop: Size) -> tuple[float, float]:
+    """The saliency point (libvips smartcrop 'attention') for a crop of ``crop`` pixels."""
+    scale = min(1.0, 512 / max(frame.width, frame.height))
+    small = frame.resize(scale) if scale < 1 else frame
+    width = max(1, min(small.width, round(crop.width * scale)))
+    height = max(1, min(small.height, round(crop.height * scale)))
+    _, found = small.smartcrop(
+        width, height, interesting="attention", attention_x=True, attention_y=True
+    )
+    return found["attention_x"] / scale, found["attention_y"] / scale
+
+
+def crop_resize(frame: pyvips.Image, plan: Plan, loaded_scale: float) -> pyvips.Image:
+    """Cut the planned region (scaled to the decoded size) and resize it to the planned size."""
+    crop = plan.crop
+    left = min(frame.width - 1, int(crop.left * loaded_scale))
+    top = min(frame.height - 1, int(crop.top * loaded_scale))
+    width = max(1, min(frame.width - left, round(crop.width * loaded_scale)))
+    height = max(1, min(frame.height - top, round(crop.height * loaded_scale)))
+    if (left, top, width, height) != (0, 0, frame.width, frame.height):
+        frame = frame.crop(left, top, width, height)
+    target = plan.resize
+    if (width, height) != (target.width, target.height):
+        frame = frame.resize(target.width / width, vscale=target.height / height, kernel="lanczos3")
+        if (frame.width, frame.height) != (target.width, target.height):
+            frame = frame.gravity("centre", target.width, target.height, extend="copy")
+    return frame
+
+
+def pad(frame: pyvips.Image, plan: Plan, background: RGBA | None) -> pyvips.Image:
+    canvas = plan.canvas
+    if (canvas.width, canvas.height) == (frame.width, frame.height):
+        return frame
+    colour = background or (255, 255, 255, 255)
+    if colour[3] < 255 and not frame.hasalpha():
+        frame = frame.bandjoin(255)
+    fill = list(colour) if frame.hasalpha() else list(colour[:3])
+    left, top = plan.offset
+    return frame.embed(left, top, canvas.width, canvas.height, extend="background", background=fill)
+
+
+def adjust(frame: pyvips.Image, options: Options) -> pyvips.Image:
+    """Brightness, contrast, gamma and saturation, on the colour bands only."""
+    if (options.brightness, options.contrast, options.gamma, options.saturation) == (1, 1, 1, 1):
+        return frame
+    alpha = frame[frame.bands - 1] if frame.hasalpha() else None
+    colour = frame.extract_band(0, n=3) if alpha is not None else frame
+    if options.saturation != 1:
+        lch = colour.colourspace("lch")
+        lch = lch * [1, options.saturation, 1]
+        colour = lch.colourspace("srgb")
+    if options.brightness != 1:
+        colour = colour * options.brightness
+    if options.contrast != 1:
+        colour = (colour - 128) * options.contrast + 128
+    if options.gamma != 1:
+        colour = (colour / 255) ** (1 / options.gamma) * 255
+    colour = colour.cast("uchar")
+    return colour.bandjoin(alpha) if alpha is not None else colour
+
+
+def blur(frame: pyvips.Image, sigma: float) -> pyvips.Image:
+    return frame.gaussblur(sigma / 2) if sigma > 0 else frame
+
+
+def sharpen(frame: pyvips.Image, amount: float) -> pyvips.Image:
+    return frame.sharpen(sigma=0.5 + amount / 10, m2=amount) if amount > 0 else frame
+
+
+def flatten(frame: pyvips.Image, background: RGBA | None, keep_alpha: bool) -> pyvips.Image:
+    """Remove alpha onto the background where the output format cannot keep it."""
+    if not frame.hasalpha() or keep_alpha:
+        return frame
+    colour = background or (255, 255, 255, 255)
+    return frame.flatten(background=list(colour[:3]))

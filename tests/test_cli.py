@@ -1,0 +1,105 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import pyvips
+from tests import images
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def focal(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "focal", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+
+
+def test_transform_one_file_with_json_description(tmp_path: Path) -> None:
+    out = tmp_path / "a.webp"
+    done = focal(
+        "transform",
+        images.DEMO / "astronaut.jpg",
+        "-o",
+        out,
+        "--options",
+        "width=200,height=100,fit=cover",
+        "--json",
+    )
+    assert done.returncode == 0, done.stderr
+    image = pyvips.Image.new_from_file(str(out))
+    assert (image.width, image.height, image.get("vips-loader")) == (200, 100, "webpload")
+    description = json.loads(done.stdout)
+    assert description["width"] == 200 and description["original"]["width"] == 512
+
+
+BAD_SOURCES = {
+    "empty.jpg": b"",
+    "truncated.jpg": images.truncated_jpeg(),
+    "text.jpg": b"just some text, named like a picture\n",
+    "bomb.png": images.png_bomb(),
+}
+
+
+@pytest.mark.parametrize(
+    ("name", "words"),
+    [
+        ("empty.jpg", "empty"),
+        ("truncated.jpg", "truncated"),
+        ("text.jpg", "not an image"),
+        ("bomb.png", "megapixels"),
+    ],
+)
+def test_bad_files_fail_clearly_and_leave_nothing(tmp_path: Path, name: str, words: str) -> None:
+    src = tmp_path / name
+    src.write_bytes(BAD_SOURCES[name])
+    outdir = tmp_path / "out"
+    outdir.mkdir()
+    done = focal("transform", src, "-o", outdir / "result.jpg", "--options", "width=100")
+    assert done.returncode == 1
+    assert name in done.stderr and words in done.stderr
+    assert list(outdir.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ("colour=red", "for option name but received 'colour'"),
+        ("width=-5", "Expected an integer from 1 to 12000 for width but received '-5'"),
+        ("zoom=2", "Expected a number from 0 to 1 for zoom but received '2'"),
+        ("gravity=sideways", "for gravity but received 'sideways'"),
+    ],
+)
+def test_bad_options_exit_2_and_leave_nothing(tmp_path: Path, options: str, message: str) -> None:
+    done = focal(
+        "transform", images.DEMO / "astronaut.jpg", "-o", tmp_path / "x.jpg", "--options", options
+    )
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_folder_run_lists_failures_goes_on_and_skips_done_work(tmp_path: Path) -> None:
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    (src / "a.jpg").write_bytes((images.DEMO / "astronaut.jpg").read_bytes())
+    (src / "sub" / "b.png").write_bytes((images.DEMO / "logo.png").read_bytes())
+    (src / "broken.jpg").write_bytes(images.truncated_jpeg())
+    out = tmp_path / "out"
+    first = focal("transform", src, "-o", out, "--options", "width=64,format=webp")
+    assert first.returncode == 1
+    assert "2 done, 0 skipped (already there), 1 failed" in first.stderr
+    assert "broken.jpg" in first.stderr and "truncated" in first.stderr
+    made = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert made == ["a.webp", "sub/b.webp"]
+    (src / "broken.jpg").unlink()
+    second = focal("transform", src, "-o", out, "--options", "width=64,format=webp")
+    assert second.returncode == 0
+    assert "0 done, 2 skipped (already there), 0 failed" in second.stderr

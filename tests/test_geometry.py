@@ -1,0 +1,579 @@
+"""The pure geometry: the published face-crop algorithm and the fit x gravity plan."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from focal.geometry import (
+    NO_FACE,
+    NO_FOCUS,
+    Box,
+    FaceRegion,
+    Plan,
+    Rect,
+    Size,
+    face_crop_size,
+    face_region,
+    focal_point,
+    inference_size,
+    outer_box,
+    plan,
+)
+from focal.options import Fit, Gravity
+
+# --- the published algorithm ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("source", "expected", "factor"),
+    [
+        (Size(2048, 2048), Size(1024, 1024), 2.0),
+        (Size(125, 2000), Size(64, 1024), 2000 / 1024),
+        (Size(2000, 125), Size(1024, 64), 2000 / 1024),
+        (Size(1024, 1024), Size(1024, 1024), 1.0),
+        (Size(800, 600), Size(800, 600), 1.0),
+        (Size(1025, 10), Size(1024, 10), 1025 / 1024),
+        (Size(1, 5000), Size(1, 1024), 5000 / 1024),
+    ],
+)
+def test_inference_size(source: Size, expected: Size, factor: float) -> None:
+    size, scale = inference_size(source)
+    assert size == expected
+    assert scale == pytest.approx(factor)
+
+
+def test_inference_size_with_another_cap() -> None:
+    assert inference_size(Size(640, 480), cap=320) == (Size(320, 240), 2.0)
+
+
+def test_outer_box_takes_each_edge_from_the_box_that_reaches_furthest() -> None:
+    boxes = [Box(10, 50, 30, 60), Box(40, 20, 80, 45), Box(5, 70, 20, 90)]
+    assert outer_box(boxes) == Box(5, 20, 80, 90)
+    assert outer_box([Box(1, 2, 3, 4)]) == Box(1, 2, 3, 4)
+    assert outer_box([]) is None
+
+
+def test_focal_point_is_the_centre_of_the_outer_box() -> None:
+    assert focal_point(Box(100, 200, 300, 600)) == (200.0, 400.0)
+
+
+# The worked example: 2048x2048 source, 1024x1024 inference image, outer box 100x500 on it.
+INFERENCE = Size(1024, 1024)
+OUTER_ON_INFERENCE = Box(462, 262, 562, 762)  # 100 x 500, centred at (512, 512)
+
+
+@pytest.mark.parametrize(
+    ("zoom", "expected"),
+    [(1.0, (100.0, 500.0)), (0.5, (200.0, 1000.0)), (0.25, (400.0, 1024.0)), (0.0, (1024, 1024))],
+)
+def test_worked_example_crop_size_on_the_inference_image(
+    zoom: float, expected: tuple[float, float]
+) -> None:
+    assert face_crop_size(OUTER_ON_INFERENCE, zoom, INFERENCE) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("zoom", "crop"),
+    [
+        (1.0, Box(924, 524, 1124, 1524)),
+        (0.5, Box(824, 24, 1224, 2024)),  # 200x1000 on the inference image, times 2
+        (0.25, Box(624, 0, 1424, 2048)),  # 400x1024 on the inference image -> 800x2048
+        (0.0, Box(0, 0, 2048, 2048)),
+    ],
+)
+def test_worked_example_face_region_on_the_original(zoom: float, crop: Box) -> None:
+    faces = [OUTER_ON_INFERENCE.scaled(2)]  # the same face in original pixels
+    region = face_region(faces, zoom, Size(2048, 2048))
+    assert region is not None
+    assert region.inference == INFERENCE
+    assert region.scale == 2.0
+    assert region.outer == Box(924, 524, 1124, 1524)
+    assert region.focal == (1024.0, 1024.0)
+    assert region.crop == crop
+
+
+def test_face_region_of_several_faces_is_centred_on_their_outer_box() -> None:
+    faces = [Box(100, 100, 200, 250), Box(600, 150, 700, 300)]
+    region = face_region(faces, 1.0, Size(1000, 500))
+    assert region is not None
+    assert region.outer == Box(100, 100, 700, 300)
+    assert region.focal == (400.0, 200.0)
+    assert region.crop == Box(100, 100, 700, 300)
+    assert (region.inference, region.scale) == (Size(1000, 500), 1.0)
+
+
+def test_face_region_is_shifted_to_stay_inside_the_image() -> None:
+    region = face_region([Box(0, 0, 50, 50)], 0.5, Size(1000, 500))
+    assert region is not None
+    assert region.focal == (25.0, 25.0)
+    assert region.crop == Box(0, 0, 100, 100)  # centred it would be -25..75
+
+
+def test_face_region_on_a_tall_image_scaled_for_inference() -> None:
+    # 125x2000 -> 64x1024 (factor 1.953125). The face is 32x64 on the inference image; zoom=0.25
+    # asks for 128x256 there, the width is capped at 64, which is the whole width of the original.
+    face = Box(16, 480, 48, 544).scaled(2000 / 1024)
+    region = face_region([face], 0.25, Size(125, 2000))
+    assert region is not None
+    assert region.inference == Size(64, 1024)
+    assert region.crop.left == 0 and region.crop.right == 125
+    assert region.crop.height == pytest.approx(256 * 2000 / 1024)
+    assert region.crop.center[1] == pytest.approx(region.focal[1])
+
+
+def test_face_region_clips_overhanging_faces_and_drops_faces_outside() -> None:
+    region = face_region([Box(-20, -10, 30, 40), Box(2000, 10, 2100, 90)], 1.0, Size(100, 100))
+    assert region is not None
+    assert region.outer == Box(0, 0, 30, 40)
+    assert face_region([Box(200, 10, 300, 90)], 1.0, Size(100, 100)) is None
+    assert face_region([], 0.5, Size(100, 100)) is None
+
+
+@pytest.mark.parametrize("zoom", [-0.1, 1.5, math.nan])
+def test_zoom_outside_0_to_1_is_refused(zoom: float) -> None:
+    with pytest.raises(ValueError, match="zoom"):
+        face_crop_size(Box(0, 0, 10, 10), zoom, Size(100, 100))
+
+
+# --- fit x gravity, worked by hand --------------------------------------------------------------
+
+SRC = Size(1000, 500)
+FACE = Box(600, 100, 700, 250)  # 100 x 150, focal point (650, 175)
+
+
+def point(x: float, y: float) -> Gravity:
+    return Gravity("point", x, y)
+
+
+G = {name: Gravity(name) for name in ("center", "left", "right", "top", "bottom", "auto", "face")}
+
+# (width, height, fit, gravity, crop (left, top, width, height), resize, canvas, offset)
+TABLE: list[
+    tuple[
+        int | None,
+        int | None,
+        Fit,
+        Gravity,
+        tuple[int, int, int, int],
+        tuple[int, int],
+        tuple[int, int],
+        tuple[int, int],
+    ]
+] = [
+    # cover: the largest 1:1 (500x500) or 4:1 (1000x250) crop, then scaled to the box
+    (200, 200, Fit.COVER, G["center"], (250, 0, 500, 500), (200, 200), (200, 200), (0, 0)),
+    (200, 200, Fit.COVER, G["left"], (0, 0, 500, 500), (200, 200), (200, 200), (0, 0)),
+    (200, 200, Fit.COVER, G["right"], (500, 0, 500, 500), (200, 200), (200, 200), (0, 0)),
+    (400, 100, Fit.COVER, G["center"], (0, 125, 1000, 250), (400, 100), (400, 100), (0, 0)),
+    (400, 100, Fit.COVER, G["top"], (0, 0, 1000, 250), (400, 100), (400, 100), (0, 0)),
+    (400, 100, Fit.COVER, G["bottom"], (0, 250, 1000, 250), (400, 100), (400, 100), (0, 0)),
+    (200, 200, Fit.COVER, G["top"], (250, 0, 500, 500), (200, 200), (200, 200), (0, 0)),
+    # XxY: centred on (x*W, y*H), shifted inside: 300-250=50; 900-250=650 -> 500 at most
+    (200, 200, Fit.COVER, point(0.3, 0.5), (50, 0, 500, 500), (200, 200), (200, 200), (0, 0)),
+    (200, 200, Fit.COVER, point(0.9, 0.1), (500, 0, 500, 500), (200, 200), (200, 200), (0, 0)),
+    (400, 100, Fit.COVER, point(0.5, 0.3), (0, 25, 1000, 250), (400, 100), (400, 100), (0, 0)),
+    # crop: cover when the source is larger; never enlarges; smaller where the source is
+    (200, 200, Fit.CROP, G["center"], (250, 0, 500, 500), (200, 200), (200, 200), (0, 0)),
+    (400, 800, Fit.CROP, G["center"], (300, 0, 400, 500), (400, 500), (400, 500), (0, 0)),
+    (400, 800, Fit.CROP, G["left"], (0, 0, 400, 500), (400, 500), (400, 500), (0, 0)),
+    (2000, 2000, Fit.CROP, G["center"], (0, 0, 1000, 500), (1000, 500), (1000, 500), (0, 0)),
+    # scale-down: fits inside, never enlarges
+    (200, 200, Fit.SCALE_DOWN, G["center"], (0, 0, 1000, 500), (200, 100), (200, 100), (0, 0)),
+    (2000, 2000, Fit.SCALE_DOWN, G["left"], (0, 0, 1000, 500), (1000, 500), (1000, 500), (0, 0)),
+    # contain: fits inside, may enlarge
+    (200, 200, Fit.CONTAIN, G["center"], (0, 0, 1000, 500), (200, 100), (200, 100), (0, 0)),
+    (2000, 2000, Fit.CONTAIN, G["center"], (0, 0, 1000, 500), (2000, 1000), (2000, 1000), (0, 0)),
+    # pad: contain, centred on a canvas of exactly the box
+    (200, 200, Fit.PAD, G["center"], (0, 0, 1000, 500), (200, 100), (200, 200), (0, 50)),
+    (300, 100, Fit.PAD, G["right"], (0, 0, 1000, 500), (200, 100), (300, 100), (50, 0)),
+    (2000, 2000, Fit.PAD, G["center"], (0, 0, 1000, 500), (2000, 1000), (2000, 2000), (0, 500)),
+    (201, 200, Fit.PAD, G["center"], (0, 0, 1000, 500), (201, 101), (201, 200), (0, 49)),
+    # squeeze: exactly the box, no crop
+    (300, 300, Fit.SQUEEZE, G["center"], (0, 0, 1000, 500), (300, 300), (300, 300), (0, 0)),
+    # one side only: the other from the aspect ratio; no crop
+    (300, None, Fit.COVER, G["center"], (0, 0, 1000, 500), (300, 150), (300, 150), (0, 0)),
+    (None, 100, Fit.CONTAIN, G["center"], (0, 0, 1000, 500), (200, 100), (200, 100), (0, 0)),
+    (2000, None, Fit.CONTAIN, G["center"], (0, 0, 1000, 500), (2000, 1000), (2000, 1000), (0, 0)),
+    (2000, None, Fit.PAD, G["center"], (0, 0, 1000, 500), (2000, 1000), (2000, 1000), (0, 0)),
+    (2000, None, Fit.SCALE_DOWN, G["center"], (0, 0, 1000, 500), (1000, 500), (1000, 500), (0, 0)),
+    (None, 1000, Fit.CROP, G["center"], (0, 0, 1000, 500), (1000, 500), (1000, 500), (0, 0)),
+    (None, 1000, Fit.SQUEEZE, G["center"], (0, 0, 1000, 500), (2000, 1000), (2000, 1000), (0, 0)),
+    (333, None, Fit.SCALE_DOWN, G["center"], (0, 0, 1000, 500), (333, 167), (333, 167), (0, 0)),
+    # neither: the source as is
+    (None, None, Fit.COVER, G["center"], (0, 0, 1000, 500), (1000, 500), (1000, 500), (0, 0)),
+]
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "fit", "gravity", "crop", "resize", "canvas", "offset"), TABLE
+)
+def test_fit_and_gravity_table(
+    width: int | None,
+    height: int | None,
+    fit: Fit,
+    gravity: Gravity,
+    crop: tuple[int, int, int, int],
+    resize: tuple[int, int],
+    canvas: tuple[int, int],
+    offset: tuple[int, int],
+) -> None:
+    result = plan(SRC, width, height, fit, gravity)
+    assert result.crop == Rect(*crop)
+    assert result.resize == Size(*resize)
+    assert result.canvas == Size(*canvas)
+    assert result.offset == offset
+    assert result.gravity_used == gravity.mode
+    assert result.fallback is None
+    assert result.face is None
+
+
+def test_an_odd_excess_puts_the_extra_pixel_on_the_right() -> None:
+    result = plan(Size(1001, 500), 200, 200, Fit.COVER, G["center"])
+    assert result.crop == Rect(250, 0, 500, 500)
+    assert result.crop.right == 750  # 250 px left of it, 251 right
+
+
+def test_auto_uses_the_focus_point_like_a_point_gravity() -> None:
+    result = plan(SRC, 200, 200, Fit.COVER, G["auto"], focus=(100.0, 250.0))
+    assert result.crop == Rect(0, 0, 500, 500)
+    assert (result.gravity_used, result.fallback) == ("auto", None)
+    result = plan(SRC, 200, 200, Fit.COVER, G["auto"], focus=(700.0, 250.0))
+    assert result.crop == Rect(450, 0, 500, 500)
+
+
+def test_auto_without_a_focus_point_falls_back_to_centre() -> None:
+    result = plan(SRC, 200, 200, Fit.COVER, G["auto"])
+    assert result.crop == Rect(250, 0, 500, 500)
+    assert (result.gravity_used, result.fallback) == ("center", NO_FOCUS)
+
+
+# gravity=face on SRC with FACE (100x150 at 600..700 x 100..250, focal point (650, 175))
+FACE_TABLE: list[
+    tuple[
+        int | None,
+        int | None,
+        Fit,
+        float,
+        tuple[int, int, int, int],
+        tuple[int, int],
+        tuple[int, int],
+        tuple[int, int],
+    ]
+] = [
+    # zoom=1: the 100x150 face grown to 150x150 around (650, 175)
+    (200, 200, Fit.COVER, 1.0, (575, 100, 150, 150), (200, 200), (200, 200), (0, 0)),
+    # zoom=0.5: region 200x300 at 550..750 x 25..325, grown to 300x300
+    (200, 200, Fit.COVER, 0.5, (500, 25, 300, 300), (200, 200), (200, 200), (0, 0)),
+    # zoom=0: the largest 1:1 crop (500x500), placed around the focal point
+    (200, 200, Fit.COVER, 0.0, (400, 0, 500, 500), (200, 200), (200, 200), (0, 0)),
+    # a wide box: the region 200x300 grown to 1200x300 does not fit; the largest 4:1 crop
+    # (1000x250) holds the 100x150 face, so it is kept (the zoom margin is cut)
+    (400, 100, Fit.COVER, 0.5, (0, 50, 1000, 250), (400, 100), (400, 100), (0, 0)),
+    # fit=crop never enlarges: the 150x150 region stays 150x150 for a 400x400 box
+    (400, 400, Fit.CROP, 1.0, (575, 100, 150, 150), (150, 150), (150, 150), (0, 0)),
+    (100, 100, Fit.CROP, 1.0, (575, 100, 150, 150), (100, 100), (100, 100), (0, 0)),
+    # non-cropping fits: the face region itself is the crop
+    (100, 100, Fit.CONTAIN, 0.5, (550, 25, 200, 300), (67, 100), (67, 100), (0, 0)),
+    (100, 100, Fit.PAD, 0.5, (550, 25, 200, 300), (67, 100), (100, 100), (16, 0)),
+    (100, 100, Fit.SQUEEZE, 0.5, (550, 25, 200, 300), (100, 100), (100, 100), (0, 0)),
+    (1000, 1000, Fit.SCALE_DOWN, 0.5, (550, 25, 200, 300), (200, 300), (200, 300), (0, 0)),
+    (100, 100, Fit.SCALE_DOWN, 0.0, (0, 0, 1000, 500), (100, 50), (100, 50), (0, 0)),
+    # no width/height, or only one: the face region, at its size or scaled to the given side
+    (None, None, Fit.COVER, 1.0, (600, 100, 100, 150), (100, 150), (100, 150), (0, 0)),
+    (None, None, Fit.SCALE_DOWN, 0.0, (0, 0, 1000, 500), (1000, 500), (1000, 500), (0, 0)),
+    (None, 600, Fit.COVER, 0.5, (550, 25, 200, 300), (400, 600), (400, 600), (0, 0)),
+]
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "fit", "zoom", "crop", "resize", "canvas", "offset"), FACE_TABLE
+)
+def test_face_gravity_table(
+    width: int | None,
+    height: int | None,
+    fit: Fit,
+    zoom: float,
+    crop: tuple[int, int, int, int],
+    resize: tuple[int, int],
+    canvas: tuple[int, int],
+    offset: tuple[int, int],
+) -> None:
+    result = plan(SRC, width, height, fit, G["face"], faces=[FACE], zoom=zoom)
+    assert result.crop == Rect(*crop)
+    assert result.resize == Size(*resize)
+    assert result.canvas == Size(*canvas)
+    assert result.offset == offset
+    assert (result.gravity_used, result.fallback) == ("face", None)
+    assert result.face is not None and result.face.outer == FACE
+
+
+def test_face_near_the_edge_grows_into_the_image() -> None:
+    result = plan(SRC, 300, 100, Fit.COVER, G["face"], faces=[Box(0, 0, 50, 50)], zoom=0.5)
+    assert result.crop == Rect(0, 0, 300, 100)
+
+
+def test_faces_are_cut_only_when_no_crop_of_the_aspect_can_hold_them() -> None:
+    # portrait 500x1000, face 100x200; a 10:1 box allows at most 500x50: the face is cut, and the
+    # strip is centred on the focal point (250, 500)
+    face = Box(200, 400, 300, 600)
+    result = plan(Size(500, 1000), 1000, 100, Fit.COVER, G["face"], faces=[face], zoom=0.5)
+    assert result.crop == Rect(0, 475, 500, 50)
+    assert result.resize == Size(1000, 100)
+
+
+def test_no_face_falls_back_to_centre_and_says_so() -> None:
+    result = plan(SRC, 200, 200, Fit.COVER, G["face"], faces=[], zoom=0.5)
+    assert result.crop == Rect(250, 0, 500, 500)
+    assert (result.gravity_used, result.fallback, result.face) == ("center", NO_FACE, None)
+    assert NO_FACE == "no face found"
+
+
+def test_faces_are_ignored_by_other_gravities() -> None:
+    result = plan(SRC, 200, 200, Fit.COVER, G["left"], faces=[FACE], zoom=1.0)
+    assert result.crop == Rect(0, 0, 500, 500)
+    assert result.face is None
+
+
+@pytest.mark.parametrize(("width", "height"), [(0, 100), (100, 0), (-5, None), (None, -1)])
+def test_sizes_below_one_are_refused(width: int | None, height: int | None) -> None:
+    named = "width" if width is not None and width < 1 else "height"
+    with pytest.raises(ValueError, match=f"^{named} must be at least 1"):
+        plan(SRC, width, height, Fit.COVER, G["center"])
+
+
+def test_unknown_gravity_is_refused() -> None:
+    with pytest.raises(ValueError, match="gravity"):
+        plan(SRC, 10, 10, Fit.COVER, Gravity("middle"))
+
+
+# --- properties -------------------------------------------------------------------------------
+
+sides = st.integers(min_value=1, max_value=3000)
+targets = st.one_of(st.none(), st.integers(min_value=1, max_value=2500))
+fits = st.sampled_from(list(Fit))
+zooms = st.one_of(st.just(0.0), st.just(1.0), st.floats(min_value=0.01, max_value=1.0))
+unit = st.floats(min_value=0.0, max_value=1.0)
+gravities = st.one_of(
+    st.sampled_from([Gravity(m) for m in ("center", "left", "right", "top", "bottom", "auto")]),
+    st.builds(point, unit, unit),
+)
+
+
+@st.composite
+def images_with_faces(draw: st.DrawFn, max_faces: int = 4) -> tuple[Size, list[Box]]:
+    image = Size(draw(sides), draw(sides))
+    count = draw(st.integers(min_value=1, max_value=max_faces))
+    faces = []
+    for _ in range(count):
+        x1 = draw(st.floats(min_value=0, max_value=image.width - 0.5))
+        y1 = draw(st.floats(min_value=0, max_value=image.height - 0.5))
+        x2 = draw(st.floats(min_value=x1 + 0.5, max_value=image.width))
+        y2 = draw(st.floats(min_value=y1 + 0.5, max_value=image.height))
+        faces.append(Box(x1, y1, x2, y2))
+    return image, faces
+
+
+def assert_inside(crop: Rect, image: Size) -> None:
+    assert crop.width >= 1 and crop.height >= 1
+    assert 0 <= crop.left and crop.right <= image.width
+    assert 0 <= crop.top and crop.bottom <= image.height
+
+
+def holds(crop: Rect, box: Box) -> bool:
+    return (
+        crop.left <= box.left + 1e-6
+        and crop.top <= box.top + 1e-6
+        and crop.right >= box.right - 1e-6
+        and crop.bottom >= box.bottom - 1e-6
+    )
+
+
+def aspect_of_box(image: Size, width: int, height: int, fit: Fit) -> float:
+    """The aspect a cropping fit must reach (fit=crop first limits the box to the image)."""
+    if fit is Fit.CROP:
+        width, height = min(width, image.width), min(height, image.height)
+    return width / height
+
+
+def rounded_out(box: Box) -> Box:
+    return Box(
+        math.floor(box.left), math.floor(box.top), math.ceil(box.right), math.ceil(box.bottom)
+    )
+
+
+def check_sizes(result: Plan, width: int | None, height: int | None, fit: Fit) -> None:
+    resize, canvas, crop = result.resize, result.canvas, result.crop
+    assert resize.width >= 1 and resize.height >= 1
+    if fit is not Fit.PAD or width is None or height is None:
+        assert canvas == resize and result.offset == (0, 0)
+    if width is not None and height is not None:
+        box = Size(width, height)
+        if fit in (Fit.COVER, Fit.PAD, Fit.SQUEEZE):
+            assert canvas == box
+        if fit in (Fit.CONTAIN, Fit.PAD):
+            assert resize.width <= width and resize.height <= height
+            assert resize.width == width or resize.height == height
+        if fit in (Fit.SCALE_DOWN, Fit.CROP):
+            assert resize.width <= width and resize.height <= height
+    elif width is not None or height is not None:
+        given = resize.width if width is not None else resize.height
+        assert given == (width or height) or fit in (Fit.SCALE_DOWN, Fit.CROP)
+    else:
+        assert resize == crop.size
+    if fit in (Fit.SCALE_DOWN, Fit.CROP):
+        assert resize.width <= crop.width and resize.height <= crop.height
+    if fit is Fit.PAD:
+        assert result.offset == (
+            (canvas.width - resize.width) // 2,
+            (canvas.height - resize.height) // 2,
+        )
+    if fit is not Fit.SQUEEZE and min(crop.width, crop.height, resize.width, resize.height) > 1:
+        # The crop's aspect ratio is kept, up to rounding: a side rounded to r pixels is off by a
+        # factor of at most 1 + 1/r (a side clamped to the 1 px minimum can be off by any amount,
+        # so those are left out).
+        bound = (1 + 1 / min(crop.width, crop.height)) * (1 + 1 / min(resize.width, resize.height))
+        ratio = (resize.width / crop.width) / (resize.height / crop.height)
+        assert 1 / bound <= ratio <= bound
+
+
+@settings(deadline=None, max_examples=300)
+@given(
+    image=st.builds(Size, sides, sides),
+    width=targets,
+    height=targets,
+    fit=fits,
+    gravity=gravities,
+    focus=st.one_of(st.none(), st.tuples(unit, unit)),
+)
+def test_plan_stays_inside_and_has_the_requested_size(
+    image: Size,
+    width: int | None,
+    height: int | None,
+    fit: Fit,
+    gravity: Gravity,
+    focus: tuple[float, float] | None,
+) -> None:
+    focus_px = None if focus is None else (focus[0] * image.width, focus[1] * image.height)
+    result = plan(image, width, height, fit, gravity, focus=focus_px)
+    assert_inside(result.crop, image)
+    check_sizes(result, width, height, fit)
+    cropping = width is not None and height is not None and fit in (Fit.COVER, Fit.CROP)
+    if not cropping:
+        assert result.crop == Rect(0, 0, image.width, image.height)
+    target = (
+        (gravity.x * image.width, gravity.y * image.height) if gravity.mode == "point" else None
+    )
+    target = focus_px if gravity.mode == "auto" else target
+    if cropping and target is not None:  # the gravity point is always in the crop
+        assert result.crop.left <= target[0] <= result.crop.right
+        assert result.crop.top <= target[1] <= result.crop.bottom
+    if cropping and gravity.mode == "left":
+        assert result.crop.left == 0
+
+
+@settings(deadline=None, max_examples=300)
+@given(scene=images_with_faces(), width=targets, height=targets, fit=fits, zoom=zooms)
+def test_face_crop_keeps_the_faces_whenever_the_aspect_allows(
+    scene: tuple[Size, list[Box]],
+    width: int | None,
+    height: int | None,
+    fit: Fit,
+    zoom: float,
+) -> None:
+    image, faces = scene
+    result = plan(image, width, height, fit, G["face"], faces=faces, zoom=zoom)
+    assert (result.gravity_used, result.fallback) == ("face", None)
+    assert result.face is not None
+    outer = result.face.outer
+    assert outer == outer_box(faces)
+    assert_inside(result.crop, image)
+    check_sizes(result, width, height, fit)
+    if width is None or height is None or fit not in (Fit.COVER, Fit.CROP):
+        assert holds(result.crop, outer)
+        return
+    # Cropping fits: a crop of aspect a inside W x H is at most min(W, H*a) x min(H, W/a). When
+    # the outer box, rounded outwards to whole pixels, plus one pixel of rounding fits in that
+    # on both sides, the crop must hold it.
+    a = aspect_of_box(image, width, height, fit)
+    need = rounded_out(outer)
+    if need.width + 1 <= min(image.width, image.height * a) and need.height + 1 <= min(
+        image.height, image.width / a
+    ):
+        assert holds(result.crop, outer)
+
+
+@settings(deadline=None, max_examples=200)
+@given(scene=images_with_faces(), width=st.integers(1, 2500), height=st.integers(1, 2500))
+def test_zoom_0_with_cover_gives_the_largest_crop_of_the_aspect(
+    scene: tuple[Size, list[Box]], width: int, height: int
+) -> None:
+    image, faces = scene
+    result = plan(image, width, height, Fit.COVER, G["face"], faces=faces, zoom=0.0)
+    a = width / height
+    largest_w = max(1.0, min(image.width, image.height * a))
+    largest_h = max(1.0, min(image.height, image.width / a))
+    assert abs(result.crop.width - largest_w) <= 0.5 + 1e-9
+    assert abs(result.crop.height - largest_h) <= 0.5 + 1e-9
+    centred = plan(image, width, height, Fit.COVER, G["center"])
+    assert result.crop.size == centred.crop.size
+
+
+@settings(deadline=None, max_examples=300)
+@given(scene=images_with_faces())
+def test_zoom_1_hugs_the_faces(scene: tuple[Size, list[Box]]) -> None:
+    image, faces = scene
+    result = plan(image, None, None, Fit.SCALE_DOWN, G["face"], faces=faces, zoom=1.0)
+    outer = outer_box(faces)
+    assert outer is not None and result.face is not None
+    # Up to rounding: outwards to whole pixels (less than 1 px; float noise of a millionth of a
+    # pixel ignored), and, where detection ran on a smaller copy and the faces span (nearly) a
+    # whole side of it, half a pixel of that copy.
+    slack = 1.0 if result.face.scale == 1.0 else 1.0 + result.face.scale / 2
+    crop = result.crop
+    assert holds(crop, outer)
+    assert crop.left > outer.left - slack and crop.top > outer.top - slack
+    assert crop.right < outer.right + slack and crop.bottom < outer.bottom + slack
+    assert result.resize == result.crop.size
+
+
+@settings(deadline=None, max_examples=300)
+@given(scene=images_with_faces(), zoom=zooms, cap=st.sampled_from([1024, 512, 100]))
+def test_face_region_follows_the_published_steps(
+    scene: tuple[Size, list[Box]], zoom: float, cap: int
+) -> None:
+    image, faces = scene
+    region = face_region(faces, zoom, image, cap)
+    assert isinstance(region, FaceRegion)
+    inference, factor = inference_size(image, cap)
+    assert max(inference.width, inference.height) <= max(cap, image.width, image.height)
+    assert inference.width <= cap or inference == image
+    outer = outer_box(faces)
+    assert outer is not None
+    assert region.outer.left == pytest.approx(outer.left)
+    assert region.outer.bottom == pytest.approx(outer.bottom)
+    assert region.focal == pytest.approx(outer.center)
+    crop = region.crop
+    assert -1e-6 <= crop.left and crop.right <= image.width + 1e-6
+    assert -1e-6 <= crop.top and crop.bottom <= image.height + 1e-6
+    assert crop.left <= outer.left + 1e-6 and crop.right >= outer.right - 1e-6
+    assert crop.top <= outer.top + 1e-6 and crop.bottom >= outer.bottom - 1e-6
+    # step 5 on the inference image, step 6 back on the original
+    d_w, d_h = face_crop_size(outer.scaled(1 / factor), zoom, inference)
+    expect_w = image.width if d_w >= inference.width else d_w * factor
+    expect_h = image.height if d_h >= inference.height else d_h * factor
+    assert crop.width == pytest.approx(min(expect_w, image.width))
+    assert crop.height == pytest.approx(min(expect_h, image.height))
+
+
+@settings(deadline=None, max_examples=200)
+@given(image=st.builds(Size, sides, sides), width=st.integers(1, 2500), height=st.integers(1, 2500))
+def test_edge_points_agree_with_the_named_gravities(image: Size, width: int, height: int) -> None:
+    named = [(0.5, 0.5, "center"), (0, 0.5, "left"), (1, 0.5, "right"), (0.5, 0, "top")]
+    for x, y, name in [*named, (0.5, 1, "bottom")]:
+        by_point = plan(image, width, height, Fit.COVER, point(x, y))
+        by_name = plan(image, width, height, Fit.COVER, Gravity(name))
+        assert by_point.crop == by_name.crop, name

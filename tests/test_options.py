@@ -1,0 +1,137 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from focal.errors import OptionError
+from focal.options import (
+    Fit,
+    Format,
+    Gravity,
+    Metadata,
+    Options,
+    Trim,
+    normalise,
+    options_markdown,
+    parse_options,
+)
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "options.md"
+
+
+def test_every_option_long_and_short() -> None:
+    options = parse_options(
+        "w=256,h=128,dpr=2,fit=cover,g=face,face-zoom=0.5,f=webp,q=70,background=#102030,"
+        "rotate=90,flip=hv,trim=1;2;3;4,blur=3,sharpen=2,brightness=1.1,contrast=0.9,gamma=2.2,"
+        "saturation=0,metadata=none,anim=false,onerror=redirect"
+    )
+    assert options == Options(
+        width=256,
+        height=128,
+        dpr=2.0,
+        fit=Fit.COVER,
+        gravity=Gravity("face"),
+        zoom=0.5,
+        format=Format.WEBP,
+        quality=70,
+        background=(16, 32, 48, 255),
+        rotate=90,
+        flip="hv",
+        trim=Trim(1, 2, 3, 4),
+        blur=3.0,
+        sharpen=2.0,
+        brightness=1.1,
+        contrast=0.9,
+        gamma=2.2,
+        saturation=0.0,
+        metadata=Metadata.NONE,
+        anim=False,
+        onerror="redirect",
+    )
+    assert (options.target_width, options.target_height) == (512, 256)
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("gravity=0.25x0.75", Gravity("point", 0.25, 0.75)),
+        ("gravity=left", Gravity("left")),
+        ("gravity=auto", Gravity("auto")),
+    ],
+)
+def test_gravity_forms(text: str, value: Gravity) -> None:
+    assert parse_options(text).gravity == value
+
+
+@pytest.mark.parametrize(
+    ("text", "rgba"),
+    [
+        ("background=red", (255, 0, 0, 255)),
+        ("background=#abc", (170, 187, 204, 255)),
+        ("background=#11223344", (17, 34, 51, 68)),
+        ("background=rgb(1,2,3)", (1, 2, 3, 255)),
+        ("background=rgba(1,2,3,0.5)", (1, 2, 3, 128)),
+        ("background=transparent", (0, 0, 0, 0)),
+    ],
+)
+def test_css_colours(text: str, rgba: tuple[int, int, int, int]) -> None:
+    assert parse_options(text).background == rgba
+
+
+def test_quality_names() -> None:
+    assert parse_options("quality=high").quality == 90
+    assert parse_options("q=low").quality == 50
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("foo=1", "Expected one of anim, background, "),
+        ("width=-5", "Expected an integer from 1 to 12000 for width but received '-5'"),
+        ("width=abc", "Expected an integer from 1 to 12000 for width but received 'abc'"),
+        ("w=0", "Expected an integer from 1 to 12000 for w but received '0'"),
+        ("zoom=2", "Expected a number from 0 to 1 for zoom but received '2'"),
+        ("zoom=nan", "Expected a number from 0 to 1 for zoom but received 'nan'"),
+        (
+            "gravity=sideways",
+            "Expected one of center, auto, face, left, right, top, bottom, or XxY with X and Y "
+            "from 0 to 1 for gravity but received 'sideways'",
+        ),
+        ("gravity=2x0.5", "for gravity but received '2x0.5'"),
+        ("fit=stretch", "Expected one of scale-down, contain, cover, crop, pad, squeeze for fit"),
+        ("width=1,w=2", "Expected a single value for width but received 'width=1 and w=2'"),
+        ("width=1,width=1", "Expected a single value for width"),
+        ("width", "Expected key=value pairs separated by commas for width but received 'width'"),
+        ("width=1,,height=2", "Expected key=value pairs separated by commas"),
+        ("dpr=4", "Expected a number from 1 to 3 for dpr but received '4'"),
+        ("quality=101", "for quality but received '101'"),
+        ("rotate=45", "Expected one of 0, 90, 180, 270 for rotate but received '45'"),
+        ("background=rgb(300,0,0)", "Expected a CSS colour"),
+        ("trim=1;2;3", "Expected border, or top;right;bottom;left in pixels for trim"),
+        ("anim=yes", "Expected true or false for anim but received 'yes'"),
+        ("brightness=0", "Expected a number above 0 and at most 10 for brightness"),
+        ("onerror=ignore", "Expected one of redirect for onerror but received 'ignore'"),
+    ],
+)
+def test_errors_name_the_option_what_was_expected_and_what_came(text: str, message: str) -> None:
+    with pytest.raises(OptionError) as raised:
+        parse_options(text)
+    assert message in raised.value.public
+    assert raised.value.status == 400
+
+
+def test_empty_options_are_the_defaults() -> None:
+    assert parse_options("") == Options()
+
+
+def test_normalise_is_canonical_whatever_the_spelling() -> None:
+    a = parse_options("w=256,fit=cover,g=face,q=high,background=red")
+    b = parse_options("background=#ff0000,quality=90,gravity=face,fit=cover,width=256")
+    assert normalise(a) == normalise(b)
+    assert normalise(a) == "background=#ff0000ff,fit=cover,gravity=face,quality=90,width=256"
+    assert normalise(Options()) == ""
+
+
+def test_docs_list_every_option() -> None:
+    assert options_markdown() in DOCS.read_text(), "docs/options.md is stale: regenerate its table"

@@ -1,0 +1,312 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+import pyvips
+from tests import images
+
+from focal.detection import DetectionFailed, Face, RGBImage
+from focal.errors import ImageError, LimitError, OptionError
+from focal.options import parse_options
+from focal.pipeline import Limits, transform
+
+
+def run(data: bytes, text: str, **kwargs: object) -> tuple[pyvips.Image, dict[str, object]]:
+    result = transform(data, parse_options(text), **kwargs)  # type: ignore[arg-type]
+    if result.format == "json":
+        return pyvips.Image.black(1, 1), json.loads(result.data)
+    image = pyvips.Image.new_from_buffer(result.data, "")
+    if image.get("vips-loader") in ("gifload_buffer", "webpload_buffer"):
+        image = pyvips.Image.new_from_buffer(result.data, "", n=-1)
+    return image, result.description
+
+
+ASTRONAUT = (images.DEMO / "astronaut.jpg").read_bytes()
+
+
+class FixedDetector:
+    """Finds the faces it was given (in inference-image pixels), and records what it saw."""
+
+    def __init__(self, faces: Sequence[tuple[float, float, float, float]]) -> None:
+        self.faces = [Face(box=box, score=0.99) for box in faces]
+        self.seen: list[tuple[int, int]] = []
+
+    @property
+    def model_id(self) -> str:
+        return "fixed"
+
+    def detect(self, batch: Sequence[RGBImage]) -> list[list[Face]]:
+        self.seen.extend((image.shape[1], image.shape[0]) for image in batch)
+        return [list(self.faces) for _ in batch]
+
+
+class FailingDetector:
+    model_id = "failing"
+
+    def detect(self, batch: Sequence[RGBImage]) -> list[list[Face]]:
+        raise DetectionFailed("worker died")
+
+
+# --- real photos: orientation, colour, animation, formats -------------------------------------
+
+
+def test_exif_rotated_jpeg_comes_out_upright() -> None:
+    out, description = run(images.exif_rotated_jpeg(), "format=png")
+    assert (out.width, out.height) == (600, 400)
+    assert description["original"] == {  # type: ignore[comparison-overlap]
+        "file_size": description["original"]["file_size"],  # type: ignore[index]
+        "width": 600,
+        "height": 400,
+        "format": "image/jpeg",
+        "frames": 1,
+    }
+    assert images.mean_difference(out, images.demo("coffee.jpg")) < 4
+
+
+@pytest.mark.parametrize("make", [images.cmyk_jpeg, images.png16, images.grey_png])
+def test_cmyk_16bit_and_grey_sources_become_8bit_srgb(make: object) -> None:
+    out, _ = run(make(), "format=png")  # type: ignore[operator]
+    assert out.format == "uchar"
+    assert out.interpretation == "srgb"
+    assert out.bands == 3
+    reference = images.demo("astronaut.jpg")
+    if make is images.grey_png:
+        reference = reference.colourspace("b-w").colourspace("srgb")
+    assert images.mean_difference(out, reference) < 12
+
+
+def test_animated_gif_keeps_its_frames_cropped_identically() -> None:
+    out, description = run(images.animated_gif(), "width=60,height=60,fit=cover,gravity=left")
+    assert out.get("n-pages") == 5
+    assert out.get("page-height") == 60
+    assert out.width == 60
+    for index, colour in enumerate(images.COLOURS):
+        frame = out.crop(0, index * 60, 60, 60)
+        # the black corner square was at the top-left and gravity=left keeps the left edge
+        assert frame.getpoint(2, 2)[:3] == pytest.approx([0, 0, 0], abs=40)
+        assert frame.getpoint(50, 50)[:3] == pytest.approx(list(colour), abs=40)
+    assert description["frames"] == 5
+
+
+def test_anim_false_takes_the_first_frame() -> None:
+    out, description = run(images.animated_gif(), "anim=false,width=60")
+    assert out.get("n-pages") == 1
+    assert out.getpoint(50, 30)[:3] == pytest.approx([255, 0, 0], abs=40)
+    assert description["frames"] == 1
+
+
+@pytest.mark.parametrize(
+    ("fmt", "loader"),
+    [
+        ("jpeg", "jpegload_buffer"),
+        ("baseline-jpeg", "jpegload_buffer"),
+        ("png", "pngload_buffer"),
+        ("webp", "webpload_buffer"),
+        ("avif", "heifload_buffer"),
+    ],
+)
+def test_every_output_format_decodes_back_with_the_asked_size(fmt: str, loader: str) -> None:
+    out, _ = run(ASTRONAUT, f"width=200,height=120,fit=cover,format={fmt}")
+    assert out.get("vips-loader") == loader
+    assert (out.width, out.height) == (200, 120)
+
+
+def test_progressive_and_baseline_jpeg_differ_as_asked() -> None:
+    progressive, _ = run(ASTRONAUT, "width=100,format=jpeg")
+    baseline, _ = run(ASTRONAUT, "width=100,format=baseline-jpeg")
+    assert progressive.get("interlaced") == 1
+    assert "interlaced" not in baseline.get_fields() or baseline.get("interlaced") == 0
+
+
+def test_format_auto_negotiates_from_accept() -> None:
+    options = parse_options("width=64,format=auto")
+    assert transform(ASTRONAUT, options, accept="image/avif,image/webp,*/*").format == "avif"
+    webp = transform(ASTRONAUT, options, accept="image/webp,*/*")
+    assert (webp.format, webp.negotiated) == ("webp", True)
+    assert transform(ASTRONAUT, options, accept="*/*").format == "jpeg"
+    assert transform(ASTRONAUT, parse_options("width=64")).negotiated is False
+
+
+def test_alpha_is_kept_where_the_format_can_and_flattened_on_background_elsewhere() -> None:
+    logo = (images.DEMO / "logo.png").read_bytes()
+    png, _ = run(logo, "width=100,format=png")
+    assert png.hasalpha()
+    jpeg, _ = run(logo, "width=100,format=jpeg,background=red")
+    assert not jpeg.hasalpha()
+    assert jpeg.getpoint(0, 0) == pytest.approx([255, 0, 0], abs=30)
+
+
+def test_pad_puts_the_image_on_a_background_of_the_exact_size() -> None:
+    out, _ = run(ASTRONAUT, "width=300,height=100,fit=pad,background=red,format=png")
+    assert (out.width, out.height) == (300, 100)
+    assert out.getpoint(5, 50) == pytest.approx([255, 0, 0], abs=2)
+
+
+def test_rotate_flip_and_adjustments_apply() -> None:
+    coffee = (images.DEMO / "coffee.jpg").read_bytes()
+    rotated, _ = run(coffee, "rotate=90,format=png")
+    assert (rotated.width, rotated.height) == (400, 600)
+    grey, _ = run(coffee, "saturation=0,format=png")
+    r, g, b = (float(grey[i].avg()) for i in range(3))
+    assert abs(r - g) < 2 and abs(g - b) < 2
+    dark, _ = run(coffee, "brightness=0.5,format=png")
+    assert dark.avg() < images.demo("coffee.jpg").avg() * 0.6
+    blurred, _ = run(coffee, "blur=20,format=png")
+    assert blurred.deviate() < images.demo("coffee.jpg").deviate()
+
+
+def test_trim_cuts_pixels_from_each_side() -> None:
+    out, description = run(ASTRONAUT, "trim=10;20;30;40,format=png")
+    assert (out.width, out.height) == (512 - 20 - 40, 512 - 10 - 30)
+    assert description["crop"] == {"left": 0, "top": 0, "width": 452, "height": 472}
+
+
+def test_metadata_copyright_keeps_only_the_copyright() -> None:
+    source = images.demo("astronaut.jpg").copy()
+    source.set_type(pyvips.GValue.gstr_type, "exif-ifd0-Copyright", "NASA")
+    source.set_type(pyvips.GValue.gstr_type, "exif-ifd0-Artist", "someone")
+    data = bytes(source.jpegsave_buffer(keep="exif"))
+    kept, _ = run(data, "width=64")
+    fields = kept.get_fields()
+    assert str(kept.get("exif-ifd0-Copyright")).startswith("NASA")
+    assert "exif-ifd0-Artist" not in fields
+    stripped, _ = run(data, "width=64,metadata=none")
+    assert "exif-ifd0-Copyright" not in stripped.get_fields()
+    everything, _ = run(data, "width=64,metadata=keep")
+    assert str(everything.get("exif-ifd0-Artist")).startswith("someone")
+
+
+# --- faces through the detector boundary (a fixed detector; the real model has its own tests) --
+
+
+def test_face_gravity_maps_inference_boxes_back_to_the_original() -> None:
+    big = images.demo("astronaut.jpg").resize(4).jpegsave_buffer(Q=90)  # 2048x2048
+    detector = FixedDetector([(100.0, 100.0, 150.0, 350.0)])  # on the 1024x1024 inference image
+    _, description = run(
+        big, "format=json,width=256,height=256,fit=cover,gravity=face,zoom=1", detector=detector
+    )
+    assert detector.seen == [(1024, 1024)]
+    assert description["faces"] == [{"box": [200.0, 200.0, 300.0, 700.0], "score": 0.99}]
+    assert description["outer_box"] == [200.0, 200.0, 300.0, 700.0]
+    assert description["gravity"] == "face"
+    crop = description["crop"]
+    assert isinstance(crop, dict)
+    # the crop keeps the face box whole
+    assert crop["left"] <= 200 and crop["top"] <= 200
+    assert crop["left"] + crop["width"] >= 300 and crop["top"] + crop["height"] >= 700
+
+
+def test_face_gravity_output_has_the_asked_size() -> None:
+    detector = FixedDetector([(180.0, 60.0, 300.0, 220.0)])
+    out, description = run(
+        ASTRONAUT, "width=128,height=128,fit=cover,gravity=face,zoom=0.5", detector=detector
+    )
+    assert (out.width, out.height) == (128, 128)
+    assert description["gravity"] == "face"
+
+
+def test_no_face_falls_back_to_centre_and_says_so() -> None:
+    result = transform(
+        ASTRONAUT,
+        parse_options("width=100,height=100,fit=cover,gravity=face"),
+        detector=FixedDetector([]),
+    )
+    assert (result.gravity_used, result.fallback, result.degraded) == (
+        "center",
+        "no face found",
+        False,
+    )
+
+
+def test_a_failed_detection_falls_back_and_is_marked_degraded() -> None:
+    result = transform(
+        ASTRONAUT,
+        parse_options("width=100,height=100,fit=cover,gravity=face"),
+        detector=FailingDetector(),
+    )
+    assert result.gravity_used == "center"
+    assert result.degraded is True
+    assert result.fallback is not None and "worker died" in result.fallback
+
+
+def test_zoom_without_face_gravity_is_an_error() -> None:
+    with pytest.raises(OptionError, match="gravity=face"):
+        transform(ASTRONAUT, parse_options("width=100,zoom=0.5"))
+
+
+# --- bad input ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "error", "words"),
+    [
+        (b"", ImageError, "empty"),
+        (images.truncated_jpeg(), ImageError, "truncated"),
+        (b"this is a text file, not a picture\n" * 20, ImageError, "not an image"),
+        (b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>', ImageError, "svg"),
+    ],
+)
+def test_bad_sources_give_clear_errors(data: bytes, error: type[Exception], words: str) -> None:
+    with pytest.raises(error, match=words):
+        transform(data, parse_options("width=100"))
+
+
+def test_decompression_bomb_is_refused_from_the_header() -> None:
+    with pytest.raises(LimitError, match=r"60000x60000 \(3600.0 megapixels\)") as raised:
+        transform(images.png_bomb(), parse_options("width=100"))
+    assert raised.value.status == 413
+
+
+def test_decompression_bomb_is_refused_without_allocating_it() -> None:
+    """In a fresh process, peak RSS grows by far less than the 10.8 GB the header claims."""
+    script = (
+        "import resource, sys\n"
+        "from focal.pipeline import transform\n"
+        "from focal.options import parse_options\n"
+        "from focal.errors import LimitError\n"
+        "from tests.images import png_bomb\n"
+        "data = png_bomb()\n"
+        "transform(b'', parse_options('')) if False else None\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "try:\n"
+        "    transform(data, parse_options('width=100'))\n"
+        "except LimitError:\n"
+        "    pass\n"
+        "else:\n"
+        "    sys.exit('not refused')\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=images.DEMO.parents[2],
+    )
+    grown_kib = int(out.stdout.strip())
+    assert grown_kib < 20 * 1024
+
+
+def test_limits_are_configurable() -> None:
+    with pytest.raises(LimitError, match=r"expected at most 0\.1 megapixels"):
+        transform(ASTRONAUT, parse_options("width=10"), limits=Limits(max_pixels=100_000))
+    with pytest.raises(LimitError, match="bytes"):
+        transform(ASTRONAUT, parse_options("width=10"), limits=Limits(max_bytes=1000))
+    with pytest.raises(LimitError, match="frames"):
+        transform(images.animated_gif(), parse_options("width=10"), limits=Limits(max_frames=3))
+
+
+def test_inference_array_is_rgb_uint8_of_the_asked_size() -> None:
+    detector = FixedDetector([])
+    transform(
+        (images.DEMO / "logo.png").read_bytes(),
+        parse_options("gravity=face,format=json"),
+        detector=detector,
+    )
+    assert detector.seen and all(isinstance(v, int) for v in detector.seen[0])
+    assert np.dtype(np.uint8)
