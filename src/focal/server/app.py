@@ -1,0 +1,649 @@
+"""The HTTP service: ``create_app(settings)`` returns the Starlette application.
+
+Routes:
+
+    GET|HEAD /cdn-cgi/image/<options>/<source>   a variant (Cloudflare-compatible URL)
+    GET      /healthz                            {"status": "ok", ...}
+    GET      /metrics                            Prometheus text
+    GET      /                                   the playground, or a small JSON index
+
+One image request, in order: signature check (403) -> option parse (400) -> origin fetch (once)
+-> variant cache lookup -> transform in a thread, under the concurrency limit -> cache store ->
+response. The whole request runs under ``request_timeout_s`` (504 past it). Every error answers
+``{"status": <code>, "error": <public message>}``; internal details go to the log only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import importlib
+import importlib.util
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from email.utils import formatdate
+from typing import Any, Protocol
+from urllib.parse import unquote
+
+import anyio
+import pyvips
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route, request_response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from focal import __version__
+from focal.detection import Detector
+from focal.errors import BusyError, FocalError, ForbiddenError, OptionError, SignatureError
+from focal.options import Format, Options, normalise, parse_options
+from focal.pipeline import Limits, Result, transform
+from focal.server import logs, signing
+from focal.server.cache import Meta, VariantCache, etag_for, variant_key
+from focal.server.metrics import CONTENT_TYPE as METRICS_TYPE
+from focal.server.metrics import Gauges, Metrics
+from focal.server.settings import Settings
+
+PREFIX = b"/cdn-cgi/image/"
+EXAMPLES = (
+    "/cdn-cgi/image/width=256,height=256,fit=cover,gravity=face,zoom=0.5/astronaut.jpg",
+    "/cdn-cgi/image/width=400,format=auto/coffee.jpg",
+    "/cdn-cgi/image/width=300,height=300,fit=cover,gravity=face,format=json/grace_hopper.jpg",
+)
+HEADER_CAP = 200
+
+
+# ---- collaborators -------------------------------------------------------------------------
+
+
+class SourceLike(Protocol):
+    @property
+    def data(self) -> bytes: ...
+    @property
+    def identity(self) -> str: ...
+    @property
+    def last_modified(self) -> float | None: ...
+
+
+class Origin(Protocol):
+    async def fetch(self, source: str) -> SourceLike: ...
+
+
+@dataclass(frozen=True)
+class Origins:
+    local: Origin
+    remote: Origin | None
+    is_remote: Callable[[str], bool]
+
+
+def default_origins(settings: Settings) -> Origins:
+    from focal.server import origins
+
+    remote = None
+    if settings.remote_prefixes:
+        remote = origins.RemoteOrigin(
+            settings.remote_prefixes,
+            settings.max_bytes,
+            connect_timeout=settings.remote_connect_timeout_s,
+            read_timeout=settings.remote_read_timeout_s,
+            max_redirects=settings.remote_max_redirects,
+            allowed_networks=settings.allowed_networks,
+        )
+    local = origins.LocalOrigin(settings.root, settings.max_bytes)
+    return Origins(local=local, remote=remote, is_remote=origins.is_remote)
+
+
+@dataclass
+class Detection:
+    """The detector the pipeline gets (None: gravity=face falls back), and what runs it."""
+
+    detector: Detector | None = None
+    pool: Any = None
+    state: str = "off"
+
+    def model_id(self) -> str:
+        return self.detector.model_id if self.detector is not None else "none"
+
+    def gauges(self, cache_bytes: int, waiting: int) -> Gauges:
+        if self.pool is None:
+            return Gauges(cache_bytes=cache_bytes, image_jobs_waiting=waiting)
+        stats = self.pool.stats()
+        return Gauges(
+            detector_queue_depth=int(stats.queue_depth),
+            detector_restarts=int(stats.restarts),
+            detector_worker_rss_bytes=sum(stats.worker_rss_bytes),
+            detector_batches=int(stats.batches),
+            detector_detections=int(stats.detections),
+            cache_bytes=cache_bytes,
+            image_jobs_waiting=waiting,
+        )
+
+
+def start_detection(settings: Settings) -> Detection:
+    """Start the detector pool; on a missing model or runtime, serve on with the fallback."""
+    if not settings.face:
+        logs.event("face detection off: gravity=face falls back to centre", {"setting": "face"})
+        return Detection(state="off")
+    try:
+        dp = importlib.import_module("focal.server.detector_pool")
+        pool = dp.DetectorPool(pool_settings(settings, dp.PoolSettings))
+        pool.start()
+    except (FocalError, ImportError, OSError, RuntimeError, TimeoutError) as error:
+        public = getattr(error, "public", None) or "the face detector could not start"
+        logs.event(
+            "face detection unavailable: gravity=face falls back to centre",
+            {"reason": public, "detail": repr(error), "fix": "focal models fetch"},
+            logging.WARNING,
+        )
+        return Detection(state="unavailable: " + public)
+    detector = dp.CachingDetector(pool, max_entries=settings.detection_cache_entries)
+    logs.event("face detection ready", {"model": pool.model_id})
+    return Detection(detector=detector, pool=pool, state="ready")
+
+
+def pool_settings(settings: Settings, kind: Callable[..., Any]) -> Any:
+    return kind(
+        workers=settings.detector_workers,
+        queue_size=settings.detector_queue,
+        deadline_s=settings.detector_deadline_s,
+        batch_window_ms=settings.detector_batch_window_ms,
+        max_batch=settings.detector_max_batch,
+        rss_limit_mb=settings.detector_rss_limit_mb,
+    )
+
+
+class ImageWorkers:
+    """Runs transformations on ``threads`` threads; at most ``queue`` more may wait (else 503).
+    A request that gives up leaves its job to finish (if running) or drops it (if waiting)."""
+
+    def __init__(self, threads: int, queue: int) -> None:
+        self._executor = concurrent.futures.ThreadPoolExecutor(threads, "focal-image")
+        self._threads = threads
+        self._capacity = threads + queue
+        self._lock = threading.Lock()
+        self._in_flight = 0
+
+    def waiting(self) -> int:
+        with self._lock:
+            return max(0, self._in_flight - self._threads)
+
+    async def run(self, job: Callable[[], Result]) -> Result:
+        with self._lock:
+            if self._in_flight >= self._capacity:
+                raise BusyError("The server is busy: try again shortly", retry_after=1)
+            self._in_flight += 1
+        future = self._executor.submit(job)
+        future.add_done_callback(self._done)
+        return await asyncio.wrap_future(future)
+
+    def _done(self, _: object) -> None:
+        with self._lock:
+            self._in_flight -= 1
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+@dataclass
+class Service:
+    settings: Settings
+    origins: Origins
+    cache: VariantCache | None
+    workers: ImageWorkers
+    limits: Limits
+    metrics: Metrics = field(default_factory=Metrics)
+    detection: Detection = field(default_factory=Detection)
+
+
+def build_service(settings: Settings, origins: Origins | None) -> Service:
+    cache = None
+    if settings.cache_enabled:
+        cache = VariantCache(settings.cache_dir.expanduser(), settings.cache_max_mb * 1024 * 1024)
+    limits = Limits(
+        max_pixels=settings.max_pixels,
+        max_bytes=settings.max_bytes,
+        max_output_pixels=settings.max_output_pixels,
+        max_frames=settings.max_frames,
+    )
+    return Service(
+        settings=settings,
+        origins=origins if origins is not None else default_origins(settings),
+        cache=cache,
+        workers=ImageWorkers(settings.threads, settings.image_queue),
+        limits=limits,
+    )
+
+
+# ---- one image request ---------------------------------------------------------------------
+
+
+@dataclass
+class Trace:
+    """What one request did; becomes its log line and its metrics."""
+
+    path: str
+    method: str
+    started: float = field(default_factory=time.perf_counter)
+    timings: dict[str, float] = field(default_factory=dict)
+    cache: str | None = None
+    source: str | None = None
+    options: Options | None = None
+    result: Result | None = None
+    error: FocalError | None = None
+    unexpected: str | None = None
+
+    def fields(self, status: int, size: int) -> dict[str, Any]:
+        result = self.result
+        out: dict[str, Any] = {
+            "method": self.method,
+            "path": self.path,
+            "status": status,
+            "ms": logs.now_ms(self.started),
+            "stages_ms": self.timings,
+            "cache": self.cache,
+            "bytes": size,
+            "source": self.source,
+        }
+        if result is not None:
+            out |= {"gravity": result.gravity_used, "format": result.format}
+            out |= {"fallback": result.fallback, "degraded": result.degraded}
+        if self.error is not None:
+            out |= {"error": self.error.public, "detail": self.error.detail}
+        if self.unexpected is not None:
+            out["detail"] = self.unexpected
+        return out
+
+
+def split_path(raw: bytes) -> tuple[str, str]:
+    """(decoded options, raw source) from the raw request path."""
+    try:
+        text = raw[len(PREFIX) :].decode("ascii")
+    except UnicodeDecodeError:
+        raise FocalError(
+            "The URL path must be ASCII (percent-encode the rest)", status=400
+        ) from None
+    options, _, source = text.partition("/")
+    if not source:
+        raise FocalError(
+            "The URL names no source: expected /cdn-cgi/image/<options>/<source>", status=400
+        )
+    return unquote(options), source
+
+
+def accept_class(options: Options, accept: str | None) -> str:
+    """The part of Accept a variant depends on: the image types listed with q > 0, sorted;
+    empty unless the format is negotiated (format=auto)."""
+    if options.format is not Format.AUTO:
+        return ""
+    kinds = set()
+    for item in (accept or "").split(","):
+        media, *params = (p.strip().lower() for p in item.split(";"))
+        refused = any(p.replace(" ", "") in ("q=0", "q=0.0", "q=0.00", "q=0.000") for p in params)
+        if media.startswith(("image/", "*/")) and not refused:
+            kinds.add(media)
+    return "accept:" + ",".join(sorted(kinds))
+
+
+async def fetch(service: Service, source: str, trace: Trace) -> SourceLike:
+    origins = service.origins
+    start = time.perf_counter()
+    try:
+        if origins.is_remote(source):
+            if origins.remote is None:
+                raise ForbiddenError("Remote sources are not enabled on this server")
+            return await origins.remote.fetch(source)
+        return await origins.local.fetch(source)
+    finally:
+        trace.timings["fetch"] = logs.now_ms(start)
+
+
+def cacheable(options: Options, result: Result, accept: str) -> bool:
+    if result.degraded:
+        return False
+    if result.negotiated and not accept:
+        return False
+    # JSON descriptions of gravity=face hold face boxes: never written to disk.
+    return not (result.format == "json" and options.gravity.mode == "face")
+
+
+async def produce(service: Service, request: Request, trace: Trace) -> Response:
+    settings = service.settings
+    raw_path: bytes = request.scope.get("raw_path") or request.scope["path"].encode()
+    signing.check(
+        raw_path,
+        request.scope.get("query_string", b"").decode("latin-1"),
+        settings.signing_keys,
+        required=settings.require_signature,
+    )
+    options_text, source_raw = split_path(raw_path)
+    trace.source = source_raw
+    options = parse_options(options_text)
+    trace.options = options
+    source = await fetch(service, source_raw, trace)
+    accept_header = request.headers.get("accept")
+    accept = accept_class(options, accept_header)
+    model = service.detection.model_id() if options.gravity.mode == "face" else ""
+    key = variant_key(source.identity, normalise(options), accept, model)
+    cached = await lookup(service, key, trace)
+    if cached is not None:
+        return variant_response(request, settings, cached, source.last_modified, trace)
+    job = _transform_job(source.data, options, service, accept_header)
+    result = await service.workers.run(job)
+    trace.result = result
+    trace.timings |= result.timings
+    meta = meta_for(result, key)
+    if service.cache is not None and cacheable(options, result, accept):
+        await run_in_threadpool(service.cache.put, key, meta, result.data)
+    if result.fallback and options.gravity.mode == "face":
+        service.metrics.record_fallback()
+    return variant_response(request, settings, (meta, result), source.last_modified, trace)
+
+
+def _transform_job(
+    data: bytes, options: Options, service: Service, accept: str | None
+) -> Callable[[], Result]:
+    detector = service.detection.detector
+    limits = service.limits
+
+    def job() -> Result:
+        return transform(data, options, detector=detector, limits=limits, accept=accept)
+
+    return job
+
+
+async def lookup(service: Service, key: str, trace: Trace) -> tuple[Meta, Result] | None:
+    if service.cache is None:
+        trace.cache = "bypass"
+        return None
+    entry = await run_in_threadpool(service.cache.get, key)
+    trace.cache = "hit" if entry is not None else "miss"
+    if entry is None:
+        return None
+    meta = entry.meta
+    result = Result(
+        data=entry.data,
+        content_type=meta.content_type,
+        format=meta.format,
+        width=meta.width,
+        height=meta.height,
+        gravity_used=meta.gravity_used,
+        degraded=False,
+        negotiated=meta.negotiated,
+        fallback=meta.fallback,
+    )
+    trace.result = result
+    return meta, result
+
+
+def meta_for(result: Result, key: str) -> Meta:
+    return Meta(
+        content_type=result.content_type,
+        format=result.format,
+        width=result.width,
+        height=result.height,
+        gravity_used=result.gravity_used,
+        etag="" if result.degraded else etag_for(key, result.data),
+        negotiated=result.negotiated,
+        size=len(result.data),
+        fallback=result.fallback,
+    )
+
+
+def header_text(text: str) -> str:
+    """A value safe for a response header: printable ASCII, capped."""
+    cleaned = "".join(c if " " <= c <= "~" else "?" for c in text)
+    return cleaned[:HEADER_CAP]
+
+
+def variant_headers(
+    settings: Settings, meta: Meta, result: Result, last_modified: float | None, trace: Trace
+) -> dict[str, str]:
+    headers = {"Focal-Gravity": header_text(result.gravity_used)}
+    if result.degraded:
+        headers["Cache-Control"] = "no-store"
+    else:
+        headers["Cache-Control"] = f"public, max-age={settings.max_age}"
+        headers["ETag"] = meta.etag
+    if result.fallback and trace.options is not None and trace.options.gravity.mode == "face":
+        headers["Focal-Gravity-Fallback"] = header_text(result.fallback)
+    if meta.negotiated:
+        headers["Vary"] = "Accept"
+    if last_modified is not None:
+        headers["Last-Modified"] = formatdate(last_modified, usegmt=True)
+    if trace.cache is not None:
+        headers["Focal-Cache"] = trace.cache
+    return headers
+
+
+def etag_matches(header: str | None, etag: str) -> bool:
+    if not header or not etag:
+        return False
+    tags = [t.strip().removeprefix("W/") for t in header.split(",")]
+    return "*" in tags or etag in tags
+
+
+def variant_response(
+    request: Request,
+    settings: Settings,
+    entry: tuple[Meta, Result],
+    last_modified: float | None,
+    trace: Trace,
+) -> Response:
+    meta, result = entry
+    headers = variant_headers(settings, meta, result, last_modified, trace)
+    if not result.degraded and etag_matches(request.headers.get("if-none-match"), meta.etag):
+        return Response(status_code=304, headers=headers)
+    return Response(result.data, headers=headers, media_type=result.content_type)
+
+
+def error_response(error: FocalError, extra: dict[str, str] | None = None) -> Response:
+    headers = {"Cache-Control": "no-store"} | (extra or {})
+    if isinstance(error, BusyError):
+        headers["Retry-After"] = str(error.retry_after)
+    body = {"status": error.status, "error": error.public}
+    return JSONResponse(body, status_code=error.status, headers=headers)
+
+
+def redirect_target(service: Service, source: str) -> str | None:
+    """Where onerror=redirect sends the client: the original source URL. Remote URLs only when
+    they are allowed sources (no open redirect); local ones as a same-site path."""
+    if not all(" " < c <= "~" for c in source):
+        return None
+    if service.origins.is_remote(source):
+        allowed = service.origins.remote is not None and any(
+            source.startswith(prefix) for prefix in service.settings.remote_prefixes
+        )
+        return source if allowed else None
+    return "/" + source.lstrip("/")
+
+
+def failure_response(service: Service, error: FocalError, trace: Trace) -> Response:
+    trace.error = error
+    options = trace.options
+    redirectable = not isinstance(error, OptionError | SignatureError)
+    if options is not None and options.onerror == "redirect" and redirectable and trace.source:
+        target = redirect_target(service, trace.source)
+        if target is not None:
+            return Response(
+                status_code=302, headers={"Location": target, "Cache-Control": "no-store"}
+            )
+    return error_response(error)
+
+
+async def image(request: Request) -> Response:
+    service: Service = request.app.state.service
+    trace = Trace(path=request.scope["path"], method=request.method)
+    try:
+        with anyio.fail_after(service.settings.request_timeout_s):
+            response = await produce(service, request, trace)
+    except FocalError as error:
+        response = failure_response(service, error, trace)
+    except TimeoutError:
+        timeout = FocalError("The image took too long to produce", status=504)
+        response = failure_response(service, timeout, trace)
+    except Exception as error:  # the one place that turns a defect into a 500
+        trace.unexpected = f"{type(error).__name__}: {error}"
+        logs.log.exception("unexpected error", extra={"fields": {"path": trace.path}})
+        response = error_response(FocalError("Internal error"))
+    finish(service, trace, response)
+    return response
+
+
+def finish(service: Service, trace: Trace, response: Response) -> None:
+    size = int(response.headers.get("content-length", "0") or 0)
+    trace.timings["total"] = logs.now_ms(trace.started)
+    service.metrics.record(response.status_code, trace.timings, trace.cache)
+    logs.request_line(trace.fields(response.status_code, size), response.status_code)
+
+
+# ---- service endpoints ---------------------------------------------------------------------
+
+
+async def healthz(request: Request) -> Response:
+    service: Service = request.app.state.service
+    body = {"status": "ok", "version": __version__, "face": service.detection.state}
+    return JSONResponse(body, headers={"Cache-Control": "no-store"})
+
+
+async def metrics(request: Request) -> Response:
+    service: Service = request.app.state.service
+    cache_bytes = service.cache.approx_size() if service.cache is not None else 0
+    gauges = service.detection.gauges(cache_bytes, service.workers.waiting())
+    text = service.metrics.render(gauges)
+    return Response(text, media_type=METRICS_TYPE, headers={"Cache-Control": "no-store"})
+
+
+async def index(request: Request) -> Response:
+    body = {
+        "name": "focal",
+        "version": __version__,
+        "endpoints": ["/cdn-cgi/image/<options>/<source>", "/healthz", "/metrics"],
+        "examples": list(EXAMPLES),
+    }
+    return JSONResponse(body)
+
+
+def playground_routes(settings: Settings) -> list[BaseRoute]:
+    if not settings.playground or importlib.util.find_spec("focal.server.playground") is None:
+        return []
+    module = importlib.import_module("focal.server.playground")
+    routes: list[BaseRoute] = module.routes(settings)
+    return routes
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    status = exc.status_code if isinstance(exc, HTTPException) else 500
+    headers = dict(exc.headers or {}) if isinstance(exc, HTTPException) else {}
+    return error_response(FocalError(http_message(status), status=status), headers)
+
+
+def http_message(status: int) -> str:
+    if status == 404:
+        return "No such endpoint: images are under /cdn-cgi/image/<options>/<source>"
+    if status == 405:
+        return "Method not allowed"
+    return "Request refused"
+
+
+async def not_allowed(request: Request) -> Response:
+    error = FocalError("Method not allowed: images answer GET and HEAD", status=405)
+    response = error_response(error, {"Allow": "GET, HEAD"})
+    logs.request_line({"method": request.method, "path": request.scope["path"], "status": 405}, 405)
+    return response
+
+
+IMAGE_ENDPOINT = request_response(image)
+NOT_ALLOWED = request_response(not_allowed)
+
+
+class Dispatch:
+    """Sends every request whose raw path starts with /cdn-cgi/image/ to the image endpoint,
+    whatever the rest holds (route patterns stop at a newline), and writes one log line for
+    every other request."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        raw = scope.get("raw_path") or scope["path"].encode()
+        if raw.startswith(PREFIX):
+            endpoint = IMAGE_ENDPOINT if scope["method"] in ("GET", "HEAD") else NOT_ALLOWED
+            await endpoint(scope, receive, send)
+            return
+        await self._logged(scope, receive, send)
+
+    async def _logged(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        status = 500
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            fields = {"method": scope["method"], "path": scope["path"], "status": status}
+            fields["ms"] = logs.now_ms(started)
+            logs.request_line(fields, status)
+            service: Service = scope["app"].state.service
+            service.metrics.record(status, {}, None)
+
+
+def build_routes(settings: Settings) -> Sequence[BaseRoute]:
+    routes: list[BaseRoute] = [
+        Route("/healthz", healthz, methods=["GET", "HEAD"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ]
+    extra = playground_routes(settings)
+    if not any(getattr(r, "path", None) == "/" for r in extra):
+        routes.append(Route("/", index, methods=["GET", "HEAD"]))
+    return routes + extra
+
+
+def quiet_libvips() -> None:
+    """Turn libvips' operation cache off: it keeps up to 100 MB of decoded images per process for
+    reuse that a server with a variant cache does not need."""
+    pyvips.cache_set_max(0)
+    pyvips.cache_set_max_mem(0)
+    pyvips.cache_set_max_files(0)
+
+
+def create_app(settings: Settings, origins: Origins | None = None) -> Starlette:
+    """The application. ``origins`` replaces the configured origins (tests)."""
+    quiet_libvips()
+    service = build_service(settings, origins)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        service.detection = await anyio.to_thread.run_sync(start_detection, settings)
+        app.state.detector = service.detection.detector
+        try:
+            yield
+        finally:
+            service.workers.shutdown()
+            if service.detection.pool is not None:
+                await anyio.to_thread.run_sync(service.detection.pool.stop)
+
+    app = Starlette(
+        routes=list(build_routes(settings)),
+        middleware=[Middleware(Dispatch)],
+        exception_handlers={HTTPException: http_error},
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    app.state.limits = service.limits
+    app.state.detector = None
+    return app

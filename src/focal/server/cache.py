@@ -1,0 +1,210 @@
+"""Disk cache of transformed variants, safe to share between processes.
+
+One file per variant, ``<dir>/<key[:2]>/<key>``: a magic, the metadata length, the metadata as
+JSON, then the bytes. A file is written to a temporary name in the same folder and moved into place
+with ``os.replace``, so a reader sees a whole file or none. A hit sets the file's mtime to now;
+eviction removes the files with the oldest mtime (least recently used) until the total is under
+the bound. Every step tolerates another process deleting the same files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import secrets
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+MAGIC = b"FCV1"
+HEADER = struct.Struct(">4sI")
+MAX_META = 64 * 1024
+KEY_VERSION = "focal-variant-1"
+TMP_PREFIX = ".tmp-"
+STALE_TMP_S = 3600.0
+EVICT_TO = 0.9  # after an eviction, the total is at most this share of the bound
+
+
+@dataclass(frozen=True)
+class Meta:
+    content_type: str
+    format: str
+    width: int
+    height: int
+    gravity_used: str
+    etag: str
+    negotiated: bool
+    size: int
+    fallback: str | None = None  # why gravity=face was not used (no face found)
+
+
+@dataclass(frozen=True)
+class Entry:
+    meta: Meta
+    data: bytes
+
+
+def variant_key(identity: str, options: str, accept: str, model_id: str) -> str:
+    """sha256 over the source identity, the normalised options, the Accept class the format is
+    negotiated from, and the detector model (empty when no detection is involved)."""
+    parts = (KEY_VERSION, identity, options, accept, model_id)
+    return hashlib.sha256("\0".join(parts).encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def etag_for(key: str, data: bytes) -> str:
+    digest = hashlib.sha256(key.encode("ascii") + hashlib.sha256(data).digest()).hexdigest()
+    return f'"{digest[:40]}"'
+
+
+def encode(meta: Meta, data: bytes) -> bytes:
+    blob = json.dumps(asdict(meta), separators=(",", ":")).encode("utf-8")
+    return HEADER.pack(MAGIC, len(blob)) + blob + data
+
+
+def decode(raw: bytes) -> Entry | None:
+    """The entry, or None when the file is not a whole, valid entry."""
+    if len(raw) < HEADER.size:
+        return None
+    magic, length = HEADER.unpack_from(raw)
+    if magic != MAGIC or length > MAX_META or len(raw) < HEADER.size + length:
+        return None
+    try:
+        meta = Meta(**json.loads(raw[HEADER.size : HEADER.size + length]))
+    except (ValueError, TypeError):
+        return None
+    data = raw[HEADER.size + length :]
+    return Entry(meta, data) if len(data) == meta.size else None
+
+
+@dataclass(frozen=True)
+class Stats:
+    hits: int
+    misses: int
+    writes: int
+    evictions: int
+
+
+class VariantCache:
+    """Bounded LRU disk cache. Methods block (disk I/O): call them from a thread."""
+
+    def __init__(self, directory: Path, max_bytes: int) -> None:
+        self.directory = directory
+        self.max_bytes = max_bytes
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._approx_total = self.total_size()
+        self._hits = self._misses = self._writes = self._evictions = 0
+
+    def path_for(self, key: str) -> Path:
+        return self.directory / key[:2] / key
+
+    def get(self, key: str) -> Entry | None:
+        path = self.path_for(key)
+        try:
+            raw = path.read_bytes()
+        except OSError:
+            self._count(hit=False)
+            return None
+        entry = decode(raw)
+        if entry is None:
+            _unlink(path)
+            self._count(hit=False)
+            return None
+        with contextlib.suppress(OSError):
+            os.utime(path)  # mtime = last use
+        self._count(hit=True)
+        return entry
+
+    def put(self, key: str, meta: Meta, data: bytes) -> None:
+        path = self.path_for(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        blob = encode(meta, data)
+        tmp = path.parent / f"{TMP_PREFIX}{os.getpid()}-{secrets.token_hex(6)}"
+        try:
+            with open(tmp, "wb") as handle:
+                handle.write(blob)
+            os.replace(tmp, path)
+        except BaseException:
+            _unlink(tmp)
+            raise
+        with self._lock:
+            self._writes += 1
+            self._approx_total += len(blob)
+            over = self._approx_total > self.max_bytes
+        if over:
+            self.evict()
+
+    def evict(self) -> int:
+        """Remove least recently used files until the total is under the bound. Returns bytes
+        removed. The total is re-read from disk, so other processes' writes are counted."""
+        files = sorted(self._scan(), key=lambda f: f[1])
+        total = sum(size for _, _, size in files)
+        target = int(self.max_bytes * EVICT_TO) if total > self.max_bytes else total
+        removed = 0
+        for path, _, size in files:
+            if total - removed <= target:
+                break
+            if _unlink(path):
+                removed += size
+                with self._lock:
+                    self._evictions += 1
+        with self._lock:
+            self._approx_total = total - removed
+        return removed
+
+    def total_size(self) -> int:
+        return sum(size for _, _, size in self._scan())
+
+    def approx_size(self) -> int:
+        """Bytes written by this process since the last scan, plus what that scan found."""
+        with self._lock:
+            return self._approx_total
+
+    def stats(self) -> Stats:
+        with self._lock:
+            return Stats(self._hits, self._misses, self._writes, self._evictions)
+
+    def _count(self, *, hit: bool) -> None:
+        with self._lock:
+            if hit:
+                self._hits += 1
+            else:
+                self._misses += 1
+
+    def _scan(self) -> Iterator[tuple[Path, float, int]]:
+        """(path, mtime, size) of every entry; stale temporary files are removed on the way."""
+        now = time.time()
+        for sub in _entries(self.directory):
+            if not sub.is_dir(follow_symlinks=False):
+                continue
+            for item in _entries(Path(sub.path)):
+                try:
+                    info = item.stat(follow_symlinks=False)
+                except OSError:
+                    continue  # removed meanwhile
+                if item.name.startswith(TMP_PREFIX):
+                    if now - info.st_mtime > STALE_TMP_S:
+                        _unlink(Path(item.path))
+                    continue
+                yield Path(item.path), info.st_mtime, info.st_size
+
+
+def _entries(folder: Path) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(folder) as it:
+            return list(it)
+    except OSError:
+        return []
+
+
+def _unlink(path: Path) -> bool:
+    try:
+        path.unlink()
+    except OSError:
+        return False
+    return True

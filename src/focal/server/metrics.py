@@ -1,0 +1,145 @@
+"""Prometheus text exposition (format 0.0.4), without a client library.
+
+Counters and histograms live in one :class:`Metrics` object per server process; gauges (detector
+queue, restarts, RSS) are read when /metrics is scraped.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+STAGES = ("fetch", "decode", "detect", "process", "encode", "total")
+BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+@dataclass(frozen=True)
+class Gauges:
+    """Values read at scrape time."""
+
+    detector_queue_depth: int = 0
+    detector_restarts: int = 0
+    detector_worker_rss_bytes: int = 0
+    detector_batches: int = 0
+    detector_detections: int = 0
+    cache_bytes: int = 0
+    image_jobs_waiting: int = 0
+
+
+class Histogram:
+    def __init__(self) -> None:
+        self.counts = [0] * len(BUCKETS_S)
+        self.total = 0
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.total += 1
+        self.sum += seconds
+        for i, bound in enumerate(BUCKETS_S):
+            if seconds <= bound:
+                self.counts[i] += 1
+
+    def lines(self, name: str, labels: str) -> list[str]:
+        sep = "," if labels else ""
+        out = [
+            f'{name}_bucket{{{labels}{sep}le="{bound}"}} {count}'
+            for bound, count in zip(BUCKETS_S, self.counts, strict=True)
+        ]
+        out.append(f'{name}_bucket{{{labels}{sep}le="+Inf"}} {self.total}')
+        out.append(f"{name}_sum{{{labels}}} {self.sum:.6f}")
+        out.append(f"{name}_count{{{labels}}} {self.total}")
+        return out
+
+
+def rss_bytes() -> int:
+    """Resident memory of this process (Linux /proc; elsewhere the peak from getrusage)."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as handle:
+            pages = int(handle.read().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.requests: dict[int, int] = {}
+        self.stages: dict[str, Histogram] = {stage: Histogram() for stage in STAGES}
+        self.cache: dict[str, int] = {"hit": 0, "miss": 0, "bypass": 0}
+        self.fallbacks = 0
+
+    def record(self, status: int, timings_ms: Mapping[str, float], cache: str | None) -> None:
+        with self._lock:
+            self.requests[status] = self.requests.get(status, 0) + 1
+            for stage, ms in timings_ms.items():
+                if stage in self.stages:
+                    self.stages[stage].observe(ms / 1000)
+            if cache in self.cache:
+                self.cache[cache] += 1
+
+    def record_fallback(self) -> None:
+        with self._lock:
+            self.fallbacks += 1
+
+    def render(self, gauges: Gauges) -> str:
+        with self._lock:
+            lines = list(self._counters()) + list(self._histograms())
+        lines += list(_gauges(gauges))
+        return "\n".join(lines) + "\n"
+
+    def _counters(self) -> Iterable[str]:
+        yield "# HELP focal_requests_total Image and service requests by HTTP status."
+        yield "# TYPE focal_requests_total counter"
+        for status in sorted(self.requests):
+            yield f'focal_requests_total{{status="{status}"}} {self.requests[status]}'
+        yield "# HELP focal_cache_requests_total Variant cache lookups by result."
+        yield "# TYPE focal_cache_requests_total counter"
+        for result, count in self.cache.items():
+            yield f'focal_cache_requests_total{{result="{result}"}} {count}'
+        yield "# HELP focal_face_fallbacks_total gravity=face requests served with a fallback."
+        yield "# TYPE focal_face_fallbacks_total counter"
+        yield f"focal_face_fallbacks_total {self.fallbacks}"
+
+    def _histograms(self) -> Iterable[str]:
+        yield "# HELP focal_stage_seconds Time per request stage."
+        yield "# TYPE focal_stage_seconds histogram"
+        for stage, histogram in self.stages.items():
+            yield from histogram.lines("focal_stage_seconds", f'stage="{stage}"')
+
+
+def _gauge(name: str, kind: str, help: str, value: int) -> Iterable[str]:
+    yield f"# HELP {name} {help}"
+    yield f"# TYPE {name} {kind}"
+    yield f"{name} {value}"
+
+
+def _gauges(g: Gauges) -> Iterable[str]:
+    yield from _gauge("focal_process_resident_memory_bytes", "gauge", "Server RSS.", rss_bytes())
+    yield from _gauge(
+        "focal_detector_queue_depth",
+        "gauge",
+        "Images waiting for detection.",
+        g.detector_queue_depth,
+    )
+    yield from _gauge(
+        "focal_detector_restarts_total", "counter", "Detector restarts.", g.detector_restarts
+    )
+    yield from _gauge(
+        "focal_detector_worker_rss_bytes",
+        "gauge",
+        "Detector processes' RSS.",
+        g.detector_worker_rss_bytes,
+    )
+    yield from _gauge("focal_detector_batches_total", "counter", "Batches.", g.detector_batches)
+    yield from _gauge(
+        "focal_detector_detections_total", "counter", "Images detected.", g.detector_detections
+    )
+    yield from _gauge("focal_cache_bytes", "gauge", "Variant cache size.", g.cache_bytes)
+    yield from _gauge(
+        "focal_image_jobs_waiting", "gauge", "Requests waiting for a thread.", g.image_jobs_waiting
+    )

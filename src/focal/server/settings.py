@@ -1,0 +1,408 @@
+"""Every setting of ``focal serve``, declared once.
+
+``SETTINGS`` is the single table: name, kind, default, help. From it come the typed
+:class:`Settings` record, the environment variables (``FOCAL_<NAME>``), the config-file keys
+(TOML, same names), the command-line flags (``--name-with-dashes``) and docs/configuration.md.
+
+Sources, lowest to highest precedence: defaults < config file (``--config``) < environment <
+command-line flags. An unknown key in the config file, or a value of the wrong type anywhere, is an
+error that names the setting and its source.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.resources
+import os
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from focal.errors import FocalError
+
+BOOL_WORDS = {"1": True, "true": True, "yes": True, "on": True}
+BOOL_WORDS |= {"0": False, "false": False, "no": False, "off": False}
+KINDS = ("str", "int", "float", "bool", "path", "list")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class SettingsError(FocalError):
+    """A setting has a value of the wrong type, or a config file names an unknown setting."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    kind: str  # one of KINDS
+    default: Any
+    help: str
+    group: str
+    secret: bool = False  # never printed with its value
+
+    @property
+    def env(self) -> str:
+        return "FOCAL_" + self.name.upper()
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    def shown_default(self) -> str:
+        if self.name == "root":
+            return "the bundled demo images (focal/demo)"
+        if self.kind == "list":
+            return "(empty)" if not self.default else ", ".join(self.default)
+        if self.kind == "bool":
+            return "true" if self.default else "false"
+        return str(self.default)
+
+
+def _s(name: str, kind: str, default: Any, group: str, help: str, secret: bool = False) -> Setting:
+    return Setting(name=name, kind=kind, default=default, help=help, group=group, secret=secret)
+
+
+SETTINGS: tuple[Setting, ...] = (
+    _s("host", "str", "127.0.0.1", "server", "Address to listen on."),
+    _s("port", "int", 8080, "server", "TCP port to listen on."),
+    _s("root", "path", None, "origin", "Folder of source images served as local sources."),
+    _s(
+        "remote_prefixes",
+        "list",
+        (),
+        "origin",
+        "URL prefixes that absolute-URL sources must start with. Empty: remote sources are off.",
+    ),
+    _s(
+        "allowed_networks",
+        "list",
+        (),
+        "origin",
+        "Private networks (CIDR) remote sources may resolve to; loopback, link-local and private "
+        "addresses are refused otherwise.",
+    ),
+    _s("remote_connect_timeout_s", "float", 5.0, "origin", "Connect timeout for remote sources."),
+    _s("remote_read_timeout_s", "float", 10.0, "origin", "Read timeout for remote sources."),
+    _s("remote_max_redirects", "int", 3, "origin", "Redirects followed for a remote source."),
+    _s("cache_enabled", "bool", True, "cache", "Keep transformed variants on disk."),
+    _s("cache_dir", "path", "~/.cache/focal/variants", "cache", "Folder of the variant cache."),
+    _s(
+        "cache_max_mb",
+        "int",
+        1024,
+        "cache",
+        "Size bound of the variant cache; least recently used variants are evicted past it.",
+    ),
+    _s("max_age", "int", 86400, "cache", "Cache-Control max-age (seconds) of variants."),
+    _s(
+        "signing_keys",
+        "list",
+        (),
+        "signing",
+        "HMAC-SHA256 keys for signed URLs; any of them is accepted (rotation). Empty: no signing.",
+        secret=True,
+    ),
+    _s(
+        "require_signature",
+        "bool",
+        True,
+        "signing",
+        "With signing keys set, refuse unsigned URLs. False: check signatures only when present.",
+    ),
+    _s("max_pixels", "int", 100_000_000, "limits", "Largest source frame (pixels, from header)."),
+    _s("max_bytes", "int", 100 * 1024 * 1024, "limits", "Largest source file (bytes)."),
+    _s("max_output_pixels", "int", 50_000_000, "limits", "Largest output image (pixels)."),
+    _s("max_frames", "int", 300, "limits", "Most animation frames read from a source."),
+    _s("request_timeout_s", "float", 30.0, "limits", "Time budget of one request, all stages."),
+    _s(
+        "concurrency",
+        "int",
+        0,
+        "limits",
+        "Image transformations run at once (threads); 0: one per CPU core.",
+    ),
+    _s(
+        "image_queue",
+        "int",
+        64,
+        "limits",
+        "Requests that may wait for an image thread; past it the answer is 503 + Retry-After.",
+    ),
+    _s("face", "bool", True, "detector", "Run the face detector (gravity=face)."),
+    _s("detector_workers", "int", 1, "detector", "Detector processes."),
+    _s("detector_queue", "int", 16, "detector", "Images waiting for the detector; past it 503."),
+    _s("detector_deadline_s", "float", 10.0, "detector", "Detection deadline; past it: fallback."),
+    _s("detector_batch_window_ms", "float", 5.0, "detector", "Wait to gather a batch (ms)."),
+    _s("detector_max_batch", "int", 8, "detector", "Most images per detector batch."),
+    _s(
+        "detector_rss_limit_mb",
+        "int",
+        1500,
+        "detector",
+        "A detector process over this resident memory is restarted.",
+    ),
+    _s("detection_cache_entries", "int", 1024, "detector", "Detections kept per image content."),
+    _s("log_level", "str", "info", "server", "One of debug, info, warning, error."),
+    _s("playground", "bool", True, "server", "Serve the playground page at /."),
+)
+
+BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
+
+
+def demo_root() -> Path:
+    return Path(str(importlib.resources.files("focal").joinpath("demo")))
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    root: Path = field(default_factory=lambda: demo_root())
+    remote_prefixes: tuple[str, ...] = ()
+    allowed_networks: tuple[str, ...] = ()
+    remote_connect_timeout_s: float = 5.0
+    remote_read_timeout_s: float = 10.0
+    remote_max_redirects: int = 3
+    cache_enabled: bool = True
+    cache_dir: Path = field(default_factory=lambda: Path("~/.cache/focal/variants").expanduser())
+    cache_max_mb: int = 1024
+    max_age: int = 86400
+    signing_keys: tuple[str, ...] = ()
+    require_signature: bool = True
+    max_pixels: int = 100_000_000
+    max_bytes: int = 100 * 1024 * 1024
+    max_output_pixels: int = 50_000_000
+    max_frames: int = 300
+    request_timeout_s: float = 30.0
+    concurrency: int = 0
+    image_queue: int = 64
+    face: bool = True
+    detector_workers: int = 1
+    detector_queue: int = 16
+    detector_deadline_s: float = 10.0
+    detector_batch_window_ms: float = 5.0
+    detector_max_batch: int = 8
+    detector_rss_limit_mb: int = 1500
+    detection_cache_entries: int = 1024
+    log_level: str = "info"
+    playground: bool = True
+
+    @property
+    def threads(self) -> int:
+        return self.concurrency if self.concurrency > 0 else (os.cpu_count() or 1)
+
+
+# ---- converting values -------------------------------------------------------------------------
+
+
+def _bad(setting: Setting, what: str, value: object, source: str) -> SettingsError:
+    return SettingsError(f"Expected {what} for {setting.name} ({source}) but received {value!r}")
+
+
+def _to_bool(setting: Setting, value: object, source: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in BOOL_WORDS:
+        return BOOL_WORDS[value.strip().lower()]
+    raise _bad(setting, "true or false", value, source)
+
+
+def _to_number(setting: Setting, value: object, source: str) -> int | float:
+    if isinstance(value, bool):
+        raise _bad(setting, f"a number ({setting.kind})", value, source)
+    try:
+        number: int | float = int(value) if setting.kind == "int" else float(value)  # type: ignore[call-overload, arg-type]
+    except (TypeError, ValueError):
+        raise _bad(setting, f"a number ({setting.kind})", value, source) from None
+    if number < 0:
+        raise _bad(setting, "a number of at least 0", value, source)
+    return number
+
+
+def _to_list(setting: Setting, value: object, source: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise _bad(setting, "a list of strings", value, source)
+
+
+def convert(setting: Setting, value: object, source: str) -> Any:
+    """``value`` (from a TOML file, the environment or a flag) as the setting's type."""
+    if setting.kind == "bool":
+        return _to_bool(setting, value, source)
+    if setting.kind in ("int", "float"):
+        return _to_number(setting, value, source)
+    if setting.kind == "list":
+        return _to_list(setting, value, source)
+    if not isinstance(value, str):
+        raise _bad(setting, "a string", value, source)
+    if setting.kind == "path":
+        return Path(value).expanduser()
+    if setting.name == "log_level" and value.lower() not in LOG_LEVELS:
+        raise _bad(setting, "one of " + ", ".join(LOG_LEVELS), value, source)
+    return value.lower() if setting.name == "log_level" else value
+
+
+# ---- sources -----------------------------------------------------------------------------------
+
+
+def from_file(path: Path) -> dict[str, Any]:
+    try:
+        table = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise SettingsError(f"Cannot read config file {path}: {exc}") from None
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        setting = BY_NAME.get(key.replace("-", "_"))
+        if setting is None:
+            raise SettingsError(f"Unknown setting {key!r} in config file {path}")
+        values[setting.name] = convert(setting, value, f"config file {path}")
+    return values
+
+
+def from_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        if setting.env in environ:
+            values[setting.name] = convert(setting, environ[setting.env], setting.env)
+    return values
+
+
+def from_args(args: argparse.Namespace) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        if hasattr(args, setting.name):
+            value = getattr(args, setting.name)
+            values[setting.name] = convert(setting, value, setting.flag)
+    return values
+
+
+def defaults() -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        if setting.name == "root":
+            values[setting.name] = demo_root()
+        elif setting.kind == "path":
+            values[setting.name] = Path(setting.default).expanduser()
+        else:
+            values[setting.name] = setting.default
+    return values
+
+
+def load(
+    *,
+    config: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    args: argparse.Namespace | None = None,
+) -> Settings:
+    """Defaults < config file < environment < flags."""
+    environ = os.environ if environ is None else environ
+    values = defaults()
+    if config is None and "FOCAL_CONFIG" in environ:
+        config = Path(environ["FOCAL_CONFIG"]).expanduser()
+    if config is not None:
+        values |= from_file(config)
+    values |= from_env(environ)
+    if args is not None:
+        values |= from_args(args)
+    return Settings(**values)
+
+
+# ---- generated interfaces ----------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting; flags not given stay absent, so lower sources show through."""
+    parser.add_argument(
+        "--config", type=Path, default=None, help="TOML config file (env FOCAL_CONFIG)."
+    )
+    for setting in SETTINGS:
+        helptext = f"{setting.help} Default: {setting.shown_default()}. Env {setting.env}."
+        if setting.kind == "bool":
+            action: Any = argparse.BooleanOptionalAction
+            parser.add_argument(
+                setting.flag, action=action, default=argparse.SUPPRESS, help=helptext
+            )
+        elif setting.kind == "list":
+            parser.add_argument(
+                setting.flag,
+                action="append",
+                default=argparse.SUPPRESS,
+                metavar="VALUE",
+                help=helptext + " Repeat the flag for several values.",
+            )
+        else:
+            parser.add_argument(
+                setting.flag, default=argparse.SUPPRESS, metavar=setting.kind.upper(), help=helptext
+            )
+
+
+GROUP_TITLES = {
+    "server": "Server",
+    "origin": "Sources (origins)",
+    "cache": "Variant cache",
+    "signing": "Signed URLs",
+    "limits": "Limits",
+    "detector": "Face detector",
+}
+
+
+def _row(setting: Setting) -> str:
+    default = setting.shown_default().replace("|", "\\|")
+    meaning = setting.help + (
+        " Secret: set it in the config file or environment." if setting.secret else ""
+    )
+    return (
+        f"| `{setting.name}` | `{setting.env}` | `{setting.flag}` | {setting.kind} | {default} "
+        f"| {meaning} |"
+    )
+
+
+def markdown() -> str:
+    """docs/configuration.md, generated from ``SETTINGS`` (``python -m focal.server.settings``)."""
+    lines = [
+        "# Configuration",
+        "",
+        "<!-- Generated from src/focal/server/settings.py by "
+        "`python -m focal.server.settings > docs/configuration.md`; do not edit by hand. -->",
+        "",
+        "`focal serve` reads its settings from, lowest precedence first: the defaults below, a "
+        "TOML config file (`--config FILE` or `FOCAL_CONFIG`; keys are the setting names), the "
+        "environment (`FOCAL_<NAME>`), and command-line flags. An unknown key in the config "
+        "file, or a value of the wrong type anywhere, stops the server with a message naming "
+        "the setting.",
+        "",
+        "Lists: in the environment, comma-separated; in TOML, an array of strings; on the "
+        "command line, repeat the flag. Booleans: `true/false`, `1/0`, `yes/no`, `on/off`; "
+        "flags come as `--name` and `--no-name`. Signing keys are secrets: prefer the config "
+        "file or the environment to flags, which other users of the machine can see.",
+        "",
+        "The face model is found by the detector in `~/.cache/focal/models` or `FOCAL_MODEL_DIR` "
+        "(installed by `focal models fetch`).",
+    ]
+    for group, title in GROUP_TITLES.items():
+        lines += ["", f"## {title}", "", "| setting | env | flag | type | default | meaning |"]
+        lines.append("|---|---|---|---|---|---|")
+        lines += [_row(s) for s in SETTINGS if s.group == group]
+    lines += ["", "Example config file:", "", "```toml"]
+    lines += [
+        'root = "/srv/images"',
+        "port = 8080",
+        'cache_dir = "/var/cache/focal"',
+        "cache_max_mb = 4096",
+        'signing_keys = ["current-key", "previous-key"]',
+        "face = true",
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def field_names() -> Sequence[str]:
+    return [f.name for f in fields(Settings)]
+
+
+if __name__ == "__main__":
+    print(markdown(), end="")
