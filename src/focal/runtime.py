@@ -1,0 +1,156 @@
+"""Inference sessions: the one module that imports an inference runtime.
+
+    onnxruntime  ONNX Runtime, CPU execution provider, fp32 (the baseline)
+    openvino     OpenVINO CPU plugin; fp32, or bf16 / f16 through its inference-precision
+                 hint where the CPU supports it
+
+A session runs one NHWC float32 batch and returns the network's raw per-anchor outputs. The
+default ("auto") is chosen from benchmarks/detector.py's measurements (docs/detector.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from focal.errors import FocalError
+
+FloatArray = npt.NDArray[np.float32]
+RUNTIMES = ("auto", "onnxruntime", "openvino")
+PRECISIONS = ("fp32", "bf16", "f16")
+DEFAULT_RUNTIME = "openvino"
+DEFAULT_PRECISION = "fp32"
+OPENVINO_HINTS = {"fp32": "f32", "bf16": "bf16", "f16": "f16"}
+OPENVINO_CAPABILITY = {"bf16": "BF16", "f16": "FP16"}
+
+
+class RuntimeChoiceError(FocalError):
+    """An unknown runtime or precision, or one this machine cannot run."""
+
+
+@dataclass(frozen=True)
+class RawOutputs:
+    """Network outputs for a batch: per-anchor box deltas, landmark deltas, face scores."""
+
+    boxes: FloatArray  # [batch, anchors, 4]
+    landmarks: FloatArray  # [batch, anchors, 10]
+    scores: FloatArray  # [batch, anchors]
+
+
+class Session(Protocol):
+    @property
+    def runtime(self) -> str: ...
+
+    @property
+    def precision(self) -> str: ...
+
+    def run(self, batch: FloatArray) -> RawOutputs:
+        """Outputs for an NHWC float32 batch (RGB 0..255, sides multiples of 32)."""
+        ...
+
+
+def _outputs(values: list[Any]) -> RawOutputs:
+    boxes, landmarks, scores = (np.asarray(v, dtype=np.float32) for v in values)
+    return RawOutputs(boxes=boxes, landmarks=landmarks, scores=scores)
+
+
+class OnnxRuntimeSession:
+    """ONNX Runtime on the CPU."""
+
+    runtime = "onnxruntime"
+    precision = "fp32"
+
+    def __init__(self, model_path: Path, threads: int = 0) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.log_severity_level = 3
+        self._session = ort.InferenceSession(
+            str(model_path), options, providers=["CPUExecutionProvider"]
+        )
+
+    def run(self, batch: FloatArray) -> RawOutputs:
+        return _outputs(self._session.run(["boxes", "landmarks", "scores"], {"x": batch}))
+
+
+def _openvino_core() -> Any:
+    import openvino as ov
+
+    return ov.Core()
+
+
+def openvino_precisions() -> tuple[str, ...]:
+    """The precisions OpenVINO's CPU plugin can run on this machine."""
+    capabilities = set(_openvino_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+    return ("fp32", *(p for p, c in OPENVINO_CAPABILITY.items() if c in capabilities))
+
+
+class OpenVinoSession:
+    """OpenVINO on the CPU, with an inference-precision hint."""
+
+    runtime = "openvino"
+
+    def __init__(self, model_path: Path, precision: str = "fp32", threads: int = 0) -> None:
+        if precision not in openvino_precisions():
+            raise RuntimeChoiceError(f"this CPU cannot run OpenVINO at {precision}")
+        self.precision = precision
+        core = _openvino_core()
+        config: dict[str, Any] = {
+            "INFERENCE_PRECISION_HINT": OPENVINO_HINTS[precision],
+            "PERFORMANCE_HINT": "LATENCY",
+        }
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        self._compiled = core.compile_model(core.read_model(str(model_path)), "CPU", config)
+        self._request = self._compiled.create_infer_request()
+
+    def run(self, batch: FloatArray) -> RawOutputs:
+        result = self._request.infer([np.ascontiguousarray(batch)])
+        return _outputs([result[self._compiled.output(name)] for name in OUTPUT_NAMES])
+
+
+OUTPUT_NAMES = ("boxes", "landmarks", "scores")
+
+
+def resolve(runtime: str, precision: str) -> tuple[str, str]:
+    """The concrete (runtime, precision) for a request, "auto" replaced by the default."""
+    if runtime not in RUNTIMES:
+        raise RuntimeChoiceError(f"unknown runtime {runtime!r}: expected one of {RUNTIMES}")
+    if precision not in PRECISIONS:
+        raise RuntimeChoiceError(f"unknown precision {precision!r}: expected one of {PRECISIONS}")
+    chosen = DEFAULT_RUNTIME if runtime == "auto" else runtime
+    if chosen == "onnxruntime" and precision != "fp32":
+        raise RuntimeChoiceError("onnxruntime runs this model at fp32 only")
+    return chosen, precision
+
+
+def open_session(
+    model_path: Path, runtime: str = "auto", precision: str = DEFAULT_PRECISION, threads: int = 0
+) -> Session:
+    """An inference session for the converted model; threads=0 lets the runtime decide."""
+    chosen, precision = resolve(runtime, precision)
+    if chosen == "onnxruntime":
+        return OnnxRuntimeSession(model_path, threads)
+    return OpenVinoSession(model_path, precision, threads)
+
+
+class FrozenGraphReference:
+    """The original frozen TensorFlow graph run by OpenVINO's own TensorFlow frontend, in fp32:
+    an independent reference for the converted model. Returns the graph's final output: one row
+    per face after its in-graph decode and NMS (x1, y1, x2, y2, 5 landmarks as x, y, a
+    constant 1, score), coordinates as fractions of the padded input's width and height."""
+
+    def __init__(self, graph_path: Path) -> None:
+        core = _openvino_core()
+        model = core.read_model(str(graph_path))
+        self._compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+
+    def run(self, image: FloatArray) -> FloatArray:
+        """Output rows for one NHWC float32 image [1, H, W, 3]."""
+        result = self._compiled([np.ascontiguousarray(image)])
+        return np.asarray(result[self._compiled.output(0)], dtype=np.float32)
