@@ -10,6 +10,7 @@ default ("auto") is chosen from benchmarks/detector.py's measurements (docs/dete
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -91,27 +92,58 @@ def openvino_precisions() -> tuple[str, ...]:
 
 
 class OpenVinoSession:
-    """OpenVINO on the CPU, with an inference-precision hint."""
+    """OpenVINO on the CPU, with an inference-precision hint.
+
+    The model has dynamic input sizes. OpenVINO runs a model compiled for one fixed shape
+    markedly faster (benchmarks/detector.py), so an input shape seen a second time gets a
+    compilation of its own (a few hundred ms, once), kept for the ``static_shapes`` most recently
+    used shapes; shapes seen once run on the dynamic compilation.
+    """
 
     runtime = "openvino"
 
-    def __init__(self, model_path: Path, precision: str = "fp32", threads: int = 0) -> None:
+    def __init__(
+        self, model_path: Path, precision: str = "fp32", threads: int = 0, static_shapes: int = 8
+    ) -> None:
         if precision not in openvino_precisions():
             raise RuntimeChoiceError(f"this CPU cannot run OpenVINO at {precision}")
         self.precision = precision
-        core = _openvino_core()
-        config: dict[str, Any] = {
+        self._core = _openvino_core()
+        self._config: dict[str, Any] = {
             "INFERENCE_PRECISION_HINT": OPENVINO_HINTS[precision],
             "PERFORMANCE_HINT": "LATENCY",
         }
         if threads:
-            config["INFERENCE_NUM_THREADS"] = threads
-        self._compiled = core.compile_model(core.read_model(str(model_path)), "CPU", config)
-        self._request = self._compiled.create_infer_request()
+            self._config["INFERENCE_NUM_THREADS"] = threads
+        self._model_path = model_path
+        self._dynamic = self._compile(None)
+        self._static: OrderedDict[tuple[int, ...], Any] = OrderedDict()
+        self._seen: set[tuple[int, ...]] = set()
+        self._static_shapes = static_shapes
+
+    def _compile(self, shape: tuple[int, ...] | None) -> Any:
+        model = self._core.read_model(str(self._model_path))
+        if shape is not None:
+            model.reshape({model.input(0).get_any_name(): list(shape)})
+        compiled = self._core.compile_model(model, "CPU", self._config)
+        return compiled, compiled.create_infer_request()
+
+    def _for_shape(self, shape: tuple[int, ...]) -> Any:
+        if shape in self._static:
+            self._static.move_to_end(shape)
+            return self._static[shape]
+        if shape not in self._seen or self._static_shapes == 0:
+            self._seen.add(shape)
+            return self._dynamic
+        self._static[shape] = self._compile(shape)
+        while len(self._static) > self._static_shapes:
+            self._static.popitem(last=False)
+        return self._static[shape]
 
     def run(self, batch: FloatArray) -> RawOutputs:
-        result = self._request.infer([np.ascontiguousarray(batch)])
-        return _outputs([result[self._compiled.output(name)] for name in OUTPUT_NAMES])
+        compiled, request = self._for_shape(tuple(batch.shape))
+        result = request.infer([np.ascontiguousarray(batch)])
+        return _outputs([result[compiled.output(name)] for name in OUTPUT_NAMES])
 
 
 OUTPUT_NAMES = ("boxes", "landmarks", "scores")
@@ -154,3 +186,38 @@ class FrozenGraphReference:
         """Output rows for one NHWC float32 image [1, H, W, 3]."""
         result = self._compiled([np.ascontiguousarray(image)])
         return np.asarray(result[self._compiled.output(0)], dtype=np.float32)
+
+
+HEAD_OUTPUTS = (
+    "RetinaFaceModel/tf_op_layer_concat/concat",
+    "RetinaFaceModel/tf_op_layer_concat_1/concat_1",
+    "RetinaFaceModel/softmax/Softmax",
+)
+
+
+class FrozenGraphHeads:
+    """The original frozen graph, cut at its three heads (box deltas, landmark deltas, class
+    softmax) by OpenVINO's TensorFlow frontend and run in fp32: the same raw outputs as the
+    converted model, for focal's own decoding and NMS."""
+
+    runtime = "openvino-tensorflow-frontend"
+    precision = "fp32"
+
+    def __init__(self, graph_path: Path) -> None:
+        import openvino as ov
+        from openvino.frontend import FrontEndManager
+
+        frontend = FrontEndManager().load_by_framework("tf")
+        model = frontend.load(str(graph_path))
+        model.override_all_outputs([model.get_place_by_tensor_name(n) for n in HEAD_OUTPUTS])
+        compiled = ov.Core().compile_model(
+            frontend.convert(model), "CPU", {"INFERENCE_PRECISION_HINT": "f32"}
+        )
+        self._compiled = compiled
+
+    def run(self, batch: FloatArray) -> RawOutputs:
+        result = self._compiled([np.ascontiguousarray(batch)])
+        boxes, landmarks, classes = (
+            np.asarray(result[o], np.float32) for o in self._compiled.outputs
+        )
+        return RawOutputs(boxes=boxes, landmarks=landmarks, scores=classes[..., 1])
