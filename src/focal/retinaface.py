@@ -22,7 +22,7 @@ import pyvips
 
 from focal import geometry, models
 from focal import runtime as rt
-from focal.detection import Face, RGBImage
+from focal.detection import Detector, Face, RGBImage
 
 FloatArray = npt.NDArray[np.float32]
 MIN_SIZES = ((16, 32), (64, 128), (256, 512))
@@ -222,13 +222,38 @@ def load_detector(
     score_threshold: float = 0.5,
     nms_iou: float = 0.4,
 ) -> RetinaFace:
-    """The detector over the installed model (ModelMissingError when `focal models fetch` has
-    not been run). runtime: auto, onnxruntime or openvino; precision: fp32, bf16 or f16
+    """The CPU detector over the installed model (ModelMissingError when `focal models fetch`
+    has not been run). runtime: auto, onnxruntime or openvino; precision: fp32, bf16 or f16
     (openvino only)."""
     installed = models.require(model_dir)
     session = rt.open_session(installed.model_path, runtime, precision)
     settings = Settings(score_threshold=score_threshold, nms_iou=nms_iou)
     return RetinaFace(session, installed.manifest.model_sha256, settings)
+
+
+def open_detector(
+    model_dir: Path | None = None,
+    runtime: str = "auto",
+    precision: str = "fp32",
+    score_threshold: float = 0.5,
+    nms_iou: float = 0.4,
+    device: str = "auto",
+    idle_offload_s: float = 300.0,
+) -> Detector:
+    """Any runtime's detector: ``torch`` (focal.torch_runtime, for GPUs; needs the ``gpu``
+    extra; device and idle_offload_s apply to it only) or a CPU runtime (load_detector)."""
+    if runtime != "torch":
+        return load_detector(model_dir, runtime, precision, score_threshold, nms_iou)
+    from focal.torch_runtime import load_torch_detector  # optional dependency
+
+    return load_torch_detector(
+        model_dir,
+        device=device,
+        precision=precision,
+        score_threshold=score_threshold,
+        nms_iou=nms_iou,
+        idle_offload_s=idle_offload_s if idle_offload_s > 0 else None,
+    )
 
 
 @dataclass(frozen=True)

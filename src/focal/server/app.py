@@ -156,6 +156,13 @@ def pool_settings(settings: Settings, kind: Callable[..., Any]) -> Any:
         batch_window_ms=settings.detector_batch_window_ms,
         max_batch=settings.detector_max_batch,
         rss_limit_mb=settings.detector_rss_limit_mb,
+        factory="focal.retinaface:open_detector",
+        factory_args=(
+            ("runtime", settings.detector_runtime),
+            ("precision", settings.detector_precision),
+            ("device", settings.detector_device),
+            ("idle_offload_s", settings.detector_idle_offload_s),
+        ),
     )
 
 

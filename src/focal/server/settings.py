@@ -142,6 +142,22 @@ SETTINGS: tuple[Setting, ...] = (
         "detector",
         "A detector process over this resident memory is restarted.",
     ),
+    _s(
+        "detector_runtime",
+        "str",
+        "auto",
+        "detector",
+        "auto (OpenVINO), onnxruntime, openvino, or torch (needs the gpu extra; docs/gpu.md).",
+    ),
+    _s("detector_precision", "str", "fp32", "detector", "fp32, bf16 or f16 (docs/detector.md)."),
+    _s("detector_device", "str", "auto", "detector", "torch only: auto, cpu, cuda or cuda:N."),
+    _s(
+        "detector_idle_offload_s",
+        "float",
+        300.0,
+        "detector",
+        "torch only: release the model (and GPU memory) after this many idle seconds; 0 never.",
+    ),
     _s("detection_cache_entries", "int", 1024, "detector", "Detections kept per image content."),
     _s("log_level", "str", "info", "server", "One of debug, info, warning, error."),
     _s("playground", "bool", True, "server", "Serve the playground page at /."),
@@ -184,6 +200,10 @@ class Settings:
     detector_batch_window_ms: float = 5.0
     detector_max_batch: int = 8
     detector_rss_limit_mb: int = 1500
+    detector_runtime: str = "auto"
+    detector_precision: str = "fp32"
+    detector_device: str = "auto"
+    detector_idle_offload_s: float = 300.0
     detection_cache_entries: int = 1024
     log_level: str = "info"
     playground: bool = True
