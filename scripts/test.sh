@@ -9,6 +9,8 @@ if [ ! -x /usr/bin/chromium ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
 fi
 bash scripts/setup.sh test
+# the torch runtime's tests run on the CPU build of torch (docs/gpu.md)
+.venv/bin/python -m pip install --quiet --disable-pip-version-check torch==2.13.0
 .venv/bin/ruff check src tests benchmarks scripts
 .venv/bin/ruff format --check src tests benchmarks scripts
 .venv/bin/mypy
