@@ -1,0 +1,140 @@
+"""Charts (PNG, docs/img/) from benchmarks/results/*.json. Needs matplotlib, which lives in the
+benchmarks' own virtual environment:
+
+    benchmarks/work/venv/bin/python benchmarks/charts.py
+
+Only the standard library and matplotlib are imported here (this runs outside the project's
+environment).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+IMG = ROOT / "docs" / "img"
+FOCAL = "#1f77b4"
+THUMBOR = "#ff7f0e"
+METHOD_COLOURS = {
+    "center": "#9e9e9e",
+    "libvips": "#8c564b",
+    "focal-auto": "#bcbd22",
+    "thumbor": "#ff7f0e",
+    "thumbor-feature": "#ffbb78",
+    "focal-face": "#1f77b4",
+    "oracle": "#2ca02c",
+}
+
+
+def load(name: str) -> dict[str, Any] | None:
+    path = RESULTS / f"{name}.json"
+    if not path.exists():
+        return None
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
+
+
+def crop_quality(data: dict[str, Any]) -> Path:
+    summary = data["summary"]
+    aspects = list(summary)
+    methods = [m for m in METHOD_COLOURS if any(m in summary[a]["methods"] for a in aspects)]
+    fig, ax = plt.subplots(figsize=(9, 5))
+    width = 0.8 / len(methods)
+    for i, method in enumerate(methods):
+        values = [
+            100 * (summary[a]["methods"].get(method, {}).get("all_kept_share") or 0)
+            for a in aspects
+        ]
+        xs = [j + (i - (len(methods) - 1) / 2) * width for j in range(len(aspects))]
+        bars = ax.bar(xs, values, width, label=data["labels"][method], color=METHOD_COLOURS[method])
+        ax.bar_label(bars, fmt="%.0f", fontsize=7, padding=1)
+    ax.axhline(97, color="#444", linestyle="--", linewidth=0.8)
+    ax.text(-0.45, 97.5, "goal 97%", ha="left", va="bottom", fontsize=8)
+    ax.set_xticks(range(len(aspects)), [f"{a} ({summary[a]['possible']} images)" for a in aspects])
+    ax.set_ylabel("images with every face kept (%)")
+    ax.set_ylim(0, 110)
+    ax.set_title("Crop quality on ../shared/facedata: largest crop of each aspect ratio")
+    ax.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.1))
+    return save(fig, "crop_quality.png")
+
+
+def throughput(data: dict[str, Any]) -> Path:
+    cells = data["cells"]
+    modes = sorted({c["mode"] for c in cells}, key=["cold", "warm"].index)
+    ops = list(dict.fromkeys(c["op"] for c in cells))
+    conns = sorted({c["connections"] for c in cells})
+    fig, axes = plt.subplots(len(modes), 1, figsize=(12, 3.6 * len(modes)), squeeze=False)
+    for ax, mode in zip(axes[:, 0], modes, strict=True):
+        labels, focal, thumbor = [], [], []
+        for op in ops:
+            for conn in conns:
+                row = {
+                    c["server"]: c["rps"]
+                    for c in cells
+                    if (c["mode"], c["op"], c["connections"]) == (mode, op, conn)
+                }
+                labels.append(f"{op}\nc={conn}")
+                focal.append(row.get("focal", 0))
+                thumbor.append(row.get("thumbor", 0))
+        xs = range(len(labels))
+        ax.bar([x - 0.2 for x in xs], focal, 0.4, label="focal", color=FOCAL)
+        ax.bar([x + 0.2 for x in xs], thumbor, 0.4, label="thumbor 7.8", color=THUMBOR)
+        ax.set_xticks(list(xs), labels, fontsize=6.5)
+        ax.set_ylabel("requests/s")
+        ax.set_title(
+            f"{mode}: " + ("no caches" if mode == "cold" else "cached variants"), fontsize=10
+        )
+        ax.legend(fontsize=8)
+    fig.suptitle("Throughput on this machine (higher is better)")
+    return save(fig, "throughput.png")
+
+
+def memory(data: dict[str, Any]) -> Path:
+    samples = data["samples"]
+    done = [s[1] for s in samples]
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    ax.plot(done, [s[2] / 2**20 for s in samples], label="server", color=FOCAL)
+    ax.plot(done, [s[3] / 2**20 for s in samples], label="detector worker", color="#2ca02c")
+    ax.set_xlabel("requests answered")
+    ax.set_ylabel("RSS (MiB)")
+    ax.set_ylim(bottom=0)
+    ax.set_title(f"Resident memory over the soak (concurrency {data['setup']['concurrency']})")
+    ax.legend(fontsize=8)
+    return save(fig, "memory.png")
+
+
+def save(fig: Any, name: str) -> Path:
+    IMG.mkdir(parents=True, exist_ok=True)
+    path = IMG / name
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    print(f"wrote {path.relative_to(ROOT)}")
+    return path
+
+
+def main() -> int:
+    for name, draw in (
+        ("crop_quality", crop_quality),
+        ("throughput", throughput),
+        ("memory", memory),
+    ):
+        data = load(name)
+        if data is None:
+            print(f"skipped {name}: no results yet")
+            continue
+        draw(data)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

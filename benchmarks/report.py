@@ -1,0 +1,435 @@
+# ruff: noqa: E501  (markdown templates read better unwrapped)
+"""Write docs/benchmarks.md from benchmarks/results/*.json (every number in it comes from those
+files, each made by the command named next to its table).
+
+    .venv/bin/python benchmarks/report.py
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+DOC = ROOT / "docs" / "benchmarks.md"
+IMG = ROOT / "docs" / "img"
+
+# SPEC section 5: measured earlier with the same metric (share of images with every face kept).
+ANCHORS = {
+    "center": (71, 81, 65),
+    "libvips": (66, 66, 71),
+    "thumbor": (79, 85, 84),
+    "plain RetinaFace outer-box crop (1024 cap)": (92.5, 92, 97),
+}
+FACE_GOAL = 0.97
+MARGIN_GOAL = 0.20
+
+INTRO = """\
+# Benchmarks
+
+focal measured side by side with [thumbor](https://github.com/thumbor/thumbor) 7.8 (installed
+from PyPI and run here, on the same machine, on 127.0.0.1) and with libvips itself, the floor of
+what decoding, resizing and encoding cost. One command runs everything, installs what it needs
+(Debian's `wrk` and `libvips-tools`; thumbor, `opencv-python-headless<5` for thumbor's face
+detector, matplotlib and py-spy in a separate virtual environment under `benchmarks/work/`), and writes
+the JSON files under `benchmarks/results/`, the charts under `docs/img/` and this page:
+
+```
+.venv/bin/python benchmarks/run_all.py          # about 20 minutes on 2 cores
+.venv/bin/python benchmarks/run_all.py --quick  # smoke run, a few minutes, writes nothing
+```
+
+Each section names the script that made its numbers; each script also runs alone. The inputs are
+made from the bundled demo images (`benchmarks/prepare.py`: 2400 px JPEGs, portraits and group
+photos, PNGs with alpha, an animated GIF) and, for crop quality, the labelled photos of
+`../shared/facedata`, read in place (never copied).
+
+Timings depend on the machine and on what else runs on it: the load generator shares the cores
+with the servers, and the load average at the time is not controlled. Compare ratios measured in
+the same run, not absolute numbers across machines.
+"""
+
+
+def load(name: str) -> dict[str, Any] | None:
+    path = RESULTS / f"{name}.json"
+    if not path.exists():
+        return None
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
+
+
+def pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def machine_table(results: dict[str, dict[str, Any]]) -> str:
+    first = next(iter(results.values()))["machine"]
+    rows = [
+        ["CPU", f"{first['cpu']}, {first['cores']} cores, {first['memory_gib']} GiB"],
+        ["OS", first["os"]],
+        ["Python", first["python"]],
+        ["focal", f"{first['focal']} (commit {first['git_commit']})"],
+        [
+            "libvips",
+            f"{first['libvips_pyvips']} (pyvips-binary); vipsthumbnail {first['libvips_debian']}",
+        ],
+        [
+            "thumbor",
+            f"{first['thumbor']} (opencv-python-headless {first['opencv_thumbor']}, Pillow {first['pillow_thumbor']})",
+        ],
+        ["load generator", first["wrk"]],
+    ]
+    dates = [[name, r["machine"]["date"], f"`{r['command']}`"] for name, r in results.items()]
+    return (
+        "## Machine and versions\n\n"
+        + table(["", ""], rows)
+        + "\n\n"
+        + table(["result", "measured", "command"], dates)
+        + "\n"
+    )
+
+
+def crop_section(data: dict[str, Any]) -> str:
+    summary = data["summary"]
+    aspects = list(summary)
+    labels = data["labels"]
+    rows = []
+    for method in labels:
+        cells = []
+        for aspect in aspects:
+            row = summary[aspect]["methods"].get(method)
+            cells.append(
+                "n/a"
+                if row is None
+                else f"{pct(row['all_kept_share'])} ({pct(row['faces_kept_share'])})"
+            )
+        rows.append([labels[method], *cells])
+    possible = ", ".join(
+        f"{a}: {summary[a]['possible']} of {summary[a]['images']}" for a in aspects
+    )
+    anchor_rows = [[name, *[f"{v}%" for v in values]] for name, values in ANCHORS.items()]
+    text = [
+        "## 1. Crop quality\n",
+        f"`{data['command']}` ({data['seconds']:.0f} s)\n",
+        "Every image of `../shared/facedata` with at least one labelled face "
+        f"({data['definition']['faces']}); {data['definition']['crop']}; a face is kept with "
+        f"{data['definition']['kept']}. Each cell: share of images where every face was kept, among "
+        f"the images where the oracle keeps them all ({possible}); in brackets, the share of all "
+        "faces kept. focal's crop is read from its own JSON description "
+        "(`focal.pipeline.transform`, `format=json,fit=cover,gravity=face,zoom=0`, the crop size "
+        "as width and height, so nothing is scaled); thumbor's from `/unsafe/meta/WxH/smart/PATH`; "
+        "libvips' by finding the `smartcrop(interesting=attention)` result in the source.\n",
+        table(["method", *aspects], rows),
+        "",
+        "![crop quality](img/crop_quality.png)\n",
+        "For comparison, the figures SPEC section 5 quotes for the same metric:\n",
+        table(["method (SPEC)", *aspects], anchor_rows),
+        "",
+        crop_verdict(summary),
+        failure_table(data.get("focal_face_failures") or {}),
+    ]
+    if data.get("errors"):
+        text.append(
+            "Errors met (first per method): "
+            + "; ".join(f"{k}: {v}" for k, v in data["errors"].items())
+            + "\n"
+        )
+    return "\n".join(text)
+
+
+def failure_table(found: dict[str, Any]) -> str:
+    """Why gravity=face lost faces that a better placement would have kept."""
+    if not found:
+        return ""
+    causes = sorted({c for block in found.values() for c in block["causes"]})
+    rows = [[cause, *[found[a]["causes"].get(cause, 0) for a in found]] for cause in causes]
+    rows.append(["images lost in all", *[len(found[a]["cases"]) for a in found]])
+    return (
+        "Where gravity=face lost a face that the best placement keeps, the cause (a labelled face "
+        "matches a detection at IoU >= 0.3; `focal_face_failures` in the JSON lists every case):\n\n"
+        + table(["cause", *found], rows)
+        + "\n"
+    )
+
+
+def crop_verdict(summary: dict[str, Any]) -> str:
+    lines = [
+        f"Goal: gravity=face keeps every face in at least {FACE_GOAL:.0%} of those images for each "
+        f"aspect ratio, and beats center and gravity=auto by at least {100 * MARGIN_GOAL:.0f} points.\n"
+    ]
+    for aspect, block in summary.items():
+        methods = block["methods"]
+        face = (methods.get("focal-face") or {}).get("all_kept_share")
+        if face is None:
+            lines.append(f"- {aspect}: focal gravity=face was not measured.")
+            continue
+        others = {
+            name: (methods.get(key) or {}).get("all_kept_share")
+            for key, name in (
+                ("center", "center"),
+                ("libvips", "libvips attention"),
+                ("focal-auto", "focal gravity=auto"),
+            )
+        }
+        margins = ", ".join(
+            f"{100 * (face - v):+.1f} points over {n}" for n, v in others.items() if v is not None
+        )
+        met = face >= FACE_GOAL and all(
+            face - v >= MARGIN_GOAL for v in others.values() if v is not None
+        )
+        lines.append(f"- {aspect}: {pct(face)}, {margins}: **{'met' if met else 'missed'}**.")
+    return "\n".join(lines) + "\n"
+
+
+def throughput_section(data: dict[str, Any]) -> str:
+    setup = data["setup"]
+    text = [
+        "## 2. Throughput and latency against thumbor\n",
+        f"`{data['command']}` ({data['seconds']:.0f} s; {setup['seconds_per_cell']:.0f} s per cell, "
+        f"load generator {setup['load_generator']}, runs alternating between the servers)\n",
+        f"- thumbor: {setup['thumbor']}",
+        f"- focal: {setup['focal']}",
+        "- operations: "
+        + "; ".join(f"`{k}` {v['describe']}" for k, v in setup["operations"].items()),
+        "- sources: "
+        + ", ".join(sorted({s for v in setup["inputs"].values() for s in v}))
+        + " (under `benchmarks/work/inputs/`)\n",
+    ]
+    cells = data["cells"]
+    for mode in ("cold", "warm"):
+        rows = []
+        for ratio in [r for r in data["ratios"] if r["mode"] == mode]:
+            f = _cell(cells, mode, ratio["op"], ratio["connections"], "focal")
+            t = _cell(cells, mode, ratio["op"], ratio["connections"], "thumbor")
+            rows.append(
+                [
+                    ratio["op"],
+                    ratio["connections"],
+                    f"{f['rps']:.1f}",
+                    f"{t['rps']:.1f}",
+                    f"**{ratio['rps_ratio']:.2f}x**",
+                    f"{f['p50_ms']:.0f} / {f['p95_ms']:.0f} / {f['p99_ms']:.0f}",
+                    f"{t['p50_ms']:.0f} / {t['p95_ms']:.0f} / {t['p99_ms']:.0f}",
+                    f"{f['server_cpu_ms_per_request']} / {t['server_cpu_ms_per_request']}",
+                    f"{f['errors']} / {t['errors']}",
+                ]
+            )
+        if not rows:
+            continue
+        title = (
+            "Cold (no caches: every request decodes, detects, resizes, encodes)"
+            if mode == "cold"
+            else "Warm (the variant is cached)"
+        )
+        text += [
+            f"### {title}\n",
+            table(
+                [
+                    "operation",
+                    "conc.",
+                    "focal req/s",
+                    "thumbor req/s",
+                    "focal / thumbor",
+                    "focal p50/p95/p99 ms",
+                    "thumbor p50/p95/p99 ms",
+                    "server CPU ms/req (focal / thumbor)",
+                    "errors",
+                ],
+                rows,
+            ),
+            "",
+            f"Median focal / thumbor requests/s over these cells: **{_median([r['rps_ratio'] for r in data['ratios'] if r['mode'] == mode]):.2f}x**.\n",
+        ]
+    text.append("![throughput](img/throughput.png)\n")
+    return "\n".join(text)
+
+
+def _cell(
+    cells: Sequence[dict[str, Any]], mode: str, op: str, conn: int, server: str
+) -> dict[str, Any]:
+    for cell in cells:
+        if (cell["mode"], cell["op"], cell["connections"], cell["server"]) == (
+            mode,
+            op,
+            conn,
+            server,
+        ):
+            return cell
+    raise KeyError((mode, op, conn, server))
+
+
+def _median(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def floor_section(data: dict[str, Any]) -> str:
+    rows = [
+        [
+            name,
+            f"{r['focal_cpu_ms']:.1f}",
+            f"{r['libvips_cpu_ms']:.1f}",
+            f"**{r['ratio']:.2f}x**",
+            f"{r['focal_wall_ms']:.1f} / {r['libvips_wall_ms']:.1f}",
+        ]
+        for name, r in data["in_process"].items()
+    ]
+    text = [
+        "## 3. Overhead over the libvips floor\n",
+        f"`{data['command']}` ({data['seconds']:.0f} s)\n",
+        f"CPU time per image (median) on the four 2400 px JPEGs (`anim160-*`: the 24-frame "
+        f"animated GIF, every frame kept). In process, the floor is "
+        f"{data['floor']['in_process']}; the ratio is focal / floor (goal <= {data['goal_ratio']}x).\n",
+        table(
+            ["job", "focal CPU ms", "libvips CPU ms", "ratio", "wall ms (focal / libvips)"], rows
+        ),
+        "",
+    ]
+    if data["cli"]:
+        cli_rows = [
+            [
+                name,
+                f"{r['focal_cpu_ms_per_image']:.1f}",
+                f"{r['vipsthumbnail_cpu_ms_per_image']:.1f}",
+                f"{r['ratio']:.2f}x",
+            ]
+            for name, r in data["cli"].items()
+        ]
+        any_cli = next(iter(data["cli"].values()))
+        text += [
+            f"Command line: `focal transform FOLDER` against {data['floor']['cli']}, over a folder of "
+            f"{any_cli['images']} images (process start-up included, spread over them), median of "
+            f"{any_cli['runs']} runs:\n",
+            table(
+                ["job", "focal transform CPU ms/image", "vipsthumbnail CPU ms/image", "ratio"],
+                cli_rows,
+            ),
+            "",
+        ]
+    goal = data["goal_ratio"]
+    over = {n: r["ratio"] for n, r in data["in_process"].items() if r["ratio"] > goal}
+    under = [n for n in data["in_process"] if n not in over]
+    verdict = f"In process, goal (<= {goal}x) **met** for {', '.join(under) or 'no job'}"
+    if over:
+        verdict += ", **missed** for " + ", ".join(f"{n} ({v:.2f}x)" for n, v in over.items())
+    text.append(verdict + ".\n")
+    return "\n".join(text)
+
+
+def breakdown_section(data: dict[str, Any]) -> str:
+    cold = data["in_process"]["cold"]["median_ms"]
+    cached = data["in_process"]["detection_cached"]["median_ms"]
+    stages = [
+        s for s in ("decode", "detect", "process", "encode", "total") if s in cold or s in cached
+    ]
+    rows = [[s, f"{cold.get(s, 0):.1f}", f"{cached.get(s, 0):.1f}"] for s in stages]
+    server = data["server"]
+    return "\n".join(
+        [
+            "## 4. Face-crop cost, stage by stage\n",
+            f"`{data['command']}` ({data['seconds']:.0f} s)\n",
+            f"{data['source']} to `{data['options']}`; detector {data['detector']['model_id']} on "
+            f"{data['detector']['runtime']}. Medians of {data['in_process']['cold']['runs']} runs of "
+            "`focal.pipeline.transform`, from `Result.timings` (decode includes the inference copy's "
+            "decode at the 1024 cap):\n",
+            table(["stage", "cold ms", "detection cached ms"], rows),
+            "",
+            f"Through the server (one request at a time, variant cache off; the detector in its own "
+            f"worker process): cold **{server['cold']['median_ms']:.0f} ms** median "
+            f"(p95 {server['cold']['p95_ms']:.0f}), detection cached "
+            f"**{server['detection_cached']['median_ms']:.0f} ms** (p95 {server['detection_cached']['p95_ms']:.0f}).\n",
+        ]
+    )
+
+
+def memory_section(data: dict[str, Any]) -> str:
+    rows = []
+    for name, r in data["summary"].items():
+        rows.append(
+            [
+                name.replace("_", " "),
+                r["peak_mib"],
+                r["steady_first_1000_mib"],
+                r["steady_last_1000_mib"],
+                f"{r['growth_mib']:+.1f} MiB ({pct(r['growth_share'])})",
+                "met" if r["goal_met"] else "**missed**",
+            ]
+        )
+    load = data["load"]
+    setup = data["setup"]
+    return "\n".join(
+        [
+            "## 5. Memory over a soak\n",
+            f"`{data['command']}`\n",
+            f"{load['requests']} requests (asked: {setup['requests_asked']}, stopping after "
+            f"{setup['max_seconds']:.0f} s at most) at concurrency {setup['concurrency']} over "
+            f"{len(setup['urls'])} mixed URLs, in {load['seconds']:.0f} s ({load['rps']:.1f} req/s, "
+            f"p50 {load['p50_ms']:.0f} ms, p99 {load['p99_ms']:.0f} ms); statuses {data['statuses']}. "
+            f"Server: {setup['server']}. Goal: {setup['goal']}.\n",
+            table(
+                [
+                    "process",
+                    "peak MiB",
+                    "steady, first 1000 MiB",
+                    "steady, last 1000 MiB",
+                    "growth",
+                    "goal",
+                ],
+                rows,
+            ),
+            "",
+            "![memory](img/memory.png)\n",
+        ]
+    )
+
+
+STEP_OF = {"face_crop_breakdown": "breakdown"}
+SECTIONS = (
+    ("crop_quality", crop_section),
+    ("throughput", throughput_section),
+    ("floor", floor_section),
+    ("face_crop_breakdown", breakdown_section),
+    ("memory", memory_section),
+)
+
+
+def render() -> str:
+    results = {name: data for name, _ in SECTIONS if (data := load(name)) is not None}
+    parts = [INTRO]
+    if results:
+        parts.append(machine_table(results))
+    for name, section in SECTIONS:
+        if name in results:
+            parts.append(section(results[name]))
+        else:
+            parts.append(
+                f"## {name}\n\nNot measured yet: run `.venv/bin/python benchmarks/run_all.py --only {STEP_OF.get(name, name)}`.\n"
+            )
+    notes = ROOT / "benchmarks" / "NOTES.md"
+    if notes.exists():
+        parts.append(notes.read_text())
+    return "\n".join(parts)
+
+
+def main() -> int:
+    DOC.parent.mkdir(parents=True, exist_ok=True)
+    DOC.write_text(render())
+    print(f"wrote {DOC.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
