@@ -33,7 +33,7 @@ from focal.detection import DetectionFailed
 from focal.errors import BusyError
 from focal.server import signing
 from focal.server.app import Detection, ImageWorkers, Origins, create_app, error_response
-from focal.server.origins import Source, is_remote
+from focal.server.origins import LocalOrigin, Source, is_remote
 from focal.server.settings import Settings
 
 DEMO = Path(__file__).resolve().parents[1] / "src" / "focal" / "demo"
@@ -745,3 +745,40 @@ def test_server_memory_and_bomb(face_server: Server) -> None:
     assert serving < 150
     assert after - before < 5
     assert max(bomb_times) < 1.0
+
+
+class CountingOrigin(LocalOrigin):
+    """The real local origin, counting how often it reads a source's bytes."""
+
+    reads = 0
+
+    def _read(self, requested: str, full: str) -> Source:
+        CountingOrigin.reads += 1
+        return super()._read(requested, full)
+
+
+def test_a_cached_variant_is_served_without_reading_the_source(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    shutil.copy(DEMO / "coffee.jpg", root / "a.jpg")
+    settings = Settings(root=root, cache_dir=tmp_path / "cache", face=False)
+    origin = CountingOrigin(root, settings.max_bytes)
+    app = create_app(settings, Origins(local=origin, remote=None, is_remote=is_remote))
+
+    async def get_three() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            first = await client.get("/cdn-cgi/image/width=50/a.jpg")
+            second = await client.get("/cdn-cgi/image/width=50/a.jpg")
+            os.utime(root / "a.jpg", ns=(1, 10**18))  # the source changed
+            third = await client.get("/cdn-cgi/image/width=50/a.jpg")
+            return [first, second, third]
+
+    CountingOrigin.reads = 0
+    try:
+        first, second, third = asyncio.run(get_three())
+    finally:
+        app.state.service.workers.shutdown()
+    assert [r.headers["focal-cache"] for r in (first, second, third)] == ["miss", "hit", "miss"]
+    assert second.content == first.content
+    assert CountingOrigin.reads == 2  # the hit read nothing

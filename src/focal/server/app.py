@@ -26,7 +26,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from email.utils import formatdate
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 from urllib.parse import unquote
 
 import anyio
@@ -72,8 +72,19 @@ class SourceLike(Protocol):
     def last_modified(self) -> float | None: ...
 
 
+class SourceInfoLike(Protocol):
+    @property
+    def identity(self) -> str: ...
+    @property
+    def last_modified(self) -> float | None: ...
+
+
 class Origin(Protocol):
     async def fetch(self, source: str) -> SourceLike: ...
+
+
+class IdentifyingOrigin(Origin, Protocol):
+    async def identify(self, source: str) -> SourceInfoLike: ...
 
 
 @dataclass(frozen=True)
@@ -311,6 +322,20 @@ async def fetch(service: Service, source: str, trace: Trace) -> SourceLike:
         trace.timings["fetch"] = logs.now_ms(start)
 
 
+async def identify(service: Service, source: str, trace: Trace) -> SourceInfoLike | None:
+    """The identity of a local source from its metadata, when a variant cache can use it."""
+    origins = service.origins
+    local = origins.local
+    if service.cache is None or origins.is_remote(source) or not hasattr(local, "identify"):
+        return None
+    start = time.perf_counter()
+    try:
+        info: SourceInfoLike = await cast(IdentifyingOrigin, local).identify(source)
+        return info
+    finally:
+        trace.timings["fetch"] = logs.now_ms(start)
+
+
 def cacheable(options: Options, result: Result, accept: str) -> bool:
     if result.degraded:
         return False
@@ -333,14 +358,21 @@ async def produce(service: Service, request: Request, trace: Trace) -> Response:
     trace.source = source_raw
     options = parse_options(options_text)
     trace.options = options
-    source = await fetch(service, source_raw, trace)
     accept_header = request.headers.get("accept")
     accept = accept_class(options, accept_header)
     model = service.detection.model_id() if options.gravity.mode == "face" else ""
+    known = await identify(service, source_raw, trace)
+    if known is not None:  # a cached variant is answered without reading the source
+        key = variant_key(known.identity, normalise(options), accept, model)
+        cached = await lookup(service, key, trace)
+        if cached is not None:
+            return variant_response(request, settings, cached, known.last_modified, trace)
+    source = await fetch(service, source_raw, trace)
     key = variant_key(source.identity, normalise(options), accept, model)
-    cached = await lookup(service, key, trace)
-    if cached is not None:
-        return variant_response(request, settings, cached, source.last_modified, trace)
+    if known is None or known.identity != source.identity:
+        cached = await lookup(service, key, trace)
+        if cached is not None:
+            return variant_response(request, settings, cached, source.last_modified, trace)
     job = _transform_job(source.data, options, service, accept_header)
     result = await service.workers.run(job)
     trace.result = result

@@ -53,6 +53,14 @@ class Source:
     last_modified: float | None
 
 
+@dataclass(frozen=True)
+class SourceInfo:
+    """What a cache lookup needs of a source, known without reading it."""
+
+    identity: str
+    last_modified: float | None
+
+
 def is_remote(source: str) -> bool:
     """True for an absolute http:// or https:// URL."""
     return source.lower().startswith(("http://", "https://"))
@@ -70,13 +78,24 @@ class LocalOrigin:
         self._max_bytes = max_bytes
 
     async def fetch(self, path: str) -> Source:
+        full = self._resolve(path)
+        return await asyncio.to_thread(self._read, path, full)
+
+    async def identify(self, path: str) -> SourceInfo:
+        """The source's identity from its metadata alone (same checks as fetch, no read): a
+        cached variant can then be answered without reading the source."""
+        full = self._resolve(path)
+        return await asyncio.to_thread(self._identify, path, full)
+
+    def _resolve(self, path: str) -> str:
         relative = decode_local_path(path)
         full = os.path.realpath(os.path.join(self._root, relative))
         if os.path.commonpath([self._root, full]) != self._root:
             raise ForbiddenError(f"source path not allowed: {path}", detail=f"{full} is outside")
-        return await asyncio.to_thread(self._read, path, full)
+        return full
 
-    def _read(self, requested: str, full: str) -> Source:
+    def _open(self, requested: str, full: str) -> tuple[int, os.stat_result]:
+        """An open descriptor of a regular file within the size limit, and its stat."""
         flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
         try:
             fd = os.open(full, flags)
@@ -87,13 +106,30 @@ class LocalOrigin:
             if not stat.S_ISREG(info.st_mode):
                 raise NotFoundError(f"source not found: {requested}")
             self._check_size(requested, info.st_size)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd, info
+
+    def _info(self, full: str, info: os.stat_result, size: int) -> SourceInfo:
+        relpath = os.path.relpath(full, self._root)
+        identity = f"file:{relpath}:{info.st_mtime_ns}:{size}"
+        return SourceInfo(identity=identity, last_modified=info.st_mtime)
+
+    def _identify(self, requested: str, full: str) -> SourceInfo:
+        fd, info = self._open(requested, full)
+        os.close(fd)
+        return self._info(full, info, info.st_size)
+
+    def _read(self, requested: str, full: str) -> Source:
+        fd, info = self._open(requested, full)
+        try:
             data = _read_at_most(fd, self._max_bytes + 1)
         finally:
             os.close(fd)
         self._check_size(requested, len(data))
-        relpath = os.path.relpath(full, self._root)
-        identity = f"file:{relpath}:{info.st_mtime_ns}:{len(data)}"
-        return Source(data=data, identity=identity, last_modified=info.st_mtime)
+        known = self._info(full, info, len(data))
+        return Source(data=data, identity=known.identity, last_modified=known.last_modified)
 
     def _check_size(self, requested: str, size: int) -> None:
         if size > self._max_bytes:
