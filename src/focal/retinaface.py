@@ -239,9 +239,11 @@ def open_detector(
     nms_iou: float = 0.4,
     device: str = "auto",
     idle_offload_s: float = 300.0,
+    max_batch: int = 32,
 ) -> Detector:
     """Any runtime's detector: ``torch`` (focal.torch_runtime, for GPUs; needs the ``gpu``
-    extra; device and idle_offload_s apply to it only) or a CPU runtime (load_detector)."""
+    extra; device, idle_offload_s and max_batch, the most images in one forward pass, apply to
+    it only) or a CPU runtime (load_detector)."""
     if runtime != "torch":
         return load_detector(model_dir, runtime, precision, score_threshold, nms_iou)
     from focal.torch_runtime import load_torch_detector  # optional dependency
@@ -253,6 +255,7 @@ def open_detector(
         score_threshold=score_threshold,
         nms_iou=nms_iou,
         idle_offload_s=idle_offload_s if idle_offload_s > 0 else None,
+        max_batch=max_batch,
     )
 
 

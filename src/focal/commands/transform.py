@@ -1,5 +1,10 @@
 """`focal transform SRC -o OUT --options ...`: one file, or a whole folder.
 
+A folder is worked on by --workers threads (reading, decoding, transforming, writing). With
+gravity=face they share one face detector that takes their images in batches of up to --batch,
+waiting at most --batch-window-ms for a batch to fill (focal.batching). --json lines come out in
+source order, whatever order the threads finish in.
+
 Exit codes: 0 all done; 1 an input failed (a folder run lists each failure and goes on);
 2 usage or option error; 3 the face model is not installed.
 """
@@ -12,16 +17,21 @@ import os
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+from focal.batching import BatchingDetector
 from focal.detection import Detector
 from focal.errors import FocalError, ModelMissingError, OptionError
 from focal.options import Format, Options, parse_options
 from focal.pipeline import Limits, Result, transform
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".avif", ".tif", ".tiff"}
+RUNTIMES = ("auto", "onnxruntime", "openvino", "torch")
+PRECISIONS = ("fp32", "bf16", "f16")
 SUFFIX_FORMATS = {
     ".jpg": Format.JPEG,
     ".jpeg": Format.JPEG,
@@ -60,7 +70,55 @@ def register(sub: Any) -> None:
         "--max-pixels", type=int, default=Limits.max_pixels, help="refuse larger sources"
     )
     p.add_argument("--force", action="store_true", help="folder: redo outputs that already exist")
+    p.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=os.cpu_count() or 1,
+        help="folder: threads that read, decode, transform and write (default: CPU count)",
+    )
+    p.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        default="auto",
+        help="face detector runtime; torch runs on a GPU (needs the gpu extra)",
+    )
+    p.add_argument(
+        "--precision", choices=PRECISIONS, default="fp32", help="face detector precision"
+    )
+    p.add_argument("--device", default="auto", help="torch runtime only: auto, cuda, cuda:N or cpu")
+    p.add_argument(
+        "--batch",
+        type=_positive_int,
+        default=16,
+        help="folder: most images in one face detector call",
+    )
+    p.add_argument(
+        "--batch-window-ms",
+        type=_non_negative_float,
+        default=20.0,
+        help="folder: longest wait for a detector batch to fill, in milliseconds",
+    )
     p.set_defaults(func=run)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, received {text!r}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of at least 0, received {text!r}")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
@@ -71,22 +129,33 @@ def run(args: argparse.Namespace) -> int:
         return 2
     limits = Limits(max_pixels=args.max_pixels)
     try:
-        detector = _detector(options, args.model_dir)
+        detector = _detector(options, args)
     except ModelMissingError as error:
         print(f"focal: {error.public}", file=sys.stderr)
         return 3
+    except FocalError as error:  # a runtime or precision this machine cannot run
+        print(f"focal: {error.public}", file=sys.stderr)
+        return 2
+    except ImportError as error:
+        print(f"focal: the {args.runtime} runtime is not installed ({error})", file=sys.stderr)
+        return 2
     if args.src.is_dir():
         return _folder(args, options, detector, limits)
     return _single(args, options, detector, limits)
 
 
-def _detector(options: Options, model_dir: Path | None) -> Detector | None:
+def _detector(options: Options, args: argparse.Namespace) -> Detector | None:
     if options.gravity.mode != "face":
         return None
-    from focal.retinaface import load_detector  # the inference runtime only when faces are asked
+    from focal.retinaface import open_detector  # the inference runtime only when faces are asked
 
-    detector: Detector = load_detector(model_dir=model_dir)
-    return detector
+    return open_detector(
+        model_dir=args.model_dir,
+        runtime=args.runtime,
+        precision=args.precision,
+        device=args.device,
+        max_batch=args.batch,
+    )
 
 
 def _single(
@@ -110,29 +179,45 @@ class Summary:
     skipped: int = 0
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """One source of a folder run: skipped, done (with its description) or failed (a reason)."""
+
+    skipped: bool = False
+    description: dict[str, Any] | None = None
+    failure: str | None = None
+
+
 def _folder(
     args: argparse.Namespace, options: Options, detector: Detector | None, limits: Limits
 ) -> int:
     sources = sorted(
         p for p in args.src.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
     )
+    batching = None
+    if detector is not None:  # each worker waits on one image: no batch holds more than --workers
+        most = min(args.batch, args.workers)
+        batching = BatchingDetector(detector, most, args.batch_window_ms)
+    job = partial(_job, args=args, options=options, detector=batching, limits=limits)
     summary = Summary()
     failed: list[tuple[Path, str]] = []
     started = time.perf_counter()
-    for index, src in enumerate(sources, 1):
-        out = _output_path(src, args.src, args.out, options)
-        _progress(index, len(sources), src.name)
-        if not args.force and out.exists() and out.stat().st_mtime >= src.stat().st_mtime:
-            summary.skipped += 1
-            continue
-        try:
-            result = _one(src, out, options, detector, limits)
-        except (FocalError, OSError) as error:
-            failed.append((src, _reason(error)))
-            continue
-        summary.done += 1
-        if args.json:
-            print(json.dumps({"source": str(src), **result.description}))
+    try:
+        with ThreadPoolExecutor(args.workers, thread_name_prefix="focal-transform") as pool:
+            outcomes = pool.map(job, sources)  # yielded in source order
+            for index, (src, outcome) in enumerate(zip(sources, outcomes, strict=True), 1):
+                _progress(index, len(sources), src.name)
+                if outcome.skipped:
+                    summary.skipped += 1
+                elif outcome.failure is not None:
+                    failed.append((src, outcome.failure))
+                else:
+                    summary.done += 1
+                    if args.json:
+                        print(json.dumps({"source": str(src), **(outcome.description or {})}))
+    finally:
+        if batching is not None:
+            batching.close()
     if sys.stderr.isatty():
         print(file=sys.stderr)
     seconds = time.perf_counter() - started
@@ -144,6 +229,24 @@ def _folder(
     for src, reason in failed:
         print(f"  failed: {src}: {reason}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _job(
+    src: Path,
+    args: argparse.Namespace,
+    options: Options,
+    detector: Detector | None,
+    limits: Limits,
+) -> Outcome:
+    """One source of a folder run, on a worker thread."""
+    out = _output_path(src, args.src, args.out, options)
+    try:
+        if not args.force and out.exists() and out.stat().st_mtime >= src.stat().st_mtime:
+            return Outcome(skipped=True)
+        result = _one(src, out, options, detector, limits)
+    except (FocalError, OSError) as error:
+        return Outcome(failure=_reason(error))
+    return Outcome(description=result.description)
 
 
 def _output_path(src: Path, root: Path, out_root: Path, options: Options) -> Path:

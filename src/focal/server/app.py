@@ -173,6 +173,7 @@ def pool_settings(settings: Settings, kind: Callable[..., Any]) -> Any:
             ("precision", settings.detector_precision),
             ("device", settings.detector_device),
             ("idle_offload_s", settings.detector_idle_offload_s),
+            ("max_batch", settings.detector_max_batch),
         ),
     )
 
