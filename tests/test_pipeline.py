@@ -10,8 +10,10 @@ import pytest
 import pyvips
 from tests import images
 
+from focal import geometry, pipeline
 from focal.detection import DetectionFailed, Face, RGBImage
 from focal.errors import ImageError, LimitError, OptionError
+from focal.geometry import Size
 from focal.options import parse_options
 from focal.pipeline import Limits, transform
 
@@ -91,6 +93,61 @@ def test_animated_gif_keeps_its_frames_cropped_identically() -> None:
         assert frame.getpoint(2, 2)[:3] == pytest.approx([0, 0, 0], abs=40)
         assert frame.getpoint(50, 50)[:3] == pytest.approx(list(colour), abs=40)
     assert description["frames"] == 5
+
+
+def _pixels(image: pyvips.Image) -> np.ndarray:
+    shape = (image.height, image.width, image.bands)
+    return np.ndarray(buffer=image.write_to_memory(), dtype=np.uint8, shape=shape).astype(int)
+
+
+@pytest.mark.parametrize("fmt", ["gif", "webp"])
+def test_animated_resize_keeps_each_frames_colour_at_its_edges(fmt: str) -> None:
+    # 120x80 frames to 77x51: a lanczos3 resize of the whole strip would mix the last rows of
+    # one frame into the first rows of the next (libvips issue 4014)
+    out, _ = run(images.animated_gif(), f"width=77,format={fmt},quality=100")
+    height = out.get("page-height")
+    assert (out.width, height, out.get("n-pages")) == (77, 51, 5)
+    pixels = _pixels(out)
+    for index, colour in enumerate(images.COLOURS):
+        frame = pixels[index * height : (index + 1) * height, 20:, :3]  # right of the black square
+        for row in (frame[0], frame[1], frame[-2], frame[-1]):
+            assert np.abs(row - np.array(colour)).max() <= 2, (index, row[:3].tolist())
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "width=77,height=40,fit=cover,gravity=right",
+        "width=50,height=70,fit=pad,background=red",
+        "width=60,height=90,fit=pad,background=#00ff0040",
+        "width=90,blur=4,sharpen=2,brightness=1.2,saturation=0.5",
+        "width=200,height=90,fit=cover",
+        "width=40,height=61,fit=crop",
+    ],
+)
+def test_animated_strip_steps_equal_frame_by_frame_steps(text: str) -> None:
+    options = parse_options(text)
+    strip = pyvips.Image.new_from_buffer(images.animated_gif(97, 61), "", n=-1)
+    plan = geometry.plan(
+        Size(97, 61), options.target_width, options.target_height, options.fit, options.gravity
+    )
+    by_strip = pipeline._finish_strip(strip, 5, plan, options, 1.0, "webp")
+    frames = pipeline._split(strip, 5)
+    pages = [pipeline._finish(page, plan, options, 1.0, "webp") for page in frames]
+    by_frame = pipeline._join(pages)
+    assert (by_strip.width, by_strip.height) == (by_frame.width, by_frame.height)
+    assert by_strip.get("page-height") == by_frame.get("page-height") == plan.canvas.height
+    assert np.array_equal(_pixels(by_strip), _pixels(by_frame))
+
+
+def test_animated_vertical_flip_and_rotation_stay_frame_by_frame() -> None:
+    out, _ = run(images.animated_gif(), "width=60,rotate=180,format=gif")
+    height = out.get("page-height")
+    pixels = _pixels(out)
+    for index, colour in enumerate(images.COLOURS):  # same order; the black square bottom-right
+        frame = pixels[index * height : (index + 1) * height, :, :3]
+        assert np.abs(frame[2, 2] - np.array(colour)).max() <= 40
+        assert np.abs(frame[-3, -3]).max() <= 40
 
 
 def test_anim_false_takes_the_first_frame() -> None:

@@ -6,7 +6,9 @@ The whole pipeline, in order (each step a small function in :mod:`focal.steps`):
     -> load with shrink-on-load -> orient -> sRGB -> trim -> rotate/flip -> crop+resize -> pad
     -> adjust (brightness, contrast, gamma, saturation) -> blur -> sharpen -> flatten -> encode
 
-Animated sources run every frame through the same steps with the same plan.
+Animated sources run every frame through the same steps with the same plan, on the strip of
+frames (libvips' page-height layout) where a step cannot mix one frame's pixels into the next
+(see :mod:`focal.steps`), frame by frame where it can.
 """
 
 from __future__ import annotations
@@ -125,8 +127,7 @@ def _transform(
     shrink = 1 if options.trim and options.trim.border else _shrink_for(header, plan)
     with timer("decode"):
         image = load(data, header, animated=animated, shrink=shrink)
-        pages = _split(image, header.frames if animated else 1)
-        pages = [_prepare(page, options, working, header) for page in pages]
+        strip, pages = _prepare_all(image, frames, options, working, header)
     if options.gravity.mode == "auto":
         plan = _auto_plan(pages[0], working, plan, options)
     if faces.fallback:
@@ -138,8 +139,10 @@ def _transform(
         return _result(body, "application/json", "json", plan, faces, False, description, timer)
     with timer("process"):
         loaded_scale = pages[0].width / working.width
-        out = [_finish(page, plan, options, loaded_scale, fmt) for page in pages]
-        joined = _join(out)
+        if strip is not None:
+            joined = _finish_strip(strip, frames, plan, options, loaded_scale, fmt)
+        else:
+            joined = _join([_finish(page, plan, options, loaded_scale, fmt) for page in pages])
         if joined.width * joined.height <= MATERIALISE_PIXELS:
             joined = (
                 joined.copy_memory()
@@ -220,6 +223,31 @@ def _prepare(page: pyvips.Image, options: Options, working: Size, header: Header
     return steps.rotate_flip(page, options)
 
 
+def _prepare_all(
+    image: pyvips.Image, frames: int, options: Options, working: Size, header: Header
+) -> tuple[pyvips.Image | None, list[pyvips.Image]]:
+    """(the prepared strip of an animated source, or None; the prepared frames, or the first).
+
+    Still images, and animations whose frames come out of :func:`_prepare` in different sizes,
+    get no strip: every frame is finished on its own.
+    """
+    if frames > 1 and _prepares_as_strip(image, options):
+        strip = _prepare(image, options, working, header)
+        return strip, [strip.crop(0, 0, strip.width, strip.height // frames)]
+    pages = [_prepare(page, options, working, header) for page in _split(image, frames)]
+    if frames > 1 and len({(page.width, page.height) for page in pages}) == 1:
+        return steps.stack(pages), pages[:1]
+    return None, pages
+
+
+def _prepares_as_strip(image: pyvips.Image, options: Options) -> bool:
+    """Whether :func:`_prepare` of the whole strip equals it frame by frame (no step that moves
+    rows between frames: orientation, trim, rotation or a vertical flip)."""
+    if image.get_typeof("orientation") != 0 and image.get("orientation") != 1:
+        return False
+    return options.trim is None and not options.rotate and options.flip in (None, "h")
+
+
 def _detect(
     data: bytes,
     header: Header,
@@ -283,6 +311,31 @@ def _finish(
     page = steps.blur(page, options.blur)
     page = steps.sharpen(page, options.sharpen)
     return steps.flatten(page, options.background, fmt in KEEPS_ALPHA)
+
+
+def _finish_strip(
+    strip: pyvips.Image,
+    frames: int,
+    plan: Plan,
+    options: Options,
+    loaded_scale: float,
+    fmt: str,
+) -> pyvips.Image:
+    """:func:`_finish` of every frame of a strip, without a pipeline per frame where the step
+    reads no neighbouring pixels across a frame's edge (blur and sharpen run frame by frame)."""
+    strip = steps.crop_resize_strip(strip, frames, plan, loaded_scale)
+    strip = steps.pad_strip(strip, frames, plan, options.background)
+    strip = steps.adjust(strip, options)
+    if options.blur > 0 or options.sharpen > 0:
+        strip = steps.each(
+            strip,
+            frames,
+            lambda page: steps.sharpen(steps.blur(page, options.blur), options.sharpen),
+        )
+    strip = steps.flatten(strip, options.background, fmt in KEEPS_ALPHA)
+    strip = strip.copy()
+    strip.set_type(pyvips.GValue.gint_type, "page-height", strip.height // frames)
+    return strip
 
 
 def _join(pages: list[pyvips.Image]) -> pyvips.Image:
