@@ -175,10 +175,38 @@ def print_report(result: dict[str, Any]) -> None:
             )
 
 
+def shape_speed(repeat: int) -> dict[str, Any]:
+    """OpenVINO fp32 with and without fixed-shape compilation, against ONNX Runtime fp32: the
+    model alone on one 1024 x 1024 input, interleaved (three sessions only)."""
+    path = models.require().model_path
+    sessions: dict[str, rt.Session] = {
+        "onnxruntime fp32": rt.OnnxRuntimeSession(path),
+        "openvino fp32 dynamic shape": rt.OpenVinoSession(path, "fp32", static_shapes=0),
+        "openvino fp32 fixed shape": rt.OpenVinoSession(path, "fp32", static_shapes=8),
+    }
+    batch = (np.random.default_rng(0).random((1, 1024, 1024, 3)) * 255).astype(np.float32)
+    calls = {name: runner(s, batch) for name, s in sessions.items()}
+    for call in calls.values():  # the second call of a shape compiles it (fixed shape)
+        call()
+        call()
+    return with_ratios(interleaved(calls, repeat), "onnxruntime fp32")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeat", type=int, default=15, help="timed runs per configuration")
+    parser.add_argument(
+        "--shapes", action="store_true", help="only: OpenVINO fixed vs dynamic input shape"
+    )
     args = parser.parse_args(argv)
+    if args.shapes:
+        shapes = shape_speed(args.repeat)
+        for name, row in shapes.items():
+            print(f"  {name:28} {row['median_ms']:7.1f} ms  x{row['ratio']:.2f}")
+        harness.write_result(
+            "detector_shapes", {"repeat": args.repeat, "model_1024": shapes}, COMMAND
+        )
+        return 0
     prepare.prepare()
     path = models.require().model_path
     sha = models.require().manifest.model_sha256

@@ -30,7 +30,7 @@ from focal import evaluation as ev
 from focal import models, retinaface
 from focal.detection import Face
 from focal.errors import FocalError, ModelMissingError
-from focal.runtime import RUNTIMES, FrozenGraphHeads
+from focal.runtime import PRECISIONS, RUNTIMES, FrozenGraphHeads
 
 DEFAULT_DATA = Path("../shared/facedata")
 DEFAULT_OUT = Path("benchmarks/results/widerface.json")
@@ -352,6 +352,7 @@ def command_line(args: argparse.Namespace) -> str:
     parts = ["focal eval widerface", f"--data {args.data}"]
     parts += [f"--max-side {cap}" for cap in args.max_side or ()]
     parts += [f"--runtime {args.runtime}"] if args.runtime != "auto" else []
+    parts += [f"--precision {args.precision}"] if args.precision != "fp32" else []
     parts += ["--reference"] if args.reference else []
     parts += [f"--out {args.out}"]
     return " ".join(parts)
@@ -441,7 +442,7 @@ def evaluate(args: argparse.Namespace, say: Callable[[str], None]) -> dict[str, 
     )
     truths = load_ground_truth(args.data / GROUND_TRUTH_DIR, [e.name for e in images.wider])
     detector = retinaface.load_detector(
-        args.model_dir, args.runtime, score_threshold=args.low_threshold
+        args.model_dir, args.runtime, args.precision, score_threshold=args.low_threshold
     )
     reference = None
     if args.reference:
@@ -508,6 +509,7 @@ def register(sub: Any) -> None:
         help="1024: scale to fit 1024x1024 (as focal detects); 0: original scale (default: both)",
     )
     w.add_argument("--runtime", default="auto", choices=RUNTIMES)
+    w.add_argument("--precision", default="fp32", choices=PRECISIONS)
     w.add_argument("--model-dir", type=Path, default=None)
     w.add_argument(
         "--reference",
