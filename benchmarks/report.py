@@ -7,11 +7,12 @@ files, each made by the command named next to its table).
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import harness
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -52,14 +53,6 @@ Timings depend on the machine and on what else runs on it: the load generator sh
 with the servers, and the load average at the time is not controlled. Compare ratios measured in
 the same run, not absolute numbers across machines.
 """
-
-
-def load(name: str) -> dict[str, Any] | None:
-    path = RESULTS / f"{name}.json"
-    if not path.exists():
-        return None
-    data: dict[str, Any] = json.loads(path.read_text())
-    return data
 
 
 def pct(value: float | None) -> str:
@@ -407,7 +400,9 @@ SECTIONS = (
 
 
 def render() -> str:
-    results = {name: data for name, _ in SECTIONS if (data := load(name)) is not None}
+    results = {
+        name: data for name, _ in SECTIONS if (data := harness.read_result(name)) is not None
+    }
     parts = [INTRO]
     if results:
         parts.append(machine_table(results))

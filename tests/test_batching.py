@@ -2,8 +2,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -13,8 +11,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from tests.conftest import DEMO, FACEDATA, ROOT
+from tests.conftest import DEMO, FACEDATA
 from tests.model_fixtures import require_model_dir
+from tests.test_cli import focal
 
 from focal.batching import BatchingDetector
 from focal.detection import Face, RGBImage
@@ -125,16 +124,6 @@ def test_a_caller_waiting_in_the_window_is_served_when_closed() -> None:
 def test_bad_settings_are_refused(max_batch: int, window_ms: float) -> None:
     with pytest.raises(ValueError, match=r"max_batch|window_ms"):
         BatchingDetector(RecordingDetector(), max_batch=max_batch, window_ms=window_ms)
-
-
-def focal(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "focal", *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=300,
-    )
 
 
 def face_folder(root: Path) -> Path:

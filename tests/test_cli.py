@@ -18,7 +18,7 @@ def focal(*args: str | Path) -> subprocess.CompletedProcess[str]:
         capture_output=True,
         text=True,
         cwd=ROOT,
-        timeout=120,
+        timeout=300,
     )
 
 
