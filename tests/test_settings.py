@@ -107,6 +107,11 @@ def test_unknown_config_key_names_it(tmp_path: Path) -> None:
         ({"FOCAL_FACE": "maybe"}, ["face", "true or false", "maybe"]),
         ({"FOCAL_CACHE_MAX_MB": "-1"}, ["cache_max_mb", "-1"]),
         ({"FOCAL_LOG_LEVEL": "loud"}, ["log_level", "loud"]),
+        (
+            {"FOCAL_DETECTOR_RUNTIME": "tensorflow"},
+            ["detector_runtime", "one of auto, onnxruntime, openvino, torch", "tensorflow"],
+        ),
+        ({"FOCAL_DETECTOR_PRECISION": "int8"}, ["detector_precision", "fp32, bf16, f16", "int8"]),
     ],
 )
 def test_bad_values_name_setting_source_and_value(env: dict[str, str], words: list[str]) -> None:

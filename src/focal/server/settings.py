@@ -26,6 +26,12 @@ BOOL_WORDS = {"1": True, "true": True, "yes": True, "on": True}
 BOOL_WORDS |= {"0": False, "false": False, "no": False, "off": False}
 KINDS = ("str", "int", "float", "bool", "path", "list")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+# string settings with a closed set of values (the runtime names are focal.runtime's and torch)
+CHOICES: dict[str, tuple[str, ...]] = {
+    "log_level": LOG_LEVELS,
+    "detector_runtime": ("auto", "onnxruntime", "openvino", "torch"),
+    "detector_precision": ("fp32", "bf16", "f16"),
+}
 
 
 class SettingsError(FocalError):
@@ -260,9 +266,12 @@ def convert(setting: Setting, value: object, source: str) -> Any:
         raise _bad(setting, "a string", value, source)
     if setting.kind == "path":
         return Path(value).expanduser()
-    if setting.name == "log_level" and value.lower() not in LOG_LEVELS:
-        raise _bad(setting, "one of " + ", ".join(LOG_LEVELS), value, source)
-    return value.lower() if setting.name == "log_level" else value
+    choices = CHOICES.get(setting.name)
+    if choices is None:
+        return value
+    if value.lower() not in choices:
+        raise _bad(setting, "one of " + ", ".join(choices), value, source)
+    return value.lower()
 
 
 # ---- sources -----------------------------------------------------------------------------------
