@@ -222,17 +222,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     sources = [(harness.INPUTS / r).read_bytes() for r in prepare.inputs("large")]
     started = time.monotonic()
     results: dict[str, Any] = {"in_process": {}, "cli": {}}
-    for job in JOBS:
-        row = in_process(job, sources, args.repeat)
-        results["in_process"][job.name] = row
-        print(
-            f"  in-process {job.name:14s} focal {row['focal_cpu_ms']:7.1f} ms  libvips "
-            f"{row['libvips_cpu_ms']:7.1f} ms  ratio {row['ratio']}",
-            flush=True,
-        )
     anim = [(harness.INPUTS / r).read_bytes() for r in prepare.inputs("anim")]
-    for job in ANIM_JOBS:
-        row = in_process(job, anim, args.anim_repeat)
+    runs = [(job, sources, args.repeat) for job in JOBS]
+    runs += [(job, anim, args.anim_repeat) for job in ANIM_JOBS]
+    for job, inputs, repeat in runs:
+        row = in_process(job, inputs, repeat)
         results["in_process"][job.name] = row
         print(
             f"  in-process {job.name:14s} focal {row['focal_cpu_ms']:7.1f} ms  libvips "

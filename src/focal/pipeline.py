@@ -127,7 +127,7 @@ def _transform(
     shrink = 1 if options.trim and options.trim.border else _shrink_for(header, plan)
     with timer("decode"):
         image = load(data, header, animated=animated, shrink=shrink)
-        strip, pages = _prepare_all(image, frames, options, working, header)
+        strip, pages = _prepare_all(image, frames, options, header)
     if options.gravity.mode == "auto":
         plan = _auto_plan(pages[0], working, plan, options)
     if faces.fallback:
@@ -215,7 +215,7 @@ def _split(image: pyvips.Image, frames: int) -> list[pyvips.Image]:
     return [image.crop(0, i * height, image.width, height) for i in range(frames)]
 
 
-def _prepare(page: pyvips.Image, options: Options, working: Size, header: Header) -> pyvips.Image:
+def _prepare(page: pyvips.Image, options: Options, header: Header) -> pyvips.Image:
     page = steps.orient(page)
     page = steps.to_srgb(page)
     scale = page.width / header.oriented_size[0]
@@ -224,7 +224,7 @@ def _prepare(page: pyvips.Image, options: Options, working: Size, header: Header
 
 
 def _prepare_all(
-    image: pyvips.Image, frames: int, options: Options, working: Size, header: Header
+    image: pyvips.Image, frames: int, options: Options, header: Header
 ) -> tuple[pyvips.Image | None, list[pyvips.Image]]:
     """(the prepared strip of an animated source, or None; the prepared frames, or the first).
 
@@ -232,9 +232,9 @@ def _prepare_all(
     get no strip: every frame is finished on its own.
     """
     if frames > 1 and _prepares_as_strip(image, options):
-        strip = _prepare(image, options, working, header)
+        strip = _prepare(image, options, header)
         return strip, [strip.crop(0, 0, strip.width, strip.height // frames)]
-    pages = [_prepare(page, options, working, header) for page in _split(image, frames)]
+    pages = [_prepare(page, options, header) for page in _split(image, frames)]
     if frames > 1 and len({(page.width, page.height) for page in pages}) == 1:
         return steps.stack(pages), pages[:1]
     return None, pages
@@ -263,8 +263,8 @@ def _detect(
     inference, factor = geometry.inference_size(working, INFERENCE_CAP)
     with timer("decode"):
         shrink = jpeg_shrink(1 / factor) if header.format == "jpeg" else 1
-        page = _split(load(data, header, animated=False, shrink=shrink), 1)[0]
-        page = _prepare(page, options, working, header)
+        page = load(data, header, animated=False, shrink=shrink)
+        page = _prepare(page, options, header)
         array = steps.inference_array(page, inference)
     try:
         with timer("detect"):
