@@ -618,17 +618,20 @@ class TorchSettings:
     max_batch       most images in one forward pass (larger requests are split)
     channels_last   convolutions in NHWC layout (the fast one for cuDNN with fp16)
     compile         torch.compile the module (compiles once per batch shape)
+    compile_mode    torch.compile's mode: default, max-autotune, max-autotune-no-cudagraphs
     cuda_graphs     replay a captured CUDA graph per (batch size, padded shape); batches are
                     padded up to a power of two to bound the number of graphs
     idle_offload_s  release the model and its device memory after this many seconds without a
                     request; None keeps it loaded
-    cudnn_benchmark let cuDNN time its algorithms once per shape (CUDA only)"""
+    cudnn_benchmark let cuDNN time its algorithms once per input shape (CUDA only); each new
+                    shape then pays the timing on its first batch"""
 
     device: str = "auto"
     precision: str = "fp32"
     max_batch: int = 32
     channels_last: bool = True
     compile: bool = False
+    compile_mode: str = "default"
     cuda_graphs: bool = False
     idle_offload_s: float | None = 300.0
     cudnn_benchmark: bool = True
@@ -759,8 +762,8 @@ class TorchDetector:
         return self._loaded
 
     def _build(self) -> _Loaded:
-        if self.device.type == "cuda" and self.options.cudnn_benchmark:
-            torch.backends.cudnn.benchmark = True
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = self.options.cudnn_benchmark
         if self.device.type == "cuda" and self.dtype == torch.float32:
             # fp32 means fp32: TF32 convolutions would move scores by about 1e-2
             torch.backends.cudnn.allow_tf32 = False
@@ -770,7 +773,7 @@ class TorchDetector:
         module = module.set_memory_format(layout)
         forward: Callable[[Tensor], tuple[Tensor, ...]] = module
         if self.options.compile:
-            mode = "reduce-overhead" if self.options.cuda_graphs else "default"
+            mode = "reduce-overhead" if self.options.cuda_graphs else self.options.compile_mode
             forward = torch.compile(module, mode=mode, dynamic=False)
         loaded = _Loaded(module=module, forward=forward)
         if self.options.cuda_graphs and not self.options.compile and self.device.type == "cuda":
@@ -894,6 +897,11 @@ class TorchDetector:
             loaded.priors[key] = torch.from_numpy(anchors).to(self.device)
         return loaded.priors[key]
 
+    def network(self) -> OnnxModule:
+        """The loaded network (loading it first), as `detect` runs it: for profiling."""
+        with self._lock:
+            return self._ensure_loaded().module
+
     def run_model(self, batch: Tensor) -> tuple[Tensor, ...]:
         """The network alone on an NHWC batch already on the device (for benchmarks)."""
         with self._lock, torch.inference_mode():
@@ -986,6 +994,7 @@ def load_torch_detector(
     channels_last: bool = True,
     compile: bool = False,
     cuda_graphs: bool = False,
+    cudnn_benchmark: bool = True,
 ) -> TorchDetector:
     """The torch detector over the installed model (ModelMissingError when `focal models fetch`
     has not been run), or over model_path, a converted model file, when given. Nothing is loaded
@@ -1003,6 +1012,7 @@ def load_torch_detector(
         compile=compile,
         cuda_graphs=cuda_graphs,
         idle_offload_s=idle_offload_s,
+        cudnn_benchmark=cudnn_benchmark,
     )
     settings = retinaface.Settings(score_threshold=score_threshold, nms_iou=nms_iou)
     return TorchDetector(path, sha, settings, options)
