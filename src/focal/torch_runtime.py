@@ -624,7 +624,8 @@ class TorchSettings:
     idle_offload_s  release the model and its device memory after this many seconds without a
                     request; None keeps it loaded
     cudnn_benchmark let cuDNN time its algorithms once per input shape (CUDA only); each new
-                    shape then pays the timing on its first batch"""
+                    shape then pays the timing on its first batch, so it is off by default:
+                    requests come in many padded sizes and batch counts"""
 
     device: str = "auto"
     precision: str = "fp32"
@@ -634,7 +635,7 @@ class TorchSettings:
     compile_mode: str = "default"
     cuda_graphs: bool = False
     idle_offload_s: float | None = 300.0
-    cudnn_benchmark: bool = True
+    cudnn_benchmark: bool = False
 
 
 DEFAULT_SETTINGS = retinaface.Settings()
@@ -994,7 +995,7 @@ def load_torch_detector(
     channels_last: bool = True,
     compile: bool = False,
     cuda_graphs: bool = False,
-    cudnn_benchmark: bool = True,
+    cudnn_benchmark: bool = False,
 ) -> TorchDetector:
     """The torch detector over the installed model (ModelMissingError when `focal models fetch`
     has not been run), or over model_path, a converted model file, when given. Nothing is loaded
