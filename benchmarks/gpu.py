@@ -656,7 +656,8 @@ def anatomy(args: argparse.Namespace, photos: Sequence[Photo]) -> dict[str, Any]
             f"cost {precision}: {cost['gflop_per_image']} GFLOP and {cost['mb_moved_per_image']} "
             f"MB moved per image; activation peak at batch 1 {cost['activation_peak_mib']} MiB"
         )
-    precision, batch = args.e2e_precision, max(args.batches)
+    precision = args.e2e_precision if args.e2e_precision in costs else args.precisions[0]
+    batch = max(args.batches)
     detector = torch_detector(args, precision, batch)
     images = square_batch(photos, batch)
     shapes = [tr.inference_shape(i) for i in images]
@@ -836,6 +837,11 @@ def arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         help=f"comma-separated sections to run (default: all of {','.join(SECTIONS)})",
     )
     parser.add_argument(
+        "--precisions",
+        help="comma-separated precisions to run (default: fp16,fp32 on a GPU or with --quick, "
+        "else fp32)",
+    )
+    parser.add_argument(
         "--merge",
         action="store_true",
         help="keep the other sections of an existing result file (and its list of runs)",
@@ -855,7 +861,10 @@ def arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     args.device_type = device.type
     gpu = device.type == "cuda"
     args.batches = QUICK_BATCHES if args.quick else BATCHES
-    args.precisions = ("fp16", "fp32") if gpu or args.quick else ("fp32",)
+    if args.precisions:
+        args.precisions = tuple(tr.resolve_precision(p) for p in args.precisions.split(","))
+    else:
+        args.precisions = ("fp16", "fp32") if gpu or args.quick else ("fp32",)
     args.min_s, args.min_runs, args.warmup = (0.0, 1, 0) if args.quick else (1.5, 3, 2)
     args.profile_runs = 2 if args.quick else 10
     args.wider_count = 4 if args.quick else None

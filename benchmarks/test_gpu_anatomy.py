@@ -132,3 +132,12 @@ def test_gpu_benchmark_runs_on_the_cpu_and_merges(tmp_path: Path) -> None:
     assert [r["sections"] for r in merged["runs"]] == [",".join(gpu.SECTIONS), "anatomy"]
     assert merged["equivalence"] == report["equivalence"]
     assert merged["anatomy"]["step_times"] != report["anatomy"]["step_times"]
+
+
+def test_cpu_equivalence_results_are_kept() -> None:
+    """docs/gpu.md quotes benchmarks/results/gpu-cpu.json: all 260 images, fp32 and fp16."""
+    report = json.loads((ROOT / "benchmarks" / "results" / "gpu-cpu.json").read_text())
+    equivalence = report["equivalence"]
+    assert equivalence["images"]["wider"] == 257 and equivalence["fp32"]["all_same"] is True
+    assert equivalence["fp32"]["ap"] == equivalence["onnxruntime_fp32"]["ap"]
+    assert equivalence["fp16_ap_within_tolerance"] is True
