@@ -19,8 +19,7 @@ Sections, each saved to the result file as soon as it is done (in this order):
     anatomy      the network's cost counted op by op on the CPU (GFLOP, MB moved, activation
                  peak: they depend on shapes and layouts only, so hold for any device), the time
                  of each kind of step at the largest batch beside the bytes it moves,
-                 torch.profiler's busiest
-                 kernels, and (CUDA) the device's copy bandwidth
+                 torch.profiler's busiest kernels, and (CUDA) the device's copy bandwidth
     equivalence  the public-domain photos and the WIDER FACE images of --facedata through the
                  CPU fp32 ONNX Runtime model and the torch model in fp32 and fp16, on the same
                  pixels (images over 1024 px capped with opencv first): faces paired at
@@ -495,6 +494,12 @@ def device_resize(
 # --- throughput ---------------------------------------------------------------------------------
 
 
+def device_batch(detector: tr.TorchDetector, images: Sequence[RGBImage]) -> torch.Tensor:
+    """The images as one NHWC batch on the detector's device, as `detect` would build it."""
+    shapes = [tr.inference_shape(i) for i in images]
+    return detector.prepare(images, shapes, tr.plan_batches(shapes, len(images))[0])
+
+
 def square_batch(photos: Sequence[Photo], count: int) -> list[RGBImage]:
     sources = [resize_rgb(p.image, SIDE, SIDE) for p in photos[: min(len(photos), 16)]]
     return [sources[i % len(sources)] for i in range(count)]
@@ -530,8 +535,7 @@ def one_setting(
     for _ in range(args.warmup):
         detector.detect(images)
     per_detect = timed(lambda: detector.detect(images), device, args.min_s, args.min_runs)
-    plan = tr.plan_batches([tr.inference_shape(i) for i in images], batch)[0]
-    tensor = detector.prepare(images, [tr.inference_shape(i) for i in images], plan)
+    tensor = device_batch(detector, images)
     per_model = timed(lambda: detector.run_model(tensor), device, args.min_s, args.min_runs)
     result: dict[str, Any] = {
         "precision": precision,
@@ -614,7 +618,9 @@ def memory(args: argparse.Namespace, photos: Sequence[Photo]) -> dict[str, Any]:
     }
     for precision, batch in settings:
 
-        def make(benchmark: bool, precision: str = precision, batch: int = batch) -> Any:
+        def make(
+            benchmark: bool, precision: str = precision, batch: int = batch
+        ) -> tr.TorchDetector:
             return torch_detector(args, precision, batch, cudnn_benchmark=benchmark)
 
         rows = ga.memory_breakdown(make, square_batch(photos, batch), args.warmup)
@@ -651,7 +657,7 @@ def anatomy(args: argparse.Namespace, photos: Sequence[Photo]) -> dict[str, Any]
         "its inputs and writes its outputs once; ops that return their input count nothing); "
         "step times: device time between CUDA events around each step (wall clock on a CPU)",
     }
-    for precision, cost in result["cost"].items():
+    for precision, cost in costs.items():
         say(
             f"cost {precision}: {cost['gflop_per_image']} GFLOP and {cost['mb_moved_per_image']} "
             f"MB moved per image; activation peak at batch 1 {cost['activation_peak_mib']} MiB"
@@ -659,12 +665,10 @@ def anatomy(args: argparse.Namespace, photos: Sequence[Photo]) -> dict[str, Any]
     precision = args.e2e_precision if args.e2e_precision in costs else args.precisions[0]
     batch = max(args.batches)
     detector = torch_detector(args, precision, batch)
-    images = square_batch(photos, batch)
-    shapes = [tr.inference_shape(i) for i in images]
-    tensor = detector.prepare(images, shapes, tr.plan_batches(shapes, batch)[0])
+    tensor = device_batch(detector, square_batch(photos, batch))
     module = detector.network()
     times = ga.step_times(module, tensor, args.profile_runs)
-    cost = result["cost"][precision]
+    cost = costs[precision]
     per_image_s = times["forward_ms"] / 1000 / batch
     result["step_times"] = times
     result["by_kind"] = ga.beside_cost(times, cost)
@@ -948,9 +952,6 @@ def earlier(path: Path, merge: bool) -> dict[str, Any]:
     if not merge or not path.exists():
         return {}
     report: dict[str, Any] = json.loads(path.read_text())
-    if "runs" not in report and "command" in report:
-        keys = ("command", "date", "seconds")
-        report["runs"] = [{k: report[k] for k in keys if k in report}]
     return report
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.profiler import ProfilerActivity, profile
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -275,8 +276,6 @@ def kernel_table(
     run: Callable[[], object], device: torch.device, top: int = 15
 ) -> list[dict[str, Any]]:
     """torch.profiler over run(): the `top` busiest kernels (CUDA) or ops (CPU), self time."""
-    from torch.profiler import ProfilerActivity, profile
-
     cuda = device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=activities) as prof:
