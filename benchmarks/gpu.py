@@ -866,7 +866,10 @@ def arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     gpu = device.type == "cuda"
     args.batches = QUICK_BATCHES if args.quick else BATCHES
     if args.precisions:
-        args.precisions = tuple(tr.resolve_precision(p) for p in args.precisions.split(","))
+        try:
+            args.precisions = tuple(tr.resolve_precision(p) for p in args.precisions.split(","))
+        except tr.TorchRuntimeError as exc:
+            parser.error(f"--precisions: {exc}")
     else:
         args.precisions = ("fp16", "fp32") if gpu or args.quick else ("fp32",)
     args.min_s, args.min_runs, args.warmup = (0.0, 1, 0) if args.quick else (1.5, 3, 2)

@@ -105,6 +105,24 @@ def test_step_times_cover_every_kind_of_step(tmp_path: Path) -> None:
     assert rows["conv 3x3 stride 2"]["gb_per_s"] > 0
 
 
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--sections", "anatomy,bogus"], "unknown sections ['bogus']"),
+        (["--precisions", "fp32,fp8"], "--precisions: unknown precision 'fp8'"),
+    ],
+)
+def test_gpu_benchmark_refuses_unknown_sections_and_precisions(
+    flags: list[str], named: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "gpu.json"
+    with pytest.raises(SystemExit) as exit_info:
+        gpu.arguments(["--device", "cpu", "--out", str(out), *flags])
+    assert exit_info.value.code == 2
+    assert named in capsys.readouterr().err
+    assert not out.exists()
+
+
 @pytest.mark.slow
 def test_gpu_benchmark_runs_on_the_cpu_and_merges(tmp_path: Path) -> None:
     """The device benchmark's CPU path, end to end: every section answers, then a second run of
