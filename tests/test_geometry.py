@@ -346,8 +346,8 @@ def test_sizes_below_one_are_refused(width: int | None, height: int | None) -> N
 
 
 def test_unknown_gravity_is_refused() -> None:
-    with pytest.raises(ValueError, match="gravity"):
-        plan(SRC, 10, 10, Fit.COVER, Gravity("middle"))
+    with pytest.raises(ValueError, match="GravityMode"):
+        Gravity("middle")
 
 
 # --- properties -------------------------------------------------------------------------------

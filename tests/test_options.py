@@ -3,9 +3,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from focal.errors import OptionError
 from focal.options import (
+    BY_KEY,
     Fit,
     Format,
     Gravity,
@@ -135,3 +138,120 @@ def test_normalise_is_canonical_whatever_the_spelling() -> None:
 
 def test_docs_list_every_option() -> None:
     assert options_markdown() in DOCS.read_text(), "docs/options.md is stale: regenerate its table"
+
+
+# ---- hostile option strings: every one is a transformation or a 400 naming the option --------
+
+
+@pytest.mark.parametrize(
+    ("text", "option"),
+    [
+        ("width=\u00b2", "width"),  # a superscript two: str.isdigit() says yes, int() says no
+        ("width=\u2460", "width"),  # a circled one
+        ("height=\u0661\u0662", "height"),  # Arabic-Indic digits, which float() and int() take
+        ("dpr=\u0661", "dpr"),
+        ("blur=1_0", "blur"),  # float() reads underscores as digit separators
+        ("width=" + "9" * 60, "width"),
+        ("quality=" + "1" * 500, "quality"),
+        ("trim=\u00b2;0;0;0", "trim"),
+        ("background=rgb(\u00b2,0,0)", "background"),
+        ("background=rgb(\u0661,0,0)", "background"),
+        ("background=rgba(1,2,3,\u00b2)", "background"),
+        ("gravity=\u00b2x0.5", "gravity"),
+        ("zoom=nan", "zoom"),
+        ("zoom=inf", "zoom"),
+    ],
+)
+def test_non_ascii_and_oversized_numbers_are_option_errors(text: str, option: str) -> None:
+    with pytest.raises(OptionError) as raised:
+        parse_options(text)
+    assert raised.value.status == 400
+    assert f"for {option} but received" in raised.value.public
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("digits", [20_000, 60_000])
+def test_long_gravity_is_refused_for_its_length_at_once(digits: int) -> None:
+    # the XxY grammar once backtracked quadratically: 60,000 digits took 69 s
+    with pytest.raises(OptionError, match="at most 1024 characters for options"):
+        parse_options("gravity=" + "1" * digits + "a")
+
+
+def test_integers_past_the_4300_digit_limit_of_int_are_option_errors() -> None:
+    from focal.options import OPTIONS
+
+    width = next(spec for spec in OPTIONS if spec.name == "width")
+    with pytest.raises(OptionError, match="for width but received"):
+        width.parse("width", "9" * 5000)  # int() itself would raise ValueError here
+
+
+def test_a_long_value_is_refused_naming_the_option_and_the_limit() -> None:
+    with pytest.raises(OptionError) as raised:
+        parse_options("gravity=" + "1" * 200 + "a")
+    assert raised.value.public == (
+        "Expected a value of at most 64 characters for gravity but received '201 characters'"
+    )
+
+
+def test_the_gravity_grammar_is_linear() -> None:
+    # every value the length bound lets through, parsed in far less than the old worst case
+    import time
+
+    worst = ["1" * 31 + "x" + "1" * 31 + "a", "." * 63 + "a", "1" * 63 + "x"]
+    started = time.process_time()
+    for text in worst * 200:
+        with pytest.raises(OptionError):
+            parse_options("gravity=" + text)
+    assert time.process_time() - started < 5  # CPU time; the quadratic grammar took minutes
+
+
+def test_gravity_points_still_parse() -> None:
+    assert parse_options("gravity=.5x1").gravity == Gravity("point", 0.5, 1.0)
+    assert parse_options("gravity=0.25x0.75").gravity == Gravity("point", 0.25, 0.75)
+    assert parse_options("gravity=1.x0").gravity == Gravity("point", 1.0, 0.0)
+
+
+def test_zoom_without_gravity_face_is_refused_when_parsed() -> None:
+    with pytest.raises(OptionError) as raised:
+        parse_options("width=100,zoom=0.5")
+    assert raised.value.public == (
+        "Expected gravity=face alongside it for zoom but received 'zoom=0.5 without it'"
+    )
+    assert parse_options("zoom=0.5,gravity=face").needs_faces
+    assert not parse_options("gravity=auto").needs_faces
+
+
+KEYS = st.sampled_from([*sorted(BY_KEY), "x", "", "width ", " w"])
+VALUES = st.one_of(
+    st.text(max_size=80),
+    st.from_regex(r"[-+.0-9x;#a-z(), %]{0,40}", fullmatch=True),
+    st.integers().map(str),
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(max_size=300))
+def test_arbitrary_text_is_options_or_an_option_error(text: str) -> None:
+    try:
+        options = parse_options(text)
+    except OptionError as error:
+        assert error.status == 400
+        assert " for " in error.public and " but received " in error.public
+    else:
+        assert isinstance(options, Options)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(KEYS, VALUES), max_size=6))
+def test_arbitrary_key_value_lists_are_options_or_an_option_error(
+    pairs: list[tuple[str, str]],
+) -> None:
+    text = ",".join(f"{key}={value}" for key, value in pairs)
+    try:
+        options = parse_options(text)
+    except OptionError as error:
+        assert error.status == 400
+        assert " for " in error.public and " but received " in error.public
+    else:
+        assert normalise(parse_options(normalise(options))) == normalise(options)

@@ -25,7 +25,12 @@ from focal.options import Fit, Gravity
 
 _EPS = 1e-9  # absorbs float noise before floor/ceil (a computed 3.0000000001 is 3)
 
+# Why gravity=face fell back to the centre, as the Focal-Gravity-Fallback header and the json
+# "fallback" field say it (the one place these texts are written).
 NO_FACE = "no face found"
+NO_DETECTOR = "face detection is not available"
+NOT_WITH_TRIM_BORDER = "gravity=face cannot be combined with trim=border"
+DETECTION_FAILED = "face detection failed: "
 NO_FOCUS = "no focus point"
 
 CROPPING_FITS = frozenset({Fit.COVER, Fit.CROP})

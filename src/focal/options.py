@@ -7,7 +7,6 @@ form: ``Expected <what> for <option> but received '<value>'``.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,14 +41,28 @@ class Metadata(StrEnum):
     NONE = "none"
 
 
+class GravityMode(StrEnum):
+    CENTER = "center"
+    AUTO = "auto"
+    FACE = "face"
+    LEFT = "left"
+    RIGHT = "right"
+    TOP = "top"
+    BOTTOM = "bottom"
+    POINT = "point"  # the XxY form
+
+
 @dataclass(frozen=True)
 class Gravity:
-    """Where to crop from. ``mode`` is one of center, auto, face, left, right, top, bottom, point;
-    for ``point`` (the ``XxY`` form), ``x`` and ``y`` are fractions 0..1 of the image."""
+    """Where to crop from; for ``point`` (the ``XxY`` form), ``x`` and ``y`` are fractions 0..1
+    of the image."""
 
-    mode: str = "center"
+    mode: GravityMode = GravityMode.CENTER
     x: float = 0.5
     y: float = 0.5
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mode", GravityMode(self.mode))  # "face" -> GravityMode.FACE
 
 
 @dataclass(frozen=True)
@@ -91,6 +104,11 @@ class Options:
     onerror: str | None = None  # "redirect"
 
     @property
+    def needs_faces(self) -> bool:
+        """Whether this transformation runs the face detector."""
+        return self.gravity.mode is GravityMode.FACE
+
+    @property
     def target_width(self) -> int | None:
         return None if self.width is None else max(1, round(self.width * self.dpr))
 
@@ -103,7 +121,7 @@ class Options:
 
 MAX_DIMENSION = 12000
 QUALITY_NAMES = {"high": 90, "medium-high": 80, "medium-low": 65, "low": 50}
-GRAVITY_MODES = ("center", "auto", "face", "left", "right", "top", "bottom")
+GRAVITY_MODES = tuple(mode.value for mode in GravityMode if mode is not GravityMode.POINT)
 FLIPS = {"h": "h", "v": "v", "hv": "hv", "vh": "hv"}
 NAMED_COLOURS: dict[str, RGBA] = {
     "transparent": (0, 0, 0, 0),
@@ -131,10 +149,20 @@ NAMED_COLOURS: dict[str, RGBA] = {
 
 Parser = Callable[[str, str], object]
 
+# Bounds on the text itself, checked before any value is parsed: every grammar below is linear in
+# its input, and these keep the input small (a URL's options are a few dozen characters).
+MAX_OPTIONS_LENGTH = 1024
+MAX_VALUE_LENGTH = 64
+# ASCII only: str.isdigit() and float() also accept other scripts' digits and superscripts.
+INTEGER = re.compile(r"-?[0-9]{1,9}")
+NUMBER = re.compile(r"[-+]?(?:[0-9]{1,9}(?:\.[0-9]{0,9})?|\.[0-9]{1,9})")
+FRACTION = r"(?:[0-9]{1,9}(?:\.[0-9]{0,9})?|\.[0-9]{1,9})"
+POINT = re.compile(rf"({FRACTION})x({FRACTION})")
+
 
 def _integer(low: int, high: int) -> Parser:
     def parse(name: str, text: str) -> int:
-        if not text.isdigit() and not (text.startswith("-") and text[1:].isdigit()):
+        if INTEGER.fullmatch(text) is None:
             raise expected(name, f"an integer from {low} to {high}", text)
         value = int(text)
         if not low <= value <= high:
@@ -151,11 +179,10 @@ def _number(low: float, high: float, *, low_open: bool = False) -> Parser:
         what = f"a number from {low:g} to {high:g}"
 
     def parse(name: str, text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise expected(name, what, text) from None
-        if not math.isfinite(value) or value > high or value < low or (low_open and value == low):
+        if NUMBER.fullmatch(text) is None:
+            raise expected(name, what, text)
+        value = float(text)
+        if value > high or value < low or (low_open and value == low):
             raise expected(name, what, text)
         return value
 
@@ -186,15 +213,15 @@ def _quality(name: str, text: str) -> int:
 
 def _gravity(name: str, text: str) -> Gravity:
     if text in GRAVITY_MODES:
-        return Gravity(mode=text)
-    match = re.fullmatch(r"(\d*\.?\d+)x(\d*\.?\d+)", text)
+        return Gravity(mode=GravityMode(text))
+    match = POINT.fullmatch(text)
     what = "one of " + ", ".join(GRAVITY_MODES) + ", or XxY with X and Y from 0 to 1"
     if match is None:
         raise expected(name, what, text)
     x, y = float(match[1]), float(match[2])
     if not (0 <= x <= 1 and 0 <= y <= 1):
         raise expected(name, what, text)
-    return Gravity(mode="point", x=x, y=y)
+    return Gravity(mode=GravityMode.POINT, x=x, y=y)
 
 
 def _trim(name: str, text: str) -> Trim:
@@ -202,7 +229,7 @@ def _trim(name: str, text: str) -> Trim:
         return Trim(border=True)
     what = "border, or top;right;bottom;left in pixels"
     parts = text.split(";")
-    if len(parts) != 4 or not all(part.isdigit() for part in parts):
+    if len(parts) != 4 or not all(re.fullmatch(r"[0-9]{1,9}", part) for part in parts):
         raise expected(name, what, text)
     top, right, bottom, left = (int(part) for part in parts)
     if max(top, right, bottom, left) > MAX_DIMENSION * 10:
@@ -210,34 +237,46 @@ def _trim(name: str, text: str) -> Trim:
     return Trim(top=top, right=right, bottom=bottom, left=left)
 
 
+COLOUR_WHAT = "a CSS colour (#rgb, #rrggbb, #rrggbbaa, rgb(r g b), rgba(r,g,b,a) or a colour name)"
+HEX_COLOUR = re.compile(r"#([0-9a-f]{3,4}|[0-9a-f]{6}|[0-9a-f]{8})")
+RGB_FUNCTION = re.compile(r"rgba?\(([^)]*)\)")
+CHANNEL = re.compile(r"[0-9]{1,3}")
+ALPHA = re.compile(r"(?:[0-9]{1,3}(?:\.[0-9]{0,6})?|\.[0-9]{1,6})(%?)")
+
+
 def _colour(name: str, text: str) -> RGBA:
-    what = "a CSS colour (#rgb, #rrggbb, #rrggbbaa, rgb(r g b), rgba(r,g,b,a) or a colour name)"
     lowered = text.strip().lower()
     if lowered in NAMED_COLOURS:
         return NAMED_COLOURS[lowered]
-    hexa = re.fullmatch(r"#([0-9a-f]{3,4}|[0-9a-f]{6}|[0-9a-f]{8})", lowered)
+    hexa = HEX_COLOUR.fullmatch(lowered)
     if hexa:
         digits = hexa[1]
         if len(digits) <= 4:
             digits = "".join(c * 2 for c in digits)
         channels = [int(digits[i : i + 2], 16) for i in range(0, len(digits), 2)]
         return (channels[0], channels[1], channels[2], channels[3] if len(channels) == 4 else 255)
-    func = re.fullmatch(r"rgba?\(([^)]*)\)", lowered)
+    func = RGB_FUNCTION.fullmatch(lowered)
     if func:
-        parts = [p for p in re.split(r"[\s,/]+", func[1].strip()) if p]
-        if len(parts) in (3, 4):
-            try:
-                rgb = [int(p) for p in parts[:3]]
-                alpha = float(parts[3].rstrip("%")) / (100 if parts[3].endswith("%") else 1)
-                alpha = alpha if len(parts) == 4 else 1.0
-            except (ValueError, IndexError):
-                if len(parts) == 3 and all(p.isdigit() for p in parts):
-                    rgb, alpha = [int(p) for p in parts], 1.0
-                else:
-                    raise expected(name, what, text) from None
-            if all(0 <= c <= 255 for c in rgb) and 0 <= alpha <= 1:
-                return (rgb[0], rgb[1], rgb[2], round(alpha * 255))
-    raise expected(name, what, text)
+        rgba = _rgb_function([p for p in re.split(r"[\s,/]+", func[1].strip()) if p])
+        if rgba is not None:
+            return rgba
+    raise expected(name, COLOUR_WHAT, text)
+
+
+def _rgb_function(parts: list[str]) -> RGBA | None:
+    """rgb(r g b) / rgba(r, g, b, a) with a as 0..1 or a percentage; None if malformed."""
+    if len(parts) not in (3, 4) or not all(CHANNEL.fullmatch(p) for p in parts[:3]):
+        return None
+    rgb = [int(p) for p in parts[:3]]
+    alpha = 1.0
+    if len(parts) == 4:
+        match = ALPHA.fullmatch(parts[3])
+        if match is None:
+            return None
+        alpha = float(parts[3].rstrip("%")) / (100 if match[1] else 1)
+    if not (all(0 <= c <= 255 for c in rgb) and 0 <= alpha <= 1):
+        return None
+    return (rgb[0], rgb[1], rgb[2], round(alpha * 255))
 
 
 def _boolean(name: str, text: str) -> bool:
@@ -422,8 +461,42 @@ def split_options(text: str) -> list[str]:
     return parts
 
 
+@dataclass(frozen=True)
+class Rule:
+    """An option combination that is refused: ``broken`` says whether the options break it."""
+
+    option: str
+    expected: str
+    broken: Callable[[Options], bool]
+    received: Callable[[Options], str]
+
+
+RULES: tuple[Rule, ...] = (
+    Rule(
+        "zoom",
+        "gravity=face alongside it",
+        lambda o: o.zoom != 0 and not o.needs_faces,
+        lambda o: f"zoom={o.zoom:g} without it",
+    ),
+)
+
+
+def check_rules(options: Options) -> None:
+    """Raise the OptionError of the first combination rule ``options`` breaks."""
+    for rule in RULES:
+        if rule.broken(options):
+            raise expected(rule.option, rule.expected, rule.received(options))
+
+
 def parse_options(text: str) -> Options:
-    """Parse ``width=256,fit=cover,...`` into :class:`Options`; every problem is an OptionError."""
+    """Parse ``width=256,fit=cover,...`` into :class:`Options`; every problem is an OptionError.
+
+    Linear in the length of ``text``, which is bounded first (MAX_OPTIONS_LENGTH, and
+    MAX_VALUE_LENGTH for each value)."""
+    if len(text) > MAX_OPTIONS_LENGTH:
+        raise expected(
+            "options", f"at most {MAX_OPTIONS_LENGTH} characters", f"{len(text)} characters"
+        )
     values: dict[str, object] = {}
     seen: dict[str, str] = {}
     if text.strip() == "":
@@ -439,15 +512,24 @@ def parse_options(text: str) -> Options:
         if spec.name in seen:
             raise expected(spec.name, "a single value", f"{seen[spec.name]} and {part}")
         seen[spec.name] = part
-        values[spec.name] = spec.parse(key, raw.strip())
-    return Options(**values)  # type: ignore[arg-type]
+        value = raw.strip()
+        if len(value) > MAX_VALUE_LENGTH:
+            raise expected(
+                key, f"a value of at most {MAX_VALUE_LENGTH} characters", f"{len(value)} characters"
+            )
+        values[spec.name] = spec.parse(key, value)
+    options = Options(**values)  # type: ignore[arg-type]
+    check_rules(options)
+    return options
 
 
 def _canonical(value: object) -> str:
     if isinstance(value, StrEnum):
         return value.value
     if isinstance(value, Gravity):
-        return value.mode if value.mode != "point" else f"{value.x:g}x{value.y:g}"
+        if value.mode is GravityMode.POINT:
+            return f"{value.x:g}x{value.y:g}"
+        return value.mode.value
     if isinstance(value, Trim):
         return (
             "border" if value.border else f"{value.top};{value.right};{value.bottom};{value.left}"

@@ -26,9 +26,17 @@ from focal import geometry, steps
 from focal.decode import ANIMATED, MIME, Header, check, jpeg_shrink, load, read_header
 from focal.detection import DetectionFailed, Detector, Face
 from focal.encode import ANIMATES, KEEPS_ALPHA, choose_format, content_type, encode
-from focal.errors import FocalError, ImageError, LimitError, OptionError, expected
-from focal.geometry import Box, Plan, Size
-from focal.options import Format, Options
+from focal.errors import FocalError, ImageError, LimitError, OptionError
+from focal.geometry import (
+    DETECTION_FAILED,
+    NO_DETECTOR,
+    NO_FACE,
+    NOT_WITH_TRIM_BORDER,
+    Box,
+    Plan,
+    Size,
+)
+from focal.options import Format, GravityMode, Options, check_rules
 
 MATERIALISE_PIXELS = 4_000_000
 INFERENCE_CAP = 1024  # SPEC §2: detection never runs on more than 1024 px per side
@@ -73,6 +81,8 @@ class Timer:
 
 @dataclass(frozen=True)
 class Faces:
+    """What detection gave: the faces, or why gravity=face falls back (to centre)."""
+
     found: tuple[Face, ...] = ()
     fallback: str | None = None
     degraded: bool = False
@@ -99,7 +109,7 @@ def _transform(
     data: bytes, options: Options, detector: Detector | None, limits: Limits, accept: str | None
 ) -> Result:
     timer = Timer()
-    _check_option_combinations(options)
+    check_rules(options)  # Options built in code, not parsed, meet the same rules
     if len(data) > limits.max_bytes:
         raise LimitError(f"The source is {len(data)} bytes: expected at most {limits.max_bytes}")
     with timer("decode"):
@@ -110,7 +120,7 @@ def _transform(
     animated = animated and (fmt in ANIMATES or options.format is Format.JSON)
     working = _working_size(header, options)
     faces = Faces()
-    if options.gravity.mode == "face":
+    if options.needs_faces:
         faces = _detect(data, header, options, working, detector, timer)
     plan = geometry.plan(
         working,
@@ -128,7 +138,7 @@ def _transform(
     with timer("decode"):
         image = load(data, header, animated=animated, shrink=shrink)
         strip, pages = _prepare_all(image, frames, options, header)
-    if options.gravity.mode == "auto":
+    if options.gravity.mode is GravityMode.AUTO:
         plan = _auto_plan(pages[0], working, plan, options)
     if faces.fallback:
         plan = replace(plan, fallback=faces.fallback)
@@ -176,11 +186,6 @@ def _result(
         description=description,
         timings=dict(timer.ms),
     )
-
-
-def _check_option_combinations(options: Options) -> None:
-    if options.zoom and options.gravity.mode != "face":
-        raise expected("zoom", "gravity=face alongside it", f"zoom={options.zoom:g} without it")
 
 
 def _working_size(header: Header, options: Options) -> Size:
@@ -257,9 +262,9 @@ def _detect(
     timer: Timer,
 ) -> Faces:
     if detector is None:
-        return Faces(fallback="face detection is not available")
+        return Faces(fallback=NO_DETECTOR)
     if options.trim is not None and options.trim.border:
-        return Faces(fallback="gravity=face cannot be combined with trim=border")
+        return Faces(fallback=NOT_WITH_TRIM_BORDER)
     inference, factor = geometry.inference_size(working, INFERENCE_CAP)
     with timer("decode"):
         shrink = jpeg_shrink(1 / factor) if header.format == "jpeg" else 1
@@ -270,10 +275,10 @@ def _detect(
         with timer("detect"):
             found = detector.detect([array])[0]
     except DetectionFailed as error:
-        return Faces(fallback=f"face detection failed: {error}", degraded=True)
+        return Faces(fallback=DETECTION_FAILED + str(error), degraded=True)
     faces = tuple(face.scaled(factor) for face in found)
     if not faces:
-        return Faces(fallback="no face found")
+        return Faces(fallback=NO_FACE)
     return Faces(found=faces)
 
 

@@ -145,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _detector(options: Options, args: argparse.Namespace) -> Detector | None:
-    if options.gravity.mode != "face":
+    if not options.needs_faces:
         return None
     from focal.retinaface import open_detector  # the inference runtime only when faces are asked
 

@@ -343,7 +343,7 @@ def cacheable(options: Options, result: Result, accept: str) -> bool:
     if result.negotiated and not accept:
         return False
     # JSON descriptions of gravity=face hold face boxes: never written to disk.
-    return not (result.format == "json" and options.gravity.mode == "face")
+    return not (result.format == "json" and options.needs_faces)
 
 
 async def produce(service: Service, request: Request, trace: Trace) -> Response:
@@ -361,7 +361,7 @@ async def produce(service: Service, request: Request, trace: Trace) -> Response:
     trace.options = options
     accept_header = request.headers.get("accept")
     accept = accept_class(options, accept_header)
-    model = service.detection.model_id() if options.gravity.mode == "face" else ""
+    model = service.detection.model_id() if options.needs_faces else ""
     known = await identify(service, source_raw, trace)
     if known is not None:  # a cached variant is answered without reading the source
         key = variant_key(known.identity, normalise(options), accept, model)
@@ -381,7 +381,7 @@ async def produce(service: Service, request: Request, trace: Trace) -> Response:
     meta = meta_for(result, key)
     if service.cache is not None and cacheable(options, result, accept):
         await run_in_threadpool(service.cache.put, key, meta, result.data)
-    if result.fallback and options.gravity.mode == "face":
+    if result.fallback and options.needs_faces:
         service.metrics.record_fallback()
     return variant_response(request, settings, (meta, result), source.last_modified, trace)
 
@@ -451,7 +451,7 @@ def variant_headers(
     else:
         headers["Cache-Control"] = f"public, max-age={settings.max_age}"
         headers["ETag"] = meta.etag
-    if result.fallback and trace.options is not None and trace.options.gravity.mode == "face":
+    if result.fallback and trace.options is not None and trace.options.needs_faces:
         headers["Focal-Gravity-Fallback"] = header_text(result.fallback)
     if meta.negotiated:
         headers["Vary"] = "Accept"
