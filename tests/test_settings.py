@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -145,3 +146,41 @@ def test_cli_help_lists_every_setting() -> None:
 def test_settings_record_is_frozen() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         Settings().port = 1  # type: ignore[misc]
+
+
+# ---- signing never fails open ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [" , ", "", ",", "good-key,", "good-key, ,other", "   "])
+def test_empty_signing_keys_in_the_environment_are_refused(value: str) -> None:
+    with pytest.raises(SettingsError) as raised:
+        load(environ={"FOCAL_SIGNING_KEYS": value})
+    assert "signing_keys (FOCAL_SIGNING_KEYS)" in raised.value.public
+    assert "non-empty keys" in raised.value.public
+
+
+@pytest.mark.parametrize("keys", ['[""]', '["good", " "]', "[]"])
+def test_empty_signing_keys_in_a_config_file_are_refused(tmp_path: Path, keys: str) -> None:
+    config = tmp_path / "focal.toml"
+    config.write_text(f"signing_keys = {keys}\n")
+    with pytest.raises(SettingsError, match="signing_keys"):
+        load(config=config, environ={})
+
+
+def test_a_settings_record_with_an_empty_key_cannot_be_made() -> None:
+    with pytest.raises(SettingsError, match="non-empty keys for signing_keys"):
+        Settings(signing_keys=("good", ""))
+
+
+def test_serve_refuses_to_start_with_an_empty_signing_key(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FOCAL_")}
+    env["FOCAL_SIGNING_KEYS"] = " , "
+    done = subprocess.run(
+        [sys.executable, "-m", "focal", "serve", "--port", "0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert "signing_keys" in done.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pyvips
 
+from focal.accept import negotiable_formats
 from focal.decode import MIME, Header
 from focal.options import Format, Metadata, Options
 
@@ -17,11 +18,9 @@ def choose_format(
     """(output format, whether it was negotiated from Accept)."""
     asked = options.format
     if asked is Format.AUTO:
-        accepted = (accept or "").lower()
-        if "image/avif" in accepted and not animated:
-            return "avif", True
-        if "image/webp" in accepted:
-            return "webp", True
+        for fmt in negotiable_formats(accept):
+            if fmt in ANIMATES or not animated:
+                return fmt, True
         return _fallback(header, animated), True
     if asked is None or asked is Format.JSON:
         return _same_as_source(header, animated), False

@@ -26,7 +26,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from email.utils import formatdate
-from typing import Any, Protocol, cast
+from typing import Any, Protocol, cast, runtime_checkable
 from urllib.parse import unquote
 
 import anyio
@@ -41,6 +41,7 @@ from starlette.routing import BaseRoute, Route, request_response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from focal import __version__
+from focal.accept import negotiable_formats
 from focal.detection import Detector
 from focal.errors import BusyError, FocalError, ForbiddenError, OptionError, SignatureError
 from focal.options import Format, Options, normalise, parse_options
@@ -297,17 +298,12 @@ def split_path(raw: bytes) -> tuple[str, str]:
 
 
 def accept_class(options: Options, accept: str | None) -> str:
-    """The part of Accept a variant depends on: the image types listed with q > 0, sorted;
-    empty unless the format is negotiated (format=auto)."""
+    """The part of Accept a variant depends on: the negotiable formats the client takes, in the
+    order format=auto tries them (focal.accept, the parser that also chooses the format); empty
+    unless the format is negotiated (format=auto)."""
     if options.format is not Format.AUTO:
         return ""
-    kinds = set()
-    for item in (accept or "").split(","):
-        media, *params = (p.strip().lower() for p in item.split(";"))
-        refused = any(p.replace(" ", "") in ("q=0", "q=0.0", "q=0.00", "q=0.000") for p in params)
-        if media.startswith(("image/", "*/")) and not refused:
-            kinds.add(media)
-    return "accept:" + ",".join(sorted(kinds))
+    return "accept:" + ">".join(negotiable_formats(accept))
 
 
 async def fetch(service: Service, source: str, trace: Trace) -> SourceLike:
@@ -491,17 +487,25 @@ def error_response(error: FocalError, extra: dict[str, str] | None = None) -> Re
     return JSONResponse(body, status_code=error.status, headers=headers)
 
 
+@runtime_checkable
+class Redirecting(Protocol):
+    def location(self, source: str) -> str: ...
+
+
 def redirect_target(service: Service, source: str) -> str | None:
-    """Where onerror=redirect sends the client: the original source URL. Remote URLs only when
-    they are allowed sources (no open redirect); local ones as a same-site path."""
+    """Where onerror=redirect sends the client: the original source, only when it passes exactly
+    the checks a fetch of it passes (no open redirect): an allowed remote URL as parsed, or a
+    local source as its normalised, percent-encoded path on this host."""
     if not all(" " < c <= "~" for c in source):
         return None
-    if service.origins.is_remote(source):
-        allowed = service.origins.remote is not None and any(
-            source.startswith(prefix) for prefix in service.settings.remote_prefixes
-        )
-        return source if allowed else None
-    return "/" + source.lstrip("/")
+    origins = service.origins
+    origin = origins.remote if origins.is_remote(source) else origins.local
+    if not isinstance(origin, Redirecting):
+        return None
+    try:
+        return origin.location(source)
+    except FocalError:
+        return None
 
 
 def failure_response(service: Service, error: FocalError, trace: Trace) -> Response:

@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 import httpx
 
@@ -80,6 +80,12 @@ class LocalOrigin:
     async def fetch(self, path: str) -> Source:
         full = self._resolve(path)
         return await asyncio.to_thread(self._read, path, full)
+
+    def location(self, path: str) -> str:
+        """Where onerror=redirect sends a client for this source: the normalised path on this
+        host, percent-encoded; ForbiddenError for any path fetch would refuse."""
+        self._resolve(path)
+        return "/" + quote(decode_local_path(path), safe="/!$&'()*+,;=:@-._~")
 
     async def identify(self, path: str) -> SourceInfo:
         """The source's identity from its metadata alone (same checks as fetch, no read): a
@@ -311,6 +317,11 @@ class RemoteOrigin:
                     return Source(outcome.data, identity, outcome.last_modified)
                 current = self._checked_url(str(outcome))
         raise UpstreamError(f"origin redirected more than {self._max_redirects} times: {url}")
+
+    def location(self, url: str) -> str:
+        """Where onerror=redirect sends a client for this source: the URL as parsed and checked
+        exactly as fetch checks it (ForbiddenError otherwise)."""
+        return str(self._checked_url(url))
 
     def _checked_url(self, raw: str) -> httpx.URL:
         try:

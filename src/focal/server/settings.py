@@ -214,6 +214,14 @@ class Settings:
     log_level: str = "info"
     playground: bool = True
 
+    def __post_init__(self) -> None:
+        empty = [i for i, key in enumerate(self.signing_keys) if not key.strip()]
+        if empty:
+            raise SettingsError(
+                f"Expected non-empty keys for signing_keys but received an empty key "
+                f"(position {empty[0] + 1} of {len(self.signing_keys)})"
+            )
+
     @property
     def threads(self) -> int:
         return self.concurrency if self.concurrency > 0 else (os.cpu_count() or 1)
@@ -248,10 +256,19 @@ def _to_number(setting: Setting, value: object, source: str) -> int | float:
 
 def _to_list(setting: Setting, value: object, source: str) -> tuple[str, ...]:
     if isinstance(value, str):
-        return tuple(part.strip() for part in value.split(",") if part.strip())
-    if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
-        return tuple(value)
-    raise _bad(setting, "a list of strings", value, source)
+        parts = tuple(part.strip() for part in value.split(","))
+        items = tuple(part for part in parts if part)
+    elif isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+        parts = items = tuple(value)
+    else:
+        raise _bad(setting, "a list of strings", value, source)
+    if setting.secret and (not items or any(not part.strip() for part in parts)):
+        # a secret list that is given must hold only real keys: an empty item, or a value with
+        # none at all (a missing secret in a template), must not quietly turn signing off
+        raise _bad(
+            setting, "a list of non-empty keys (leave the setting unset for none)", "", source
+        )
+    return items
 
 
 def convert(setting: Setting, value: object, source: str) -> Any:
