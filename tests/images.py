@@ -66,8 +66,15 @@ def png_bomb(width: int = 60000, height: int = 60000) -> bytes:
 
 
 def truncated_jpeg() -> bytes:
+    """astronaut.jpg cut in half: it decodes, its lower part grey."""
     data = (DEMO / "astronaut.jpg").read_bytes()
     return data[: len(data) // 2]
+
+
+def header_only_jpeg() -> bytes:
+    """astronaut.jpg cut before its first scan: nothing in it decodes."""
+    data = (DEMO / "astronaut.jpg").read_bytes()
+    return data[: data.find(b"\xff\xda") - 10]
 
 
 def mean_difference(a: pyvips.Image, b: pyvips.Image) -> float:

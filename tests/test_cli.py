@@ -42,7 +42,7 @@ def test_transform_one_file_with_json_description(tmp_path: Path) -> None:
 
 BAD_SOURCES = {
     "empty.jpg": b"",
-    "truncated.jpg": images.truncated_jpeg(),
+    "truncated.jpg": images.header_only_jpeg(),
     "text.jpg": b"just some text, named like a picture\n",
     "bomb.png": images.png_bomb(),
 }
@@ -91,7 +91,7 @@ def test_folder_run_lists_failures_goes_on_and_skips_done_work(tmp_path: Path) -
     (src / "sub").mkdir(parents=True)
     (src / "a.jpg").write_bytes((images.DEMO / "astronaut.jpg").read_bytes())
     (src / "sub" / "b.png").write_bytes((images.DEMO / "logo.png").read_bytes())
-    (src / "broken.jpg").write_bytes(images.truncated_jpeg())
+    (src / "broken.jpg").write_bytes(images.header_only_jpeg())
     out = tmp_path / "out"
     first = focal("transform", src, "-o", out, "--options", "width=64,format=webp")
     assert first.returncode == 1

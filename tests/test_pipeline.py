@@ -303,7 +303,7 @@ def test_zoom_without_face_gravity_is_an_error() -> None:
     ("data", "error", "words"),
     [
         (b"", ImageError, "empty"),
-        (images.truncated_jpeg(), ImageError, "truncated"),
+        (images.header_only_jpeg(), ImageError, "truncated or corrupt"),
         (b"this is a text file, not a picture\n" * 20, ImageError, "not an image"),
         (b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>', ImageError, "svg"),
     ],
@@ -367,3 +367,26 @@ def test_inference_array_is_rgb_uint8_of_the_asked_size() -> None:
     )
     assert detector.seen and all(isinstance(v, int) for v in detector.seen[0])
     assert np.dtype(np.uint8)
+
+
+# --- damaged sources: served as far as they decode, and said so ---------------------------------
+
+
+def test_a_truncated_jpeg_is_served_with_a_warning() -> None:
+    result = transform(images.truncated_jpeg(), parse_options("width=100"))
+    assert (result.width, result.format) == (100, "jpeg")
+    assert result.source_warning is not None and "truncated" in result.source_warning
+    assert pyvips.Image.new_from_buffer(result.data, "").width == 100
+
+
+def test_a_header_that_claims_more_than_the_scan_holds_is_served_with_a_warning() -> None:
+    from benchmarks.hostile import jpeg_scan_lie
+
+    result = transform(jpeg_scan_lie(10000, 512), parse_options("width=256"))
+    assert (result.width, result.height) == (256, 256)
+    assert result.source_warning is not None
+    assert result.description["source_warning"] == result.source_warning
+
+
+def test_an_intact_jpeg_has_no_warning() -> None:
+    assert transform(ASTRONAUT, parse_options("width=100")).source_warning is None

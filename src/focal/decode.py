@@ -77,7 +77,10 @@ def read_header(data: bytes) -> Header:
     try:
         image = pyvips.Image.new_from_buffer(data, "", access="sequential")
     except pyvips.Error as error:
-        raise ImageError("The source image header could not be read", detail=str(error)) from None
+        raise ImageError(
+            "The source image header could not be read: the file is truncated or corrupt",
+            detail=str(error),
+        ) from None
     fields = set(image.get_fields())
     frames = image.get("n-pages") if "n-pages" in fields else 1
     page_height = image.get("page-height") if "page-height" in fields else image.height
@@ -104,9 +107,12 @@ def check(header: Header, *, max_pixels: int, max_frames: int) -> None:
         raise LimitError(f"The source has {header.frames} frames: expected at most {max_frames}")
 
 
-def load(data: bytes, header: Header, *, animated: bool, shrink: int = 1) -> pyvips.Image:
-    """Decode (lazily) with shrink-on-load where the format has it; fail on truncated data."""
-    options: dict[str, object] = {"fail_on": "truncated"}
+def load(
+    data: bytes, header: Header, *, animated: bool, shrink: int = 1, fail_on: str = "truncated"
+) -> pyvips.Image:
+    """Decode (lazily) with shrink-on-load where the format has it. ``fail_on`` is libvips'
+    level of damage that makes the decode fail: none, truncated, error or warning."""
+    options: dict[str, object] = {"fail_on": fail_on}
     if header.format in ANIMATED:
         options["n"] = -1 if animated else 1
     if header.format == "jpeg" and shrink > 1:

@@ -9,6 +9,7 @@ FocalError                 base: .status, .public (safe to show), .detail (logs 
 ├── ImageError       415   the source is not a decodable image (empty, truncated, not an image)
 ├── UpstreamError    502   a remote origin failed
 ├── BusyError        503   the detector queue is full (carries retry_after)
+├── DeadlineError    504   the request's time ran out (its work is cancelled)
 └── ModelMissingError 500  the face model is not installed (says which command installs it)
 """
 
@@ -62,6 +63,10 @@ class BusyError(FocalError):
     def __init__(self, public: str, *, retry_after: int = 1, detail: str | None = None) -> None:
         super().__init__(public, detail=detail)
         self.retry_after = retry_after
+
+
+class DeadlineError(FocalError):
+    status = 504
 
 
 class ModelMissingError(FocalError):

@@ -14,6 +14,7 @@ frames (libvips' page-height layout) where a step cannot mix one frame's pixels 
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,7 +27,7 @@ from focal import geometry, steps
 from focal.decode import ANIMATED, MIME, Header, check, jpeg_shrink, load, read_header
 from focal.detection import DetectionFailed, Detector, Face
 from focal.encode import ANIMATES, KEEPS_ALPHA, choose_format, content_type, encode
-from focal.errors import FocalError, ImageError, LimitError, OptionError
+from focal.errors import DeadlineError, ImageError, LimitError, OptionError
 from focal.geometry import (
     DETECTION_FAILED,
     NO_DETECTOR,
@@ -48,6 +49,41 @@ class Limits:
     max_bytes: int = 100 * 1024 * 1024
     max_output_pixels: int = 50_000_000  # all output frames together
     max_frames: int = 300
+    max_animation_pixels: int = 100_000_000  # frames decoded x canvas pixels, all frames together
+
+
+class Cancel:
+    """A transformation's off switch, thrown from another thread (the request's deadline).
+
+    Every source image the pipeline loads is registered with :meth:`watch`; :meth:`cancel` sets
+    libvips' kill flag on each, so the computation running on them stops at its next tile and
+    raises, and the pipeline checks :attr:`cancelled` between its steps."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._images: list[pyvips.Image] = []
+        self.cancelled = False
+
+    def watch(self, image: pyvips.Image) -> pyvips.Image:
+        with self._lock:
+            self._images.append(image)
+            if self.cancelled:
+                image.set_kill(True)
+        return image
+
+    def cancel(self) -> None:
+        with self._lock:
+            self.cancelled = True
+            for image in self._images:
+                image.set_kill(True)
+
+    def check(self) -> None:
+        if self.cancelled:
+            raise DeadlineError("The image took too long to produce")
+
+    def release(self) -> None:
+        with self._lock:
+            self._images.clear()
 
 
 @dataclass(frozen=True)
@@ -61,6 +97,7 @@ class Result:
     degraded: bool  # face detection failed (timeout, worker died): fallback used; never cache
     negotiated: bool  # the format came from the Accept header (send Vary: Accept)
     fallback: str | None = None  # why the asked gravity was not used
+    source_warning: str | None = None  # the source was damaged, and served as far as it decodes
     description: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)  # ms: decode, detect, process, encode
 
@@ -88,6 +125,9 @@ class Faces:
     degraded: bool = False
 
 
+TRUNCATED = "the source is truncated or damaged: the part that could not be decoded is grey"
+
+
 def transform(
     data: bytes,
     options: Options,
@@ -95,19 +135,43 @@ def transform(
     detector: Detector | None = None,
     limits: Limits = Limits(),
     accept: str | None = None,
+    cancel: Cancel | None = None,
 ) -> Result:
-    """Run the whole pipeline. Raises :class:`focal.errors.FocalError` subclasses only."""
+    """Run the whole pipeline. Raises :class:`focal.errors.FocalError` subclasses only.
+
+    A source that decodes only with warnings (data cut short, a scan that ends before the image
+    its header describes, corrupt segments) is served as far as it decodes, the rest grey as
+    browsers show it, with :attr:`Result.source_warning` set; one that does not decode at all is
+    an ImageError (415). ``cancel`` stops the work from another thread (DeadlineError, 504)."""
+    run = _Run(data, options, detector, limits, accept, cancel or Cancel())
     try:
-        return _transform(data, options, detector, limits, accept)
-    except FocalError:
-        raise
-    except pyvips.Error as error:
-        raise ImageError("The source image is truncated or corrupt", detail=str(error)) from None
+        try:
+            return _transform(run, fail_on="warning")
+        except pyvips.Error as strict_error:
+            run.cancel.check()
+            detail = str(strict_error)
+        try:
+            return _transform(run, fail_on="none")
+        except pyvips.Error as error:
+            run.cancel.check()
+            detail = f"{detail}; {error}"
+    finally:
+        run.cancel.release()
+    raise ImageError("The source image is truncated or corrupt", detail=detail)
 
 
-def _transform(
-    data: bytes, options: Options, detector: Detector | None, limits: Limits, accept: str | None
-) -> Result:
+@dataclass(frozen=True)
+class _Run:
+    data: bytes
+    options: Options
+    detector: Detector | None
+    limits: Limits
+    accept: str | None
+    cancel: Cancel
+
+
+def _transform(run: _Run, *, fail_on: str) -> Result:
+    data, options, limits, accept = run.data, run.options, run.limits, run.accept
     timer = Timer()
     check_rules(options)  # Options built in code, not parsed, meet the same rules
     if len(data) > limits.max_bytes:
@@ -118,10 +182,13 @@ def _transform(
     animated = options.anim and header.frames > 1 and header.format in ANIMATED
     fmt, negotiated = choose_format(options, header, accept, animated)
     animated = animated and (fmt in ANIMATES or options.format is Format.JSON)
+    frames = header.frames if animated else 1
+    _check_animation(header, frames, limits)
     working = _working_size(header, options)
     faces = Faces()
     if options.needs_faces:
-        faces = _detect(data, header, options, working, detector, timer)
+        faces = _detect(run, header, working, timer, fail_on)
+        run.cancel.check()
     plan = geometry.plan(
         working,
         options.target_width,
@@ -132,21 +199,27 @@ def _transform(
         zoom=options.zoom,
         cap=INFERENCE_CAP,
     )
-    frames = header.frames if animated else 1
     _check_output(plan, frames, limits)
     shrink = 1 if options.trim and options.trim.border else _shrink_for(header, plan)
     with timer("decode"):
-        image = load(data, header, animated=animated, shrink=shrink)
+        image = run.cancel.watch(
+            load(data, header, animated=animated, shrink=shrink, fail_on=fail_on)
+        )
         strip, pages = _prepare_all(image, frames, options, header)
     if options.gravity.mode is GravityMode.AUTO:
         plan = _auto_plan(pages[0], working, plan, options)
     if faces.fallback:
         plan = replace(plan, fallback=faces.fallback)
     description = _describe(header, options, plan, faces, fmt, frames)
+    warning = TRUNCATED if fail_on == "none" else None
+    description["source_warning"] = warning
     if options.format is Format.JSON:
         description["timings"] = dict(timer.ms)
         body = json.dumps(description, indent=2).encode()
-        return _result(body, "application/json", "json", plan, faces, False, description, timer)
+        return _result(
+            body, "application/json", "json", plan, faces, False, description, timer, warning
+        )
+    run.cancel.check()
     with timer("process"):
         loaded_scale = pages[0].width / working.width
         if strip is not None:
@@ -157,10 +230,13 @@ def _transform(
             joined = (
                 joined.copy_memory()
             )  # so "process" holds decode + resize, "encode" only encoding
+    run.cancel.check()
     with timer("encode"):
         body = encode(joined, fmt, options)
     description["timings"] = dict(timer.ms)
-    return _result(body, content_type(fmt), fmt, plan, faces, negotiated, description, timer)
+    return _result(
+        body, content_type(fmt), fmt, plan, faces, negotiated, description, timer, warning
+    )
 
 
 def _result(
@@ -172,6 +248,7 @@ def _result(
     negotiated: bool,
     description: dict[str, Any],
     timer: Timer,
+    warning: str | None,
 ) -> Result:
     return Result(
         data=body,
@@ -185,6 +262,7 @@ def _result(
         fallback=plan.fallback,
         description=description,
         timings=dict(timer.ms),
+        source_warning=warning,
     )
 
 
@@ -253,14 +331,8 @@ def _prepares_as_strip(image: pyvips.Image, options: Options) -> bool:
     return options.trim is None and not options.rotate and options.flip in (None, "h")
 
 
-def _detect(
-    data: bytes,
-    header: Header,
-    options: Options,
-    working: Size,
-    detector: Detector | None,
-    timer: Timer,
-) -> Faces:
+def _detect(run: _Run, header: Header, working: Size, timer: Timer, fail_on: str) -> Faces:
+    options, detector = run.options, run.detector
     if detector is None:
         return Faces(fallback=NO_DETECTOR)
     if options.trim is not None and options.trim.border:
@@ -268,7 +340,9 @@ def _detect(
     inference, factor = geometry.inference_size(working, INFERENCE_CAP)
     with timer("decode"):
         shrink = jpeg_shrink(1 / factor) if header.format == "jpeg" else 1
-        page = load(data, header, animated=False, shrink=shrink)
+        page = run.cancel.watch(
+            load(run.data, header, animated=False, shrink=shrink, fail_on=fail_on)
+        )
         page = _prepare(page, options, header)
         array = steps.inference_array(page, inference)
     try:
@@ -295,6 +369,19 @@ def _auto_plan(page: pyvips.Image, working: Size, plan: Plan, options: Options) 
         focus=(x / scale, y / scale),
         cap=INFERENCE_CAP,
     )
+
+
+def _check_animation(header: Header, frames: int, limits: Limits) -> None:
+    """Refuse, before any pixel, an animation whose frames together (each decoded at the full
+    canvas size, however small the file) are more than ``max_animation_pixels``."""
+    pixels = frames * header.width * header.height
+    if frames > 1 and pixels > limits.max_animation_pixels:
+        raise LimitError(
+            f"The animation is {frames} frames of {header.width}x{header.height} "
+            f"({pixels / 1e6:.1f} megapixels in all): expected at most "
+            f"{limits.max_animation_pixels / 1e6:g} megapixels across all frames "
+            "(anim=false takes the first frame only)"
+        )
 
 
 def _check_output(plan: Plan, frames: int, limits: Limits) -> None:

@@ -43,9 +43,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from focal import __version__
 from focal.accept import negotiable_formats
 from focal.detection import Detector
-from focal.errors import BusyError, FocalError, ForbiddenError, OptionError, SignatureError
+from focal.errors import (
+    BusyError,
+    DeadlineError,
+    FocalError,
+    ForbiddenError,
+    OptionError,
+    SignatureError,
+)
 from focal.options import Format, Options, normalise, parse_options
-from focal.pipeline import Limits, Result, transform
+from focal.pipeline import Cancel, Limits, Result, transform
 from focal.server import logs, signing
 from focal.server.cache import Meta, VariantCache, etag_for, variant_key
 from focal.server.metrics import CONTENT_TYPE as METRICS_TYPE
@@ -194,14 +201,22 @@ class ImageWorkers:
         with self._lock:
             return max(0, self._in_flight - self._threads)
 
-    async def run(self, job: Callable[[], Result]) -> Result:
+    async def run(self, job: Callable[[], Result], cancel: Cancel | None = None) -> Result:
+        """The job's result. A caller that gives up (its deadline) drops the job if it waits, and
+        cancels its libvips computation if it runs: the thread is free again within a tile."""
         with self._lock:
             if self._in_flight >= self._capacity:
                 raise BusyError("The server is busy: try again shortly", retry_after=1)
             self._in_flight += 1
         future = self._executor.submit(job)
         future.add_done_callback(self._done)
-        return await asyncio.wrap_future(future)
+        try:
+            return await asyncio.wrap_future(future)
+        except BaseException:
+            future.cancel()
+            if cancel is not None:
+                cancel.cancel()
+            raise
 
     def _done(self, _: object) -> None:
         with self._lock:
@@ -231,6 +246,7 @@ def build_service(settings: Settings, origins: Origins | None) -> Service:
         max_bytes=settings.max_bytes,
         max_output_pixels=settings.max_output_pixels,
         max_frames=settings.max_frames,
+        max_animation_pixels=settings.max_animation_pixels,
     )
     return Service(
         settings=settings,
@@ -370,8 +386,9 @@ async def produce(service: Service, request: Request, trace: Trace) -> Response:
         cached = await lookup(service, key, trace)
         if cached is not None:
             return variant_response(request, settings, cached, source.last_modified, trace)
-    job = _transform_job(source.data, options, service, accept_header)
-    result = await service.workers.run(job)
+    cancel = Cancel()
+    job = _transform_job(source.data, options, service, accept_header, cancel)
+    result = await service.workers.run(job, cancel)
     trace.result = result
     trace.timings |= result.timings
     meta = meta_for(result, key)
@@ -383,13 +400,15 @@ async def produce(service: Service, request: Request, trace: Trace) -> Response:
 
 
 def _transform_job(
-    data: bytes, options: Options, service: Service, accept: str | None
+    data: bytes, options: Options, service: Service, accept: str | None, cancel: Cancel
 ) -> Callable[[], Result]:
     detector = service.detection.detector
     limits = service.limits
 
     def job() -> Result:
-        return transform(data, options, detector=detector, limits=limits, accept=accept)
+        return transform(
+            data, options, detector=detector, limits=limits, accept=accept, cancel=cancel
+        )
 
     return job
 
@@ -413,6 +432,7 @@ async def lookup(service: Service, key: str, trace: Trace) -> tuple[Meta, Result
         degraded=False,
         negotiated=meta.negotiated,
         fallback=meta.fallback,
+        source_warning=meta.source_warning,
     )
     trace.result = result
     return meta, result
@@ -429,6 +449,7 @@ def meta_for(result: Result, key: str) -> Meta:
         negotiated=result.negotiated,
         size=len(result.data),
         fallback=result.fallback,
+        source_warning=result.source_warning,
     )
 
 
@@ -449,6 +470,8 @@ def variant_headers(
         headers["ETag"] = meta.etag
     if result.fallback and trace.options is not None and trace.options.needs_faces:
         headers["Focal-Gravity-Fallback"] = header_text(result.fallback)
+    if result.source_warning:
+        headers["Focal-Source-Warning"] = header_text(result.source_warning)
     if meta.negotiated:
         headers["Vary"] = "Accept"
     if last_modified is not None:
@@ -530,7 +553,7 @@ async def image(request: Request) -> Response:
     except FocalError as error:
         response = failure_response(service, error, trace)
     except TimeoutError:
-        timeout = FocalError("The image took too long to produce", status=504)
+        timeout = DeadlineError("The image took too long to produce")
         response = failure_response(service, timeout, trace)
     except Exception as error:  # the one place that turns a defect into a 500
         trace.unexpected = f"{type(error).__name__}: {error}"

@@ -41,6 +41,7 @@ class Meta:
     negotiated: bool
     size: int
     fallback: str | None = None  # why gravity=face was not used (no face found)
+    source_warning: str | None = None  # the source was damaged and served as far as it decodes
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from starlette.routing import BaseRoute, Route
 from focal.detection import Detector
 from focal.errors import BusyError, FocalError, ImageError, LimitError
 from focal.options import parse_options
-from focal.pipeline import Limits, Result, transform
+from focal.pipeline import Cancel, Limits, Result, transform
 
 UPLOAD_MAX_BYTES = 25 * 1024 * 1024  # the playground's own cap; the lower of it and Limits wins
 MAX_SAMPLES = 200
@@ -220,27 +220,34 @@ async def transform_upload(request: Request) -> dict[str, Any]:
     check_image(data)
     detector: Detector | None = getattr(request.app.state, "detector", None)
     accept = request.headers.get("accept")
+    cancel = Cancel()
 
     def job() -> Result:
-        return transform(data, options, detector=detector, limits=limits, accept=accept)
+        return transform(
+            data, options, detector=detector, limits=limits, accept=accept, cancel=cancel
+        )
 
-    result = await run_job(request, job)
+    result = await run_job(request, job, cancel)
     image = None if result.format == "json" else data_url(result)
     return {"description": result.description, "image": image}
 
 
 class Workers(Protocol):
-    async def run(self, job: Callable[[], Result]) -> Result: ...
+    async def run(self, job: Callable[[], Result], cancel: Cancel | None = None) -> Result: ...
 
 
-async def run_job(request: Request, job: Callable[[], Result]) -> Result:
+async def run_job(request: Request, job: Callable[[], Result], cancel: Cancel) -> Result:
     """On the server's image threads when it has them (same concurrency limit and queue as
     image URLs, 503 when full), else on Starlette's thread pool."""
     service = getattr(request.app.state, "service", None)
     workers: Workers | None = getattr(service, "workers", None)
     if workers is not None:
-        return await workers.run(job)
-    return await run_in_threadpool(job)
+        return await workers.run(job, cancel)
+    try:
+        return await run_in_threadpool(job)
+    except BaseException:
+        cancel.cancel()
+        raise
 
 
 def upload_limit(limits: Limits) -> int:

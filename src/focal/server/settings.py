@@ -120,6 +120,14 @@ SETTINGS: tuple[Setting, ...] = (
     _s("max_bytes", "int", 100 * 1024 * 1024, "limits", "Largest source file (bytes)."),
     _s("max_output_pixels", "int", 50_000_000, "limits", "Largest output image (pixels)."),
     _s("max_frames", "int", 300, "limits", "Most animation frames read from a source."),
+    _s(
+        "max_animation_pixels",
+        "int",
+        100_000_000,
+        "limits",
+        "Largest animation decoded: frames x canvas pixels, all frames together (each frame is "
+        "decoded at the full canvas size, however small the file).",
+    ),
     _s("request_timeout_s", "float", 30.0, "limits", "Time budget of one request, all stages."),
     _s(
         "concurrency",
@@ -196,6 +204,7 @@ class Settings:
     max_bytes: int = 100 * 1024 * 1024
     max_output_pixels: int = 50_000_000
     max_frames: int = 300
+    max_animation_pixels: int = 100_000_000
     request_timeout_s: float = 30.0
     concurrency: int = 0
     image_queue: int = 64
