@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import ctypes
-import ctypes.util
 import os
 import sys
 from typing import Any
@@ -34,28 +32,6 @@ def banner(settings: Settings) -> str:
     return "\n".join(lines)
 
 
-M_MMAP_THRESHOLD = -3
-M_ARENA_MAX = -8
-MALLOC_ARENAS = 2
-MMAP_THRESHOLD = 256 * 1024
-
-
-def tune_malloc() -> bool:
-    """glibc only: at most two malloc arenas, and image-sized buffers in their own mappings, so
-    memory freed after a request goes back to the system instead of staying in per-thread
-    arenas. Must run before the server starts its threads. False where there is no glibc."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
-    try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    ok = bool(mallopt(M_ARENA_MAX, MALLOC_ARENAS))
-    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and ok
-
-
 def run(args: argparse.Namespace) -> int:
     try:
         settings = load(config=args.config, environ=os.environ, args=args)
@@ -67,10 +43,10 @@ def run(args: argparse.Namespace) -> int:
         return 2
     import uvicorn
 
-    from focal.server import logs
+    from focal.server import logs, memory
     from focal.server.app import create_app
 
-    tune_malloc()
+    memory.tune()
     logs.configure(settings.log_level)
     try:
         app = create_app(settings)

@@ -53,7 +53,7 @@ from focal.errors import (
 )
 from focal.options import Format, Options, normalise, parse_options
 from focal.pipeline import Cancel, Limits, Result, transform
-from focal.server import logs, signing
+from focal.server import logs, memory, signing
 from focal.server.cache import Meta, VariantCache, etag_for, variant_key
 from focal.server.metrics import CONTENT_TYPE as METRICS_TYPE
 from focal.server.metrics import Gauges, Metrics
@@ -221,6 +221,9 @@ class ImageWorkers:
     def _done(self, _: object) -> None:
         with self._lock:
             self._in_flight -= 1
+            idle = self._in_flight == 0
+        if idle:  # the last job of a burst: give its memory back (focal.server.memory)
+            memory.trim()
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

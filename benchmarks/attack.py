@@ -1,0 +1,300 @@
+"""Hostile files against a real ``focal serve`` on loopback, default settings.
+
+For every file of :func:`benchmarks.hostile.family` (canvas and frame bombs in GIF, WebP, APNG
+and TIFF, header lies, truncations), one at a time and then four at once: the status, the time,
+the server's peak RSS while it ran, and its RSS 10 s later (against its RSS before). Then 60 s of
+16 concurrent mixed requests (real photos and the hostile files). Throughout, /healthz is asked
+every 50 ms and its slowest answer is reported.
+
+    .venv/bin/python benchmarks/attack.py                 # writes benchmarks/results/attack.json
+    .venv/bin/python benchmarks/attack.py --markdown      # the table for docs/deployment.md
+    .venv/bin/python benchmarks/attack.py --quick         # a short smoke run (tests)
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import random
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import harness, hostile
+
+MIB = 1024 * 1024
+SETTLE_S = 10.0
+PHOTOS = ("astronaut.jpg", "coffee.jpg", "grace_hopper.jpg", "chelsea.jpg", "logo.png")
+MIXED_OPTIONS = (
+    "width=256",
+    "width=300,height=300,fit=cover,gravity=face,zoom=0.5",
+    "width=400,format=webp",
+    "width=200,height=200,fit=cover,gravity=auto",
+    "width=512,blur=5",
+)
+
+
+@dataclass
+class Probe:
+    """Asks /healthz every ``every`` s and samples the server's RSS every few ms."""
+
+    base: str
+    pid: int
+    every: float = 0.05
+    health_ms: list[float] = field(default_factory=list)
+    failures: int = 0
+    peak: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def start(self) -> None:
+        threading.Thread(target=self._health, daemon=True).start()
+        threading.Thread(target=self._rss, daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def reset_peak(self) -> None:
+        self.peak = harness.rss_bytes(self.pid)
+
+    def _health(self) -> None:
+        with httpx.Client(timeout=10) as client:
+            while not self._stop.is_set():
+                started = time.perf_counter()
+                try:
+                    ok = client.get(self.base + "/healthz").status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                self.health_ms.append((time.perf_counter() - started) * 1000)
+                self.failures += 0 if ok else 1
+                self._stop.wait(self.every)
+
+    def _rss(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, harness.rss_bytes(self.pid))
+            self._stop.wait(0.01)
+
+
+def request(base: str, name: str, options: str) -> tuple[int, float, str]:
+    started = time.perf_counter()
+    try:
+        r = httpx.get(f"{base}/cdn-cgi/image/{options}/{name}", timeout=120)
+        status, detail = r.status_code, ""
+        if r.headers.get("content-type", "").startswith("application/json") and status >= 400:
+            detail = str(r.json().get("error", ""))[:120]
+        elif r.headers.get("focal-source-warning"):
+            detail = "served with Focal-Source-Warning"
+    except httpx.HTTPError as error:
+        status, detail = 0, type(error).__name__
+    return status, (time.perf_counter() - started) * 1000, detail
+
+
+def settle(pid: int, start_rss: int, limit_s: float) -> tuple[int, float]:
+    """(RSS after ``limit_s``, seconds until it was within 50 MiB of ``start_rss``; -1: never)."""
+    began = time.monotonic()
+    back = -1.0
+    while time.monotonic() - began < limit_s:
+        if back < 0 and harness.rss_bytes(pid) <= start_rss + 50 * MIB:
+            back = time.monotonic() - began
+        time.sleep(0.1)
+    return harness.rss_bytes(pid), back
+
+
+def one_at_a_time(
+    server: harness.Server, probe: Probe, files: Sequence[hostile.Hostile]
+) -> list[dict[str, Any]]:
+    rows = []
+    for item in files:
+        before = harness.rss_bytes(server.pid)
+        probe.reset_peak()
+        status, ms, detail = request(server.base, item.name, item.options)
+        peak = probe.peak
+        after, back = settle(server.pid, before, SETTLE_S)
+        rows.append(
+            {
+                "file": item.name,
+                "options": item.options,
+                "status": status,
+                "ms": round(ms, 1),
+                "rss_before_mib": round(before / MIB, 1),
+                "rss_peak_mib": round(peak / MIB, 1),
+                "rss_10s_mib": round(after / MIB, 1),
+                "back_within_50mib_s": round(back, 2),
+                "detail": detail,
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def four_at_once(
+    server: harness.Server, probe: Probe, files: Sequence[hostile.Hostile]
+) -> list[dict[str, Any]]:
+    rows = []
+    heavy = [f for f in files if "canvas" in f.name or "screen" in f.name or "anim" in f.name]
+    for item in heavy:
+        before = harness.rss_bytes(server.pid)
+        probe.reset_peak()
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            futures = [pool.submit(request, server.base, item.name, item.options) for _ in range(4)]
+            results = [future.result() for future in futures]
+        peak = probe.peak
+        after, back = settle(server.pid, before, SETTLE_S)
+        rows.append(
+            {
+                "file": item.name + " x4",
+                "options": item.options,
+                "status": "/".join(str(r[0]) for r in results),
+                "ms": round(max(r[1] for r in results), 1),
+                "rss_before_mib": round(before / MIB, 1),
+                "rss_peak_mib": round(peak / MIB, 1),
+                "rss_10s_mib": round(after / MIB, 1),
+                "back_within_50mib_s": round(back, 2),
+                "detail": results[0][2],
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def mixed_load(
+    server: harness.Server, files: Sequence[hostile.Hostile], seconds: float, clients: int
+) -> dict[str, Any]:
+    jobs = [(p, o) for p in PHOTOS for o in MIXED_OPTIONS] + [(f.name, f.options) for f in files]
+    deadline = time.monotonic() + seconds
+    statuses: dict[str, int] = {}
+    lock = threading.Lock()
+
+    def client(seed: int) -> None:
+        chooser = random.Random(seed)
+        while time.monotonic() < deadline:
+            name, options = chooser.choice(jobs)
+            # a fresh variant every time (no cache hit): a quality nobody else asks for
+            options += f",quality={chooser.randint(40, 95)}"
+            status, _, _ = request(server.base, name, options)
+            with lock:
+                statuses[str(status)] = statuses.get(str(status), 0) + 1
+
+    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+        list(pool.map(client, range(clients)))
+    return {"seconds": seconds, "clients": clients, "statuses": dict(sorted(statuses.items()))}
+
+
+def health_summary(probe: Probe) -> dict[str, Any]:
+    values = probe.health_ms or [0.0]
+    return {
+        "probes": len(probe.health_ms),
+        "failures": probe.failures,
+        "max_ms": round(max(values), 1),
+        "p99_ms": round(harness.percentile(values, 99), 1),
+        "median_ms": round(harness.median(values), 1),
+    }
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = [
+        "| file | options | status | time (ms) | RSS before | peak RSS | RSS 10 s later |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in result["one_at_a_time"] + result["four_at_once"]:
+        lines.append(
+            f"| `{row['file']}` | `{row['options']}` | {row['status']} | {row['ms']:.0f} "
+            f"| {row['rss_before_mib']:.0f} MiB | {row['rss_peak_mib']:.0f} MiB "
+            f"| {row['rss_10s_mib']:.0f} MiB |"
+        )
+    health = result["health_during_files"]
+    mixed = result["mixed"]
+    lines += [
+        "",
+        f"/healthz while the files ran: {health['probes']} probes, slowest {health['max_ms']} ms, "
+        f"p99 {health['p99_ms']} ms, {health['failures']} failed.",
+        f"{mixed['seconds']:.0f} s of {mixed['clients']} concurrent mixed requests "
+        f"(statuses {mixed['statuses']}): /healthz slowest {mixed['health']['max_ms']} ms, "
+        f"p99 {mixed['health']['p99_ms']} ms, {mixed['health']['failures']} failed.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def prepare_root(folder: Path, files: Sequence[hostile.Hostile]) -> Path:
+    root = folder / "root"
+    if root.exists():
+        shutil.rmtree(root)
+    root.mkdir(parents=True)
+    for name in PHOTOS:
+        shutil.copy(harness.ROOT / "src" / "focal" / "demo" / name, root / name)
+    for item in files:
+        (root / item.name).write_bytes(item.make())
+    return root
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--markdown", action="store_true", help="print the saved result as a table")
+    parser.add_argument("--quick", action="store_true", help="three files, 5 s of load, no saving")
+    parser.add_argument("--mixed-seconds", type=float, default=60.0)
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument(
+        "--out", type=Path, default=None, help="result file (default: results/attack.json)"
+    )
+    parser.add_argument("--extra", default="", help="extra focal serve flags, space-separated")
+    args = parser.parse_args(argv)
+    if args.markdown:
+        saved = harness.read_result("attack")
+        if saved is None:
+            print(
+                "no benchmarks/results/attack.json: run benchmarks/attack.py first", file=sys.stderr
+            )
+            return 1
+        print(markdown(saved), end="")
+        return 0
+    global SETTLE_S
+    files = hostile.family()
+    if args.quick:
+        files = [
+            f
+            for f in files
+            if f.name.startswith(("webp-canvas-100", "gif-screen-299", "jpeg-scan"))
+        ]
+        SETTLE_S = 2.0
+        args.mixed_seconds, args.clients = 5.0, 4
+    state = harness.fresh_state("attack")
+    root = prepare_root(state, files)
+    server = harness.focal_server(root, cache=True, tag="attack-focal", extra=args.extra.split())
+    with harness.running(server):
+        request(server.base, "astronaut.jpg", "width=64,gravity=face")  # warm: detector up
+        time.sleep(1.0)
+        probe = Probe(server.base, server.pid)
+        probe.start()
+        result: dict[str, Any] = {"rss_start_mib": round(harness.rss_bytes(server.pid) / MIB, 1)}
+        result["one_at_a_time"] = one_at_a_time(server, probe, files)
+        result["four_at_once"] = four_at_once(server, probe, files)
+        result["health_during_files"] = health_summary(probe)
+        probe.stop()
+        load_probe = Probe(server.base, server.pid)
+        load_probe.start()
+        mixed = mixed_load(server, files, args.mixed_seconds, args.clients)
+        load_probe.stop()
+        mixed["health"] = health_summary(load_probe)
+        mixed["rss_after_mib"] = round(harness.rss_bytes(server.pid) / MIB, 1)
+        result["mixed"] = mixed
+    print(markdown(result), end="")
+    if args.out is not None:
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
+    elif not args.quick:
+        harness.write_result("attack", result, ".venv/bin/python benchmarks/attack.py")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
