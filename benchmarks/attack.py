@@ -16,8 +16,11 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import json
+import os
 import random
 import shutil
+import signal
+import subprocess
 import sys
 import threading
 import time
@@ -46,7 +49,9 @@ MIXED_OPTIONS = (
 
 @dataclass
 class Probe:
-    """Asks /healthz every ``every`` s and samples the server's RSS every few ms."""
+    """Asks /healthz every ``every`` s, from a process of its own at normal priority (this one,
+    which generates the load, runs at a lower one: on a real deployment the load comes from
+    other machines), and samples the server's RSS every few ms."""
 
     base: str
     pid: int
@@ -55,33 +60,44 @@ class Probe:
     failures: int = 0
     peak: int = 0
     _stop: threading.Event = field(default_factory=threading.Event)
+    _child: subprocess.Popen[str] | None = None
 
     def start(self) -> None:
-        threading.Thread(target=self._health, daemon=True).start()
+        command = [sys.executable, __file__, "--probe", self.base, "--probe-every", str(self.every)]
+        self._child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
         threading.Thread(target=self._rss, daemon=True).start()
 
     def stop(self) -> None:
         self._stop.set()
+        if self._child is not None:
+            self._child.terminate()
+            out, _ = self._child.communicate(timeout=30)
+            for line in out.split():
+                ms, ok = line.split(",")
+                self.health_ms.append(float(ms))
+                self.failures += 0 if ok == "1" else 1
 
     def reset_peak(self) -> None:
         self.peak = harness.rss_bytes(self.pid)
-
-    def _health(self) -> None:
-        with httpx.Client(timeout=10) as client:
-            while not self._stop.is_set():
-                started = time.perf_counter()
-                try:
-                    ok = client.get(self.base + "/healthz").status_code == 200
-                except httpx.HTTPError:
-                    ok = False
-                self.health_ms.append((time.perf_counter() - started) * 1000)
-                self.failures += 0 if ok else 1
-                self._stop.wait(self.every)
 
     def _rss(self) -> None:
         while not self._stop.is_set():
             self.peak = max(self.peak, harness.rss_bytes(self.pid))
             self._stop.wait(0.01)
+
+
+def probe_forever(base: str, every: float) -> int:
+    """The probe process: one line ``ms,ok`` per /healthz request, until terminated."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    with httpx.Client(timeout=10) as client:
+        while True:
+            started = time.perf_counter()
+            try:
+                ok = client.get(base + "/healthz").status_code == 200
+            except httpx.HTTPError:
+                ok = False
+            print(f"{(time.perf_counter() - started) * 1000:.2f},{int(ok)}", flush=True)
+            time.sleep(every)
 
 
 def request(base: str, name: str, options: str) -> tuple[int, float, str]:
@@ -247,8 +263,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--out", type=Path, default=None, help="result file (default: results/attack.json)"
     )
+    parser.add_argument("--probe", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--probe-every", type=float, default=0.05, help=argparse.SUPPRESS)
+    parser.add_argument("--load-niceness", type=int, default=10)
+    parser.add_argument("--mixed-only", action="store_true", help="only the mixed load (no saving)")
     parser.add_argument("--extra", default="", help="extra focal serve flags, space-separated")
     args = parser.parse_args(argv)
+    if args.probe:
+        return probe_forever(args.probe, args.probe_every)
     if args.markdown:
         saved = harness.read_result("attack")
         if saved is None:
@@ -272,13 +294,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     root = prepare_root(state, files)
     server = harness.focal_server(root, cache=True, tag="attack-focal", extra=args.extra.split())
     with harness.running(server):
+        os.nice(args.load_niceness)  # the server and the probes keep their priority
         request(server.base, "astronaut.jpg", "width=64,gravity=face")  # warm: detector up
         time.sleep(1.0)
         probe = Probe(server.base, server.pid)
         probe.start()
         result: dict[str, Any] = {"rss_start_mib": round(harness.rss_bytes(server.pid) / MIB, 1)}
-        result["one_at_a_time"] = one_at_a_time(server, probe, files)
-        result["four_at_once"] = four_at_once(server, probe, files)
+        chosen = [] if args.mixed_only else files
+        result["one_at_a_time"] = one_at_a_time(server, probe, chosen)
+        result["four_at_once"] = four_at_once(server, probe, chosen)
         result["health_during_files"] = health_summary(probe)
         probe.stop()
         load_probe = Probe(server.base, server.pid)
@@ -291,7 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(markdown(result), end="")
     if args.out is not None:
         args.out.write_text(json.dumps(result, indent=1) + "\n")
-    elif not args.quick:
+    elif not (args.quick or args.mixed_only):
         harness.write_result("attack", result, ".venv/bin/python benchmarks/attack.py")
     return 0
 

@@ -191,7 +191,9 @@ class ImageWorkers:
     A request that gives up leaves its job to finish (if running) or drops it (if waiting)."""
 
     def __init__(self, threads: int, queue: int) -> None:
-        self._executor = concurrent.futures.ThreadPoolExecutor(threads, "focal-image")
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            threads, "focal-image", initializer=memory.lower_priority
+        )
         self._threads = threads
         self._capacity = threads + queue
         self._lock = threading.Lock()

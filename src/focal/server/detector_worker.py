@@ -34,6 +34,8 @@ import numpy as np
 
 from focal.detection import Detector, Face, RGBImage
 
+WORKER_NICENESS = 10  # as the image threads (focal.server.memory.IMAGE_THREAD_NICENESS)
+
 
 @dataclass(frozen=True)
 class Start:
@@ -97,6 +99,8 @@ def run(fd: int) -> None:
 
 def main(conn: Connection, start: Start) -> None:
     """Build the detector, say Ready (or StartFailed), then serve."""
+    with contextlib.suppress(OSError):
+        os.nice(WORKER_NICENESS)  # the server's event loop runs first when every core is busy
     try:
         detector = load_factory(start.factory)(**dict(start.factory_args))
         model_id = detector.model_id

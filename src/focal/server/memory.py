@@ -15,8 +15,10 @@ with the trim does not.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
+import os
 import threading
 import time
 from typing import Any
@@ -56,6 +58,18 @@ def tune(arenas: int = ARENAS, mmap_threshold: int = 0) -> bool:
     if mmap_threshold:
         ok = bool(_LIBC.mallopt(M_MMAP_THRESHOLD, mmap_threshold)) and ok
     return ok
+
+
+IMAGE_THREAD_NICENESS = 10
+
+
+def lower_priority(niceness: int = IMAGE_THREAD_NICENESS) -> None:
+    """Lower the calling thread's scheduling priority (Linux: niceness is per thread, and the
+    threads libvips starts from it inherit it), so the event loop, which answers /healthz and
+    hands out work, runs first when image work has every core busy."""
+    if hasattr(os, "setpriority") and hasattr(threading, "get_native_id"):
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
 
 
 def trim(force: bool = False) -> bool:
