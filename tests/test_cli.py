@@ -75,6 +75,8 @@ def test_bad_files_fail_clearly_and_leave_nothing(tmp_path: Path, name: str, wor
         ("width=-5", "Expected an integer from 1 to 12000 for width but received '-5'"),
         ("zoom=2", "Expected a number from 0 to 1 for zoom but received '2'"),
         ("gravity=sideways", "for gravity but received 'sideways'"),
+        ("width=100,zoom=0.5", "Expected gravity=face alongside it for zoom"),
+        ("width=\u00b2", "for width but received"),
     ],
 )
 def test_bad_options_exit_2_and_leave_nothing(tmp_path: Path, options: str, message: str) -> None:

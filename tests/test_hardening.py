@@ -126,3 +126,19 @@ def test_memory_goes_back_after_a_burst_of_heavy_jobs(roomy_server: Server) -> N
         time.sleep(0.2)
     grown = (rss_bytes(pid) - start) / MIB
     assert grown <= 50, f"RSS still {grown:.0f} MiB above its start 10 s after the burst"
+
+
+def test_option_rules_are_checked_before_the_source_is_fetched(server: Server) -> None:
+    # zoom without gravity=face, on a source that does not exist: the options decide first
+    r = httpx.get(server.url("/cdn-cgi/image/width=100,zoom=0.5/no-such-file.jpg"), timeout=60)
+    assert r.status_code == 400
+    assert r.json()["error"] == (
+        "Expected gravity=face alongside it for zoom but received 'zoom=0.5 without it'"
+    )
+
+
+@pytest.mark.parametrize("value", ["%C2%B2", "%E2%91%A0", "%D9%A1", "9" * 4400])
+def test_unicode_and_huge_numbers_are_400_not_500(server: Server, value: str) -> None:
+    r = httpx.get(server.url(f"/cdn-cgi/image/width={value}/anim.gif"), timeout=60)
+    assert r.status_code == 400
+    assert "width" in r.json()["error"] or "options" in r.json()["error"]

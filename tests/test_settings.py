@@ -184,3 +184,14 @@ def test_serve_refuses_to_start_with_an_empty_signing_key(tmp_path: Path) -> Non
     )
     assert done.returncode == 2
     assert "signing_keys" in done.stderr
+
+
+def test_deployment_docs_carry_the_current_limits_table() -> None:
+    page = (ROOT / "docs" / "deployment.md").read_text()
+    assert st.limits_markdown() in page, "regenerate: python -m focal.server.settings --limits"
+
+
+def test_every_limit_says_what_it_protects_against() -> None:
+    limits = {s.name for s in SETTINGS if s.group == "limits"}
+    assert limits <= set(st.PROTECTS)
+    assert set(st.PROTECTS) <= {s.name for s in SETTINGS}

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib.resources
 import os
+import sys
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -184,44 +185,79 @@ def demo_root() -> Path:
     return Path(str(importlib.resources.files("focal").joinpath("demo")))
 
 
+DEFAULTS: dict[str, Any] = {s.name: s.default for s in SETTINGS}
+
+# What each limit protects against: docs/deployment.md's table (``limits_markdown``).
+PROTECTS: dict[str, str] = {
+    "max_bytes": "huge files filling memory; checked from the file size (local) or while "
+    "streaming (remote), before decoding (413)",
+    "max_pixels": "decompression bombs: a small file whose header claims a huge image; read from "
+    "the header before any pixel is decoded (413)",
+    "max_frames": "animations with thousands of frames, each decoded and processed (413)",
+    "max_animation_pixels": "canvas bombs: tiny frames on a huge canvas, each decoded at the "
+    "full canvas size (a 5 kB WebP of 100 frames on 9000x9000 is 8,100 megapixels); counted "
+    "from the header before any pixel (413)",
+    "max_output_pixels": "requests that enlarge (`width=12000,height=12000,fit=pad`, `dpr=3`, "
+    "many frames) into huge outputs (413)",
+    "request_timeout_s": "slow origins and slow jobs: past it the answer is 504 and the job's "
+    "libvips computation is killed, so its CPU and memory are freed within a tile",
+    "concurrency": "CPU and memory overcommit: at most this many transformations run at once",
+    "image_queue": "unbounded queues under overload: past it the answer is 503 with Retry-After",
+    "detector_queue": "a slow detector holding requests: past it 503 with Retry-After",
+    "detector_deadline_s": "a stuck detector: past it the centre crop, marked and not cached",
+    "detector_rss_limit_mb": "memory growth in the inference runtime: the worker is replaced",
+    "remote_prefixes": "focal fetching (or redirecting to) arbitrary URLs on anyone's behalf",
+    "allowed_networks": "SSRF: sources resolving to loopback, link-local (cloud metadata), private "
+    "or other non-public addresses are refused unless listed here",
+    "remote_max_redirects": "redirect loops",
+    "remote_connect_timeout_s": "origins that never answer",
+    "remote_read_timeout_s": "origins that answer slowly, byte by byte",
+    "signing_keys": "variant floods: with keys set, only URLs your site signed are served; an "
+    "empty key is a start-up error, never a silent switch to unsigned",
+    "cache_max_mb": "the variant cache filling the disk",
+}
+
+
 @dataclass(frozen=True)
 class Settings:
-    host: str = "127.0.0.1"
-    port: int = 8080
+    """The typed record of SETTINGS: each default is the table's (DEFAULTS)."""
+
+    host: str = DEFAULTS["host"]
+    port: int = DEFAULTS["port"]
     root: Path = field(default_factory=lambda: demo_root())
-    remote_prefixes: tuple[str, ...] = ()
-    allowed_networks: tuple[str, ...] = ()
-    remote_connect_timeout_s: float = 5.0
-    remote_read_timeout_s: float = 10.0
-    remote_max_redirects: int = 3
-    cache_enabled: bool = True
-    cache_dir: Path = field(default_factory=lambda: Path("~/.cache/focal/variants").expanduser())
-    cache_max_mb: int = 1024
-    max_age: int = 86400
-    signing_keys: tuple[str, ...] = ()
-    require_signature: bool = True
-    max_pixels: int = 100_000_000
-    max_bytes: int = 100 * 1024 * 1024
-    max_output_pixels: int = 50_000_000
-    max_frames: int = 300
-    max_animation_pixels: int = 100_000_000
-    request_timeout_s: float = 30.0
-    concurrency: int = 0
-    image_queue: int = 64
-    face: bool = True
-    detector_workers: int = 1
-    detector_queue: int = 16
-    detector_deadline_s: float = 10.0
-    detector_batch_window_ms: float = 5.0
-    detector_max_batch: int = 8
-    detector_rss_limit_mb: int = 1500
-    detector_runtime: str = "auto"
-    detector_precision: str = "fp32"
-    detector_device: str = "auto"
-    detector_idle_offload_s: float = 300.0
-    detection_cache_entries: int = 1024
-    log_level: str = "info"
-    playground: bool = True
+    remote_prefixes: tuple[str, ...] = DEFAULTS["remote_prefixes"]
+    allowed_networks: tuple[str, ...] = DEFAULTS["allowed_networks"]
+    remote_connect_timeout_s: float = DEFAULTS["remote_connect_timeout_s"]
+    remote_read_timeout_s: float = DEFAULTS["remote_read_timeout_s"]
+    remote_max_redirects: int = DEFAULTS["remote_max_redirects"]
+    cache_enabled: bool = DEFAULTS["cache_enabled"]
+    cache_dir: Path = field(default_factory=lambda: Path(DEFAULTS["cache_dir"]).expanduser())
+    cache_max_mb: int = DEFAULTS["cache_max_mb"]
+    max_age: int = DEFAULTS["max_age"]
+    signing_keys: tuple[str, ...] = DEFAULTS["signing_keys"]
+    require_signature: bool = DEFAULTS["require_signature"]
+    max_pixels: int = DEFAULTS["max_pixels"]
+    max_bytes: int = DEFAULTS["max_bytes"]
+    max_output_pixels: int = DEFAULTS["max_output_pixels"]
+    max_frames: int = DEFAULTS["max_frames"]
+    max_animation_pixels: int = DEFAULTS["max_animation_pixels"]
+    request_timeout_s: float = DEFAULTS["request_timeout_s"]
+    concurrency: int = DEFAULTS["concurrency"]
+    image_queue: int = DEFAULTS["image_queue"]
+    face: bool = DEFAULTS["face"]
+    detector_workers: int = DEFAULTS["detector_workers"]
+    detector_queue: int = DEFAULTS["detector_queue"]
+    detector_deadline_s: float = DEFAULTS["detector_deadline_s"]
+    detector_batch_window_ms: float = DEFAULTS["detector_batch_window_ms"]
+    detector_max_batch: int = DEFAULTS["detector_max_batch"]
+    detector_rss_limit_mb: int = DEFAULTS["detector_rss_limit_mb"]
+    detector_runtime: str = DEFAULTS["detector_runtime"]
+    detector_precision: str = DEFAULTS["detector_precision"]
+    detector_device: str = DEFAULTS["detector_device"]
+    detector_idle_offload_s: float = DEFAULTS["detector_idle_offload_s"]
+    detection_cache_entries: int = DEFAULTS["detection_cache_entries"]
+    log_level: str = DEFAULTS["log_level"]
+    playground: bool = DEFAULTS["playground"]
 
     def __post_init__(self) -> None:
         empty = [i for i, key in enumerate(self.signing_keys) if not key.strip()]
@@ -455,9 +491,21 @@ def markdown() -> str:
     return "\n".join(lines)
 
 
+def limits_markdown() -> str:
+    """The limits table of docs/deployment.md, from SETTINGS and PROTECTS (a test keeps the page
+    current; ``python -m focal.server.settings --limits`` prints it). Option strings are bounded
+    in code: at most MAX_OPTIONS_LENGTH characters, MAX_VALUE_LENGTH a value (focal.options)."""
+    lines = ["| setting | default | protects against |", "|---|---|---|"]
+    for setting in SETTINGS:
+        if setting.name in PROTECTS:
+            default = setting.shown_default().replace("|", "\\|")
+            lines.append(f"| `{setting.name}` | {default} | {PROTECTS[setting.name]} |")
+    return "\n".join(lines) + "\n"
+
+
 def field_names() -> Sequence[str]:
     return [f.name for f in fields(Settings)]
 
 
 if __name__ == "__main__":
-    print(markdown(), end="")
+    print(limits_markdown() if sys.argv[1:] == ["--limits"] else markdown(), end="")
