@@ -135,6 +135,7 @@ def test_option_rules_are_checked_before_the_source_is_fetched(server: Server) -
     assert r.json()["error"] == (
         "Expected gravity=face alongside it for zoom but received 'zoom=0.5 without it'"
     )
+    assert r.json()["docs"] == "docs/errors.md#optionerror"
 
 
 @pytest.mark.parametrize("value", ["%C2%B2", "%E2%91%A0", "%D9%A1", "9" * 4400])

@@ -1,23 +1,34 @@
-"""Errors that carry an HTTP status and a public message.
+"""Every error focal raises: an HTTP status, a public message and the docs section about it.
 
-FocalError                 base: .status, .public (safe to show), .detail (logs only)
-├── OptionError      400   a URL/CLI option is unknown, duplicated, malformed or out of range
-├── SignatureError   403   a signed URL is missing or wrong
-├── ForbiddenError   403   a source outside the allowed roots/hosts
-├── NotFoundError    404   no such source
-├── LimitError       413   a source over a pixel, byte, frame or output limit
-├── ImageError       415   the source is not a decodable image (empty, truncated, not an image)
-├── UpstreamError    502   a remote origin failed
-├── BusyError        503   the detector queue is full (carries retry_after)
-├── DeadlineError    504   the request's time ran out (its work is cancelled)
-└── ModelMissingError 500  the face model is not installed (says which command installs it)
+FocalError                  base: .status, .public (safe to show), .detail (logs only), .docs
+├── OptionError       400   a URL/CLI option is unknown, duplicated, malformed or out of range
+├── RequestError      400   the request's path is not a focal URL (not ASCII, names no source)
+├── SignatureError    403   a signed URL is missing or wrong
+├── ForbiddenError    403   a source outside the allowed roots/hosts
+├── NotFoundError     404   no such source
+├── EndpointError     404   no such endpoint
+├── MethodError       405   a method other than GET or HEAD on an image URL
+├── LimitError        413   a source over a byte, pixel, frame, animation or output limit
+├── ImageError        415   the source is not a decodable image (empty, unreadable, not an image)
+├── UpstreamError     502   a remote origin failed
+├── BusyError         503   the image or detector queue is full (carries retry_after)
+├── DeadlineError     504   the request's time ran out (its work is cancelled)
+├── InternalError     500   a defect: the details are in the log only
+├── ModelMissingError 500   the face model is not installed (says which command installs it)
+└── SettingsError     500   a setting has a wrong value (the server does not start)
+
+Each class's ``docs`` names the section of docs/errors.md that explains it; error responses
+carry it as ``docs``.
 """
 
 from __future__ import annotations
 
+DOCS = "docs/errors.md"
+
 
 class FocalError(Exception):
     status: int = 500
+    docs: str = f"{DOCS}#focalerror"
 
     def __init__(
         self, public: str, *, detail: str | None = None, status: int | None = None
@@ -31,34 +42,57 @@ class FocalError(Exception):
 
 class OptionError(FocalError):
     status = 400
+    docs = f"{DOCS}#optionerror"
+
+
+class RequestError(FocalError):
+    status = 400
+    docs = f"{DOCS}#requesterror"
 
 
 class SignatureError(FocalError):
     status = 403
+    docs = f"{DOCS}#signatureerror"
 
 
 class ForbiddenError(FocalError):
     status = 403
+    docs = f"{DOCS}#forbiddenerror"
 
 
 class NotFoundError(FocalError):
     status = 404
+    docs = f"{DOCS}#notfounderror"
+
+
+class EndpointError(FocalError):
+    status = 404
+    docs = f"{DOCS}#endpointerror"
+
+
+class MethodError(FocalError):
+    status = 405
+    docs = f"{DOCS}#methoderror"
 
 
 class LimitError(FocalError):
     status = 413
+    docs = f"{DOCS}#limiterror"
 
 
 class ImageError(FocalError):
     status = 415
+    docs = f"{DOCS}#imageerror"
 
 
 class UpstreamError(FocalError):
     status = 502
+    docs = f"{DOCS}#upstreamerror"
 
 
 class BusyError(FocalError):
     status = 503
+    docs = f"{DOCS}#busyerror"
 
     def __init__(self, public: str, *, retry_after: int = 1, detail: str | None = None) -> None:
         super().__init__(public, detail=detail)
@@ -67,10 +101,24 @@ class BusyError(FocalError):
 
 class DeadlineError(FocalError):
     status = 504
+    docs = f"{DOCS}#deadlineerror"
+
+
+class InternalError(FocalError):
+    status = 500
+    docs = f"{DOCS}#internalerror"
 
 
 class ModelMissingError(FocalError):
     status = 500
+    docs = f"{DOCS}#modelmissingerror"
+
+
+class SettingsError(FocalError):
+    """A setting has a value of the wrong type, or a config file names an unknown setting."""
+
+    status = 500
+    docs = f"{DOCS}#settingserror"
 
 
 def expected(option: str, what: str, received: object) -> OptionError:

@@ -46,9 +46,13 @@ from focal.detection import Detector
 from focal.errors import (
     BusyError,
     DeadlineError,
+    EndpointError,
     FocalError,
     ForbiddenError,
+    InternalError,
+    MethodError,
     OptionError,
+    RequestError,
     SignatureError,
 )
 from focal.options import Format, Options, normalise, parse_options
@@ -307,14 +311,10 @@ def split_path(raw: bytes) -> tuple[str, str]:
     try:
         text = raw[len(PREFIX) :].decode("ascii")
     except UnicodeDecodeError:
-        raise FocalError(
-            "The URL path must be ASCII (percent-encode the rest)", status=400
-        ) from None
+        raise RequestError("The URL path must be ASCII (percent-encode the rest)") from None
     options, _, source = text.partition("/")
     if not source:
-        raise FocalError(
-            "The URL names no source: expected /cdn-cgi/image/<options>/<source>", status=400
-        )
+        raise RequestError("The URL names no source: expected /cdn-cgi/image/<options>/<source>")
     return unquote(options), source
 
 
@@ -511,7 +511,7 @@ def error_response(error: FocalError, extra: dict[str, str] | None = None) -> Re
     headers = {"Cache-Control": "no-store"} | (extra or {})
     if isinstance(error, BusyError):
         headers["Retry-After"] = str(error.retry_after)
-    body = {"status": error.status, "error": error.public}
+    body = {"status": error.status, "error": error.public, "docs": error.docs}
     return JSONResponse(body, status_code=error.status, headers=headers)
 
 
@@ -563,7 +563,7 @@ async def image(request: Request) -> Response:
     except Exception as error:  # the one place that turns a defect into a 500
         trace.unexpected = f"{type(error).__name__}: {error}"
         logs.log.exception("unexpected error", extra={"fields": {"path": trace.path}})
-        response = error_response(FocalError("Internal error"))
+        response = error_response(InternalError("Internal error"))
     finish(service, trace, response)
     return response
 
@@ -613,19 +613,19 @@ def playground_routes(settings: Settings) -> list[BaseRoute]:
 async def http_error(request: Request, exc: Exception) -> Response:
     status = exc.status_code if isinstance(exc, HTTPException) else 500
     headers = dict(exc.headers or {}) if isinstance(exc, HTTPException) else {}
-    return error_response(FocalError(http_message(status), status=status), headers)
+    return error_response(http_error_for(status), headers)
 
 
-def http_message(status: int) -> str:
+def http_error_for(status: int) -> FocalError:
     if status == 404:
-        return "No such endpoint: images are under /cdn-cgi/image/<options>/<source>"
+        return EndpointError("No such endpoint: images are under /cdn-cgi/image/<options>/<source>")
     if status == 405:
-        return "Method not allowed"
-    return "Request refused"
+        return MethodError("Method not allowed")
+    return RequestError("Request refused", status=status)
 
 
 async def not_allowed(request: Request) -> Response:
-    error = FocalError("Method not allowed: images answer GET and HEAD", status=405)
+    error = MethodError("Method not allowed: images answer GET and HEAD")
     response = error_response(error, {"Allow": "GET, HEAD"})
     logs.request_line({"method": request.method, "path": request.scope["path"], "status": 405}, 405)
     return response

@@ -30,7 +30,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from focal.detection import Detector
-from focal.errors import BusyError, FocalError, ImageError, LimitError
+from focal.errors import (
+    BusyError,
+    DeadlineError,
+    FocalError,
+    ImageError,
+    LimitError,
+    NotFoundError,
+)
 from focal.options import parse_options
 from focal.pipeline import Cancel, Limits, Result, transform
 
@@ -122,7 +129,7 @@ async def static(request: Request) -> Response:
     name = request.path_params["name"]
     media_type = STATIC_FILES.get(name)
     if media_type is None:
-        return error_response(404, "No such playground file.")
+        return error_response(NotFoundError("No such playground file."))
     return Response(web_file(name), media_type=media_type, headers=PAGE_HEADERS)
 
 
@@ -187,7 +194,7 @@ def is_sample(root: Path, name: str) -> bool:
 def read_original(root: Path, name: str) -> Response:
     """One sample's bytes, for what the listing would give and nothing else."""
     if not is_sample(root, name):
-        return error_response(404, f"No sample named {name!r} in the served folder.")
+        return error_response(NotFoundError(f"No sample named {name!r} in the served folder."))
     data = (root / name).read_bytes()
     media_type = MEDIA_TYPES.get(sniff(data[:SNIFF_BYTES]) or "", "application/octet-stream")
     return Response(data, media_type=media_type, headers={"Cache-Control": "no-cache"})
@@ -203,9 +210,9 @@ async def answer_upload(request: Request, timeout_s: float) -> Response:
             body = await transform_upload(request)
         return JSONResponse(body, headers={"Cache-Control": "no-store"})
     except TimeoutError:
-        return error_response(504, "The upload took too long to read and transform.")
+        return error_response(DeadlineError("The upload took too long to read and transform."))
     except FocalError as error:
-        response = error_response(error.status, error.public)
+        response = error_response(error)
         if isinstance(error, BusyError):
             response.headers["Retry-After"] = str(error.retry_after)
         return response
@@ -289,6 +296,6 @@ def data_url(result: Result) -> str:
     return f"data:{result.content_type};base64,{base64.b64encode(result.data).decode('ascii')}"
 
 
-def error_response(status: int, message: str) -> JSONResponse:
-    body = {"status": status, "error": message}
-    return JSONResponse(body, status_code=status, headers={"Cache-Control": "no-store"})
+def error_response(error: FocalError) -> JSONResponse:
+    body = {"status": error.status, "error": error.public, "docs": error.docs}
+    return JSONResponse(body, status_code=error.status, headers={"Cache-Control": "no-store"})

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from focal.errors import FocalError
+from focal.errors import SettingsError
 
 BOOL_WORDS = {"1": True, "true": True, "yes": True, "on": True}
 BOOL_WORDS |= {"0": False, "false": False, "no": False, "off": False}
@@ -33,10 +33,6 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "detector_runtime": ("auto", "onnxruntime", "openvino", "torch"),
     "detector_precision": ("fp32", "bf16", "f16"),
 }
-
-
-class SettingsError(FocalError):
-    """A setting has a value of the wrong type, or a config file names an unknown setting."""
 
 
 @dataclass(frozen=True)
