@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from tests.test_server import Server, common_args, make_root, start_server
+from tests.test_server import Server, fresh_server
 
 from focal.accept import accepted_types, negotiable_formats
 
@@ -62,11 +62,7 @@ def allowed(accept: str, content_type: str) -> bool:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    folder = tmp_path_factory.mktemp("accept")
-    make_root(folder)
-    running = start_server(folder, common_args(folder, "cache"))
-    yield running
-    running.stop()
+    yield from fresh_server(tmp_path_factory, "accept")
 
 
 @pytest.mark.parametrize("order", ["forward", "backward"])

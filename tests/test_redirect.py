@@ -6,7 +6,7 @@ import socket
 from collections.abc import Iterator
 
 import pytest
-from tests.test_server import Server, common_args, make_root, start_server
+from tests.test_server import Server, fresh_server
 
 from focal.server.app import Service, build_service, redirect_target
 from focal.server.settings import Settings
@@ -76,11 +76,7 @@ def test_local_targets_are_normalised_paths_on_this_host(service: Service) -> No
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    folder = tmp_path_factory.mktemp("redirect")
-    make_root(folder)
-    running = start_server(folder, common_args(folder, "cache"))
-    yield running
-    running.stop()
+    yield from fresh_server(tmp_path_factory, "redirect")
 
 
 def head_of(port: int, target: str) -> str:

@@ -118,6 +118,16 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def fresh_server(factory: pytest.TempPathFactory, tag: str, *extra: str) -> Iterator[Server]:
+    """A server of a test module's own, on a copy of the test root (for a module-scoped fixture:
+    ``yield from fresh_server(tmp_path_factory, "name")``)."""
+    folder = factory.mktemp(tag)
+    make_root(folder)
+    running = start_server(folder, [*common_args(folder, "cache"), *extra])
+    yield running
+    running.stop()
+
+
 def common_args(folder: Path, cache: str) -> list[str]:
     return ["--root", str(folder / "root"), "--cache-dir", str(folder / cache), "--no-face"]
 
