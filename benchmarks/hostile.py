@@ -128,6 +128,12 @@ def tiff_pages(pages: int = 2000, side: int = 2000) -> bytes:
     return bytes(page.tiffsave_buffer(compression="deflate"))
 
 
+def flat_png(side: int = 7000) -> bytes:
+    """A legitimate large still: ``side`` x ``side`` of one colour (1.4 MB for 49 megapixels)."""
+    flat = pyvips.Image.black(side, side).new_from_image([40, 120, 200]).cast("uchar")
+    return bytes(flat.copy(interpretation="srgb").pngsave_buffer(compression=1))
+
+
 def truncated(data: bytes, fraction: float) -> bytes:
     return data[: max(1, int(len(data) * fraction))]
 
@@ -147,6 +153,8 @@ def family() -> list[Hostile]:
         Hostile("webp-canvas-300x3000.webp", lambda: webp_canvas_bomb(300, 3000), "width=64"),
         Hostile("gif-screen-299x2000.gif", lambda: gif_screen_bomb(299, 2000), "width=64"),
         Hostile("gif-screen-30x2048.gif", lambda: gif_screen_bomb(30, 2048), "width=64"),
+        Hostile("gif-at-budget-24x2000.gif", lambda: gif_screen_bomb(24, 2000), "width=64"),
+        Hostile("png-49mp-at-budget.png", lambda: flat_png(7000), "width=3000,blur=2"),
         Hostile("gif-anim-false.gif", lambda: gif_screen_bomb(299, 2000), "width=64,anim=false"),
         Hostile("gif-to-jpeg.gif", lambda: gif_screen_bomb(299, 2000), "width=64,format=jpeg"),
         Hostile("apng-1000x4000.png", lambda: apng_frame_bomb(1000, 4000), "width=64"),
