@@ -11,6 +11,8 @@ Methods:
   thumbor         thumbor 7.8 smart crop with its face detector (/unsafe/meta/WxH/smart/PATH)
   thumbor-feature thumbor smart crop with its face detector, then its feature detector
   focal-face      focal gravity=face, zoom=0, fit=cover (focal.pipeline.transform, format=json)
+  focal-face-published  the same detections placed by the published algorithm alone: centred on
+                  the outer box of every face even when the aspect cannot hold them all
   oracle          the placement that keeps the most faces (the best any method could do)
 
 Reported per aspect and method: the share of faces kept, and the share of images where every
@@ -41,13 +43,23 @@ import harness
 ASPECTS: dict[str, tuple[int, int]] = {"1:1": (1, 1), "4:5": (4, 5), "16:9": (16, 9)}
 MIN_FACE_HEIGHT = 16
 KEPT_SHARE = 0.9
-METHODS = ("center", "libvips", "focal-auto", "thumbor", "thumbor-feature", "focal-face", "oracle")
+METHODS = (
+    "center",
+    "libvips",
+    "focal-auto",
+    "thumbor",
+    "thumbor-feature",
+    "focal-face-published",
+    "focal-face",
+    "oracle",
+)
 LABELS = {
     "center": "center",
     "libvips": "libvips attention",
     "focal-auto": "focal gravity=auto",
     "thumbor": "thumbor smart (face detector)",
     "thumbor-feature": "thumbor smart (face + feature detectors)",
+    "focal-face-published": "focal gravity=face, published placement only",
     "focal-face": "focal gravity=face",
     "oracle": "oracle (best placement)",
 }
@@ -236,6 +248,31 @@ def focal_crop_fn(gravity: str, detector: Any) -> Callable[[Path, tuple[int, int
     return crop
 
 
+def published_crop(path: Path, size: tuple[int, int]) -> Crop:
+    """focal-face's detections (run first, for the same image) placed by the published algorithm
+    alone (geometry.FacePolicy.PUBLISHED)."""
+    from focal import geometry
+    from focal.options import Fit, Gravity
+
+    item = _item_of(path)
+    faces = [geometry.Box(*box) for box, _ in DETECTIONS[path]]
+    source = geometry.Size(item.width, item.height)
+    if not faces:
+        return center_crop(item, size)
+    chosen = geometry.plan(
+        source,
+        size[0],
+        size[1],
+        Fit.COVER,
+        Gravity("face"),
+        faces=faces,
+        zoom=0.0,
+        face_policy=geometry.FacePolicy.PUBLISHED,
+    )
+    crop = chosen.crop
+    return Crop(crop.left, crop.top, crop.width, crop.height)
+
+
 # --- thumbor ----------------------------------------------------------------------------------
 
 
@@ -419,6 +456,7 @@ def build_methods(
     methods.update(thumbor)
     if detector is not None:
         methods["focal-face"] = focal_crop_fn("face", detector)
+        methods["focal-face-published"] = published_crop  # after focal-face: its detections
     else:
         notes["focal-face"] = "focal's detector could not be loaded"
     methods["oracle"] = lambda p, s: oracle_crop(_item_of(p), s)

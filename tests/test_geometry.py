@@ -12,14 +12,17 @@ from focal.geometry import (
     NO_FACE,
     NO_FOCUS,
     Box,
+    FacePolicy,
     FaceRegion,
     Plan,
     Rect,
     Size,
     face_crop_size,
     face_region,
+    faces_that_fit,
     focal_point,
     inference_size,
+    largest_crop,
     outer_box,
     plan,
 )
@@ -489,7 +492,8 @@ def test_face_crop_keeps_the_faces_whenever_the_aspect_allows(
     assert (result.gravity_used, result.fallback) == ("face", None)
     assert result.face is not None
     outer = result.face.outer
-    assert outer == outer_box(faces)
+    kept = [face for face in faces if face not in result.face.left_out]
+    assert outer == outer_box(kept)
     assert_inside(result.crop, image)
     check_sizes(result, width, height, fit)
     if width is None or height is None or fit not in (Fit.COVER, Fit.CROP):
@@ -577,3 +581,68 @@ def test_edge_points_agree_with_the_named_gravities(image: Size, width: int, hei
         by_point = plan(image, width, height, Fit.COVER, point(x, y))
         by_name = plan(image, width, height, Fit.COVER, Gravity(name))
         assert by_point.crop == by_name.crop, name
+
+
+# ---- faces that cannot all fit the output's aspect ratio ---------------------------------------
+
+
+def test_a_tiny_face_far_off_does_not_push_the_main_faces_out() -> None:
+    # a 5:2 picture, two people in the middle and a tiny face at the far left; a 1:1 crop (at
+    # most 1200 wide) cannot hold all three, so the tiny one is left out and the two kept whole
+    image = Size(3000, 1200)
+    people = [Box(1300, 600, 1500, 850), Box(1600, 650, 1800, 900)]
+    tiny = Box(20, 900, 50, 935)
+    result = plan(image, 500, 500, Fit.COVER, G["face"], faces=[tiny, *people], zoom=0.5)
+    assert result.face is not None and result.face.left_out == (tiny,)
+    assert all(holds(result.crop, face) for face in people)
+    published = plan(
+        image,
+        500,
+        500,
+        Fit.COVER,
+        G["face"],
+        faces=[tiny, *people],
+        zoom=0.5,
+        face_policy=FacePolicy.PUBLISHED,
+    )
+    assert not all(holds(published.crop, face) for face in people)  # what the rule fixes
+
+
+@settings(deadline=None, max_examples=300)
+@given(
+    scene=images_with_faces(max_faces=6), width=st.integers(1, 3000), height=st.integers(1, 3000)
+)
+def test_the_fit_policy_keeps_every_face_when_all_fit_and_always_the_largest(
+    scene: tuple[Size, list[Box]], width: int, height: int
+) -> None:
+    image, faces = scene
+    kept = faces_that_fit(faces, image, width / height)
+    largest = max(faces, key=lambda b: b.area)
+    assert any(face.area == largest.area for face in kept)
+    widest, tallest = largest_crop(image.width, image.height, width / height)
+    all_box = rounded_out(outer_box(faces))
+    if all_box.width <= widest and all_box.height <= tallest:
+        assert sorted(kept, key=repr) == sorted(faces, key=repr)
+    assert set(kept) <= set(faces)
+    dropped = [face for face in faces if face not in kept]
+    if dropped:  # only faces no larger than every kept one are left out
+        assert max(face.area for face in dropped) <= min(face.area for face in kept)
+
+
+@settings(deadline=None, max_examples=200)
+@given(
+    scene=images_with_faces(max_faces=6),
+    width=st.integers(1, 3000),
+    height=st.integers(1, 3000),
+    data=st.data(),
+)
+def test_the_fit_policy_does_not_depend_on_the_order_of_detections(
+    scene: tuple[Size, list[Box]], width: int, height: int, data: st.DataObject
+) -> None:
+    image, faces = scene
+    shuffled = data.draw(st.permutations(faces))
+    first = plan(image, width, height, Fit.COVER, G["face"], faces=faces, zoom=0.4)
+    second = plan(image, width, height, Fit.COVER, G["face"], faces=shuffled, zoom=0.4)
+    assert first.crop == second.crop
+    assert first.face is not None and second.face is not None
+    assert sorted(first.face.left_out, key=repr) == sorted(second.face.left_out, key=repr)

@@ -390,3 +390,22 @@ def test_a_header_that_claims_more_than_the_scan_holds_is_served_with_a_warning(
 
 def test_an_intact_jpeg_has_no_warning() -> None:
     assert transform(ASTRONAUT, parse_options("width=100")).source_warning is None
+
+
+def test_json_says_which_faces_a_crop_left_out_and_why() -> None:
+    wide = images.demo("coffee.jpg").resize(2).crop(0, 200, 1000, 400).jpegsave_buffer(Q=90)
+    # a 1000x400 source: two faces in the middle and a tiny one at the far left; a 1:1 crop is at
+    # most 400 wide, so the three cannot all be kept
+    faces = [(5.0, 150.0, 15.0, 162.0), (600.0, 100.0, 680.0, 200.0), (700.0, 110.0, 780.0, 210.0)]
+    _, description = run(
+        wide,
+        "format=json,width=200,height=200,fit=cover,gravity=face",
+        detector=FixedDetector(faces),
+    )
+    assert description["faces_left_out"] == 1
+    left_out = [face for face in description["faces"] if "left_out" in face]
+    assert [face["box"] for face in left_out] == [[5.0, 150.0, 15.0, 162.0]]
+    assert left_out[0]["left_out"] == geometry.LEFT_OUT
+    assert description["outer_box"] == [600.0, 100.0, 780.0, 210.0]
+    crop = description["crop"]
+    assert crop["left"] <= 600 and crop["left"] + crop["width"] >= 780

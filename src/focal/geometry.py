@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from enum import StrEnum
 
 from focal.options import Fit, Gravity
 
@@ -33,8 +34,17 @@ NOT_WITH_TRIM_BORDER = "gravity=face cannot be combined with trim=border"
 DETECTION_FAILED = "face detection failed: "
 NO_FOCUS = "no focus point"
 
+LEFT_OUT = "smaller than the faces kept, and not all faces fit the output's aspect ratio"
+
 CROPPING_FITS = frozenset({Fit.COVER, Fit.CROP})
 NEVER_ENLARGE = frozenset({Fit.SCALE_DOWN, Fit.CROP})
+
+
+class FacePolicy(StrEnum):
+    """What a face crop does when the output's aspect ratio cannot hold every face."""
+
+    FIT = "fit"  # keep the largest faces that fit (docs/cropping.md)
+    PUBLISHED = "published"  # centre on all of them anyway, cutting some
 
 
 @dataclass(frozen=True)
@@ -63,6 +73,10 @@ class Box:
     @property
     def center(self) -> tuple[float, float]:
         return ((self.left + self.right) / 2, (self.top + self.bottom) / 2)
+
+    @property
+    def area(self) -> float:
+        return self.width * self.height
 
     def scaled(self, factor: float) -> Box:
         return Box(self.left * factor, self.top * factor, self.right * factor, self.bottom * factor)
@@ -101,6 +115,7 @@ class FaceRegion:
     crop: Box
     inference: Size
     scale: float
+    left_out: tuple[Box, ...] = ()  # faces that could not fit the output's aspect with the rest
 
 
 @dataclass(frozen=True)
@@ -195,7 +210,7 @@ def face_region(
     with nothing left inside the image is dropped. The crop size is computed on the inference
     image and scaled back; a side capped at the inference image's side becomes the original
     image's side. The crop is centred on the focal point and shifted to stay inside the image."""
-    clipped = [b for b in (_clip(face, image) for face in faces) if b is not None]
+    clipped = [b for b in (clip(face, image) for face in faces) if b is not None]
     if not clipped:
         return None
     inference, factor = inference_size(image, cap)
@@ -224,7 +239,8 @@ def _shift_inside(start: float, length: float, limit: int) -> float:
     return min(max(start, 0.0), limit - length)
 
 
-def _clip(box: Box, image: Size) -> Box | None:
+def clip(box: Box, image: Size) -> Box | None:
+    """The part of ``box`` inside the image (None when nothing is)."""
     left, top = max(box.left, 0.0), max(box.top, 0.0)
     right, bottom = min(box.right, float(image.width)), min(box.bottom, float(image.height))
     if right <= left or bottom <= top:
@@ -389,8 +405,12 @@ def plan(
     zoom: float = 0.0,
     focus: tuple[float, float] | None = None,
     cap: int = 1024,
+    face_policy: FacePolicy = FacePolicy.FIT,
 ) -> Plan:
-    """The crop, resize and canvas for one request (``width``/``height`` already times dpr)."""
+    """The crop, resize and canvas for one request (``width``/``height`` already times dpr).
+
+    ``face_policy``: with a cropping fit whose aspect ratio cannot hold every face, FIT keeps the
+    largest faces that fit (:func:`faces_that_fit`), PUBLISHED centres on all of them anyway."""
     _check_size(source)
     _check_zoom(zoom)
     for name, value in (("width", width), ("height", height)):
@@ -400,6 +420,8 @@ def plan(
     whole = Rect(0, 0, source.width, source.height)
     if width is not None and height is not None and fit in CROPPING_FITS:
         box = crop_target(source, Size(width, height), fit)
+        if choice.face is not None and face_policy is FacePolicy.FIT:
+            choice = _fit_faces(choice, faces, zoom, source, cap, box.width / box.height)
         crop = _cropping_region(source, box, choice, whole)
         resize = _cover_size(crop.size, box, fit)
         return _finish(crop, resize, resize, choice)
@@ -422,6 +444,42 @@ def _cropping_region(source: Size, box: Size, choice: _Choice, whole: Rect) -> R
     if choice.point is not None:
         return _around(choice.point, whole, width, height)
     return _anchored(choice.mode, whole, width, height)
+
+
+def faces_that_fit(faces: Sequence[Box], image: Size, aspect: float) -> tuple[Box, ...]:
+    """The faces a crop of ``aspect`` keeps when the outer box of all of them is wider or taller
+    than the largest such crop of the image: the smallest face is dropped until the outer box of
+    the rest fits. Every face when they all fit; never fewer than the largest one. Ties in size
+    are broken by position, so the answer does not depend on the order of the detections."""
+    widest, tallest = largest_crop(image.width, image.height, aspect)
+    kept = sorted(faces, key=lambda b: (-b.area, b.left, b.top, b.right, b.bottom))
+    while len(kept) > 1 and not _fits(kept, widest, tallest, image):
+        kept.pop()
+    return tuple(kept)
+
+
+def _fits(faces: Sequence[Box], width: int, height: int, image: Size) -> bool:
+    outer = outer_box(faces)
+    if outer is None:
+        return True
+    rect = enclosing_rect(outer, image)
+    return rect.width <= width and rect.height <= height
+
+
+def _fit_faces(
+    choice: _Choice, faces: Sequence[Box], zoom: float, source: Size, cap: int, aspect: float
+) -> _Choice:
+    """The choice for the faces that fit ``aspect`` (the same choice when all of them do)."""
+    clipped = [b for b in (clip(face, source) for face in faces) if b is not None]
+    kept = faces_that_fit(clipped, source, aspect)
+    if len(kept) == len(clipped):
+        return choice
+    region = face_region(kept, zoom, source, cap)
+    if region is None:  # unreachable: the largest face is always kept
+        return choice
+    left_out = tuple(face for face in clipped if face not in kept)
+    region = replace(region, left_out=left_out)
+    return replace(choice, point=region.focal, face=region)
 
 
 def _face_crop(source: Size, aspect: float, face: FaceRegion) -> Rect:

@@ -210,7 +210,7 @@ def _transform(run: _Run, *, fail_on: str) -> Result:
         plan = _auto_plan(pages[0], working, plan, options)
     if faces.fallback:
         plan = replace(plan, fallback=faces.fallback)
-    description = _describe(header, options, plan, faces, fmt, frames)
+    description = _describe(header, options, plan, faces, fmt, frames, working)
     warning = TRUNCATED if fail_on == "none" else None
     description["source_warning"] = warning
     if options.format is Format.JSON:
@@ -440,7 +440,13 @@ def _join(pages: list[pyvips.Image]) -> pyvips.Image:
 
 
 def _describe(
-    header: Header, options: Options, plan: Plan, faces: Faces, fmt: str, frames: int
+    header: Header,
+    options: Options,
+    plan: Plan,
+    faces: Faces,
+    fmt: str,
+    frames: int,
+    working: Size,
 ) -> dict[str, Any]:
     width, height = header.oriented_size
     region = plan.face
@@ -456,10 +462,8 @@ def _describe(
             "format": MIME[header.format],
             "frames": header.frames,
         },
-        "faces": [
-            {"box": [round(v, 1) for v in face.box], "score": round(face.score, 4)}
-            for face in faces.found
-        ],
+        "faces": [_face(face, region, working) for face in faces.found],
+        "faces_left_out": None if region is None else len(region.left_out),
         "outer_box": None if region is None else _box(region.outer),
         "focal_point": None if region is None else [round(v, 1) for v in region.focal],
         "crop": {
@@ -473,6 +477,16 @@ def _describe(
         "fallback": plan.fallback,
         "degraded": faces.degraded,
     }
+
+
+def _face(face: Face, region: geometry.FaceRegion | None, working: Size) -> dict[str, Any]:
+    """A detected face in the json description: its box, its score, and whether the crop keeps
+    it (``left_out`` says why not: docs/cropping.md)."""
+    entry: dict[str, Any] = {"box": [round(v, 1) for v in face.box], "score": round(face.score, 4)}
+    clipped = geometry.clip(Box(*face.box), working)
+    if region is not None and clipped in region.left_out:
+        entry["left_out"] = geometry.LEFT_OUT
+    return entry
 
 
 def _box(box: Box) -> list[float]:
