@@ -131,9 +131,9 @@ def test_animated_strip_steps_equal_frame_by_frame_steps(text: str) -> None:
     plan = geometry.plan(
         Size(97, 61), options.target_width, options.target_height, options.fit, options.gravity
     )
-    by_strip = pipeline._finish_strip(strip, 5, plan, options, 1.0, "webp")
+    by_strip = pipeline._finish_strip(strip, 5, plan, options, 1.0, "webp", [])
     frames = pipeline._split(strip, 5)
-    pages = [pipeline._finish(page, plan, options, 1.0, "webp") for page in frames]
+    pages = [pipeline._finish(page, plan, options, 1.0, "webp", []) for page in frames]
     by_frame = pipeline._join(pages)
     assert (by_strip.width, by_strip.height) == (by_frame.width, by_frame.height)
     assert by_strip.get("page-height") == by_frame.get("page-height") == plan.canvas.height

@@ -12,6 +12,7 @@ FocalError                  base: .status, .public (safe to show), .detail (logs
 ├── ImageError        415   the source is not a decodable image (empty, unreadable, not an image)
 ├── UpstreamError     502   a remote origin failed
 ├── BusyError         503   the image or detector queue is full (carries retry_after)
+├── RedactionError    503   redact=faces without a working face detector (never served unredacted)
 ├── DeadlineError     504   the request's time ran out (its work is cancelled)
 ├── InternalError     500   a defect: the details are in the log only
 ├── ModelMissingError 500   the face model is not installed (says which command installs it)
@@ -97,6 +98,11 @@ class BusyError(FocalError):
     def __init__(self, public: str, *, retry_after: int = 1, detail: str | None = None) -> None:
         super().__init__(public, detail=detail)
         self.retry_after = retry_after
+
+
+class RedactionError(FocalError):
+    status = 503
+    docs = f"{DOCS}#redactionerror"
 
 
 class DeadlineError(FocalError):

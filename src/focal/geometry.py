@@ -507,6 +507,19 @@ def _finish(crop: Rect, resize: Size, canvas: Size, choice: _Choice) -> Plan:
     return Plan(crop, resize, canvas, offset, choice.mode, choice.fallback, choice.face)
 
 
+def output_box(box: Box, plan: Plan) -> Box:
+    """Where a box of the source (the plan's coordinates) lands on the output canvas."""
+    crop, resize = plan.crop, plan.resize
+    sx, sy = resize.width / crop.width, resize.height / crop.height
+    ox, oy = plan.offset
+    return Box(
+        (box.left - crop.left) * sx + ox,
+        (box.top - crop.top) * sy + oy,
+        (box.right - crop.left) * sx + ox,
+        (box.bottom - crop.top) * sy + oy,
+    )
+
+
 def _check_size(size: Size) -> None:
     if size.width < 1 or size.height < 1:
         raise ValueError(f"image size must be at least 1x1, got {size.width}x{size.height}")

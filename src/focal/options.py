@@ -35,6 +35,11 @@ class Format(StrEnum):
     JSON = "json"
 
 
+class RedactStyle(StrEnum):
+    BLUR = "blur"
+    PIXELATE = "pixelate"
+
+
 class Metadata(StrEnum):
     KEEP = "keep"
     COPYRIGHT = "copyright"
@@ -102,11 +107,18 @@ class Options:
     metadata: Metadata = Metadata.COPYRIGHT
     anim: bool = True
     onerror: str | None = None  # "redirect"
+    redact: bool = False  # redact=faces: blur or pixelate every detected face
+    redact_style: RedactStyle = RedactStyle.BLUR
+    redact_strength: int = 50
+
+    @property
+    def face_gravity(self) -> bool:
+        return self.gravity.mode is GravityMode.FACE
 
     @property
     def needs_faces(self) -> bool:
-        """Whether this transformation runs the face detector."""
-        return self.gravity.mode is GravityMode.FACE
+        """Whether this transformation runs the face detector (gravity=face, redact=faces)."""
+        return self.face_gravity or self.redact
 
     @property
     def target_width(self) -> int | None:
@@ -429,6 +441,30 @@ OPTIONS: tuple[OptionSpec, ...] = (
         "true",
     ),
     OptionSpec(
+        "redact",
+        (),
+        _choice({"faces": True}),
+        "faces",
+        "blur (or pixelate) every detected face, on any fit and gravity, every frame",
+        "none",
+    ),
+    OptionSpec(
+        "redact_style",
+        ("redact-style",),
+        _enum(RedactStyle),
+        "blur, pixelate",
+        "with redact=faces: how faces are hidden",
+        "blur",
+    ),
+    OptionSpec(
+        "redact_strength",
+        ("redact-strength",),
+        _integer(1, 100),
+        "1..100",
+        "with redact=faces: blur radius or block size, in hundredths of the face's size",
+        "50",
+    ),
+    OptionSpec(
         "onerror",
         (),
         _choice({"redirect": "redirect"}),
@@ -473,9 +509,21 @@ class Rule:
 
 RULES: tuple[Rule, ...] = (
     Rule(
+        "redact-style",
+        "redact=faces alongside it",
+        lambda o: o.redact_style is not RedactStyle.BLUR and not o.redact,
+        lambda o: f"redact-style={o.redact_style.value} without it",
+    ),
+    Rule(
+        "redact-strength",
+        "redact=faces alongside it",
+        lambda o: o.redact_strength != 50 and not o.redact,
+        lambda o: f"redact-strength={o.redact_strength} without it",
+    ),
+    Rule(
         "zoom",
         "gravity=face alongside it",
-        lambda o: o.zoom != 0 and not o.needs_faces,
+        lambda o: o.zoom != 0 and not o.face_gravity,
         lambda o: f"zoom={o.zoom:g} without it",
     ),
 )

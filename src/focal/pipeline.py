@@ -27,7 +27,7 @@ from focal import geometry, steps
 from focal.decode import ANIMATED, MIME, Header, check, jpeg_shrink, load, read_header
 from focal.detection import DetectionFailed, Detector, Face
 from focal.encode import ANIMATES, KEEPS_ALPHA, choose_format, content_type, encode
-from focal.errors import DeadlineError, ImageError, LimitError, OptionError
+from focal.errors import DeadlineError, ImageError, LimitError, OptionError, RedactionError
 from focal.geometry import (
     DETECTION_FAILED,
     NO_DETECTOR,
@@ -208,9 +208,12 @@ def _transform(run: _Run, *, fail_on: str) -> Result:
         strip, pages = _prepare_all(image, frames, options, header)
     if options.gravity.mode is GravityMode.AUTO:
         plan = _auto_plan(pages[0], working, plan, options)
-    if faces.fallback:
+    if faces.fallback and options.face_gravity:
         plan = replace(plan, fallback=faces.fallback)
+    hidden = _redactions(run, header, working, plan, faces, frames, timer, fail_on)
     description = _describe(header, options, plan, faces, fmt, frames, working)
+    if options.redact:
+        description["redacted"] = sum(len(boxes) for boxes in hidden)
     warning = TRUNCATED if fail_on == "none" else None
     description["source_warning"] = warning
     if options.format is Format.JSON:
@@ -223,9 +226,13 @@ def _transform(run: _Run, *, fail_on: str) -> Result:
     with timer("process"):
         loaded_scale = pages[0].width / working.width
         if strip is not None:
-            joined = _finish_strip(strip, frames, plan, options, loaded_scale, fmt)
+            joined = _finish_strip(strip, frames, plan, options, loaded_scale, fmt, hidden)
         else:
-            joined = _join([_finish(page, plan, options, loaded_scale, fmt) for page in pages])
+            finished = [
+                _finish(page, plan, options, loaded_scale, fmt, hidden[i] if hidden else [])
+                for i, page in enumerate(pages)
+            ]
+            joined = _join(finished)
         if joined.width * joined.height <= MATERIALISE_PIXELS:
             joined = (
                 joined.copy_memory()
@@ -356,6 +363,62 @@ def _detect(run: _Run, header: Header, working: Size, timer: Timer, fail_on: str
     return Faces(found=faces)
 
 
+def _redactions(
+    run: _Run,
+    header: Header,
+    working: Size,
+    plan: Plan,
+    faces: Faces,
+    frames: int,
+    timer: Timer,
+    fail_on: str,
+) -> list[list[Box]]:
+    """With redact=faces: the face boxes to hide, per output frame, on the output canvas. Every
+    frame of an animation is detected on its own (faces move). Never fails open: without a
+    working detector the request fails (RedactionError) instead of showing the faces."""
+    if not run.options.redact:
+        return []
+    detector = run.detector
+    if detector is None or faces.fallback not in (None, NO_FACE):
+        raise RedactionError(
+            "Faces cannot be redacted now (" + (faces.fallback or NO_DETECTOR) + "): "
+            "the image is not served unredacted"
+        )
+    if frames == 1:
+        found = [faces.found]
+    else:
+        found = _detect_frames(run, detector, header, working, frames, timer, fail_on)
+    return [[geometry.output_box(Box(*face.box), plan) for face in each] for each in found]
+
+
+def _detect_frames(
+    run: _Run,
+    detector: Detector,
+    header: Header,
+    working: Size,
+    frames: int,
+    timer: Timer,
+    fail_on: str,
+) -> list[tuple[Face, ...]]:
+    """The faces of every frame of an animation, in one batch, in working pixels."""
+    inference, factor = geometry.inference_size(working, INFERENCE_CAP)
+    with timer("decode"):
+        strip = run.cancel.watch(load(run.data, header, animated=True, fail_on=fail_on))
+        arrays = [
+            steps.inference_array(_prepare(page, run.options, header), inference)
+            for page in _split(strip, frames)
+        ]
+    try:
+        with timer("detect"):
+            found = detector.detect(arrays)
+    except DetectionFailed as error:
+        raise RedactionError(
+            f"Faces cannot be redacted now ({DETECTION_FAILED}{error}): "
+            "the image is not served unredacted"
+        ) from None
+    return [tuple(face.scaled(factor) for face in each) for each in found]
+
+
 def _auto_plan(page: pyvips.Image, working: Size, plan: Plan, options: Options) -> Plan:
     scale = page.width / working.width
     crop = Size(max(1, round(plan.crop.width * scale)), max(1, round(plan.crop.height * scale)))
@@ -395,13 +458,19 @@ def _check_output(plan: Plan, frames: int, limits: Limits) -> None:
 
 
 def _finish(
-    page: pyvips.Image, plan: Plan, options: Options, loaded_scale: float, fmt: str
+    page: pyvips.Image,
+    plan: Plan,
+    options: Options,
+    loaded_scale: float,
+    fmt: str,
+    hidden: list[Box],
 ) -> pyvips.Image:
     page = steps.crop_resize(page, plan, loaded_scale)
     page = steps.pad(page, plan, options.background)
     page = steps.adjust(page, options)
     page = steps.blur(page, options.blur)
     page = steps.sharpen(page, options.sharpen)
+    page = steps.redact(page, hidden, options.redact_style, options.redact_strength)
     return steps.flatten(page, options.background, fmt in KEEPS_ALPHA)
 
 
@@ -412,6 +481,7 @@ def _finish_strip(
     options: Options,
     loaded_scale: float,
     fmt: str,
+    hidden: list[list[Box]],
 ) -> pyvips.Image:
     """:func:`_finish` of every frame of a strip, without a pipeline per frame where the step
     reads no neighbouring pixels across a frame's edge (blur and sharpen run frame by frame)."""
@@ -423,6 +493,10 @@ def _finish_strip(
             strip,
             frames,
             lambda page: steps.sharpen(steps.blur(page, options.blur), options.sharpen),
+        )
+    if hidden:
+        strip = steps.redact_strip(
+            strip, frames, hidden, options.redact_style, options.redact_strength
         )
     strip = steps.flatten(strip, options.background, fmt in KEEPS_ALPHA)
     strip = strip.copy()

@@ -10,14 +10,15 @@ so no resampling kernel reads a neighbouring frame's rows.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
 import pyvips
 
 from focal.detection import RGBImage
-from focal.geometry import Plan, Size
-from focal.options import RGBA, Options, Trim
+from focal.geometry import Box, Plan, Size
+from focal.options import RGBA, Options, RedactStyle, Trim
 
 MAX_COORD = 10_000_000  # libvips' largest image width or height
 
@@ -124,6 +125,61 @@ def pad(frame: pyvips.Image, plan: Plan, background: RGBA | None) -> pyvips.Imag
     fill = list(colour) if frame.hasalpha() else list(colour[:3])
     left, top = plan.offset
     return frame.embed(left, top, canvas.width, canvas.height, extend="background", background=fill)
+
+
+REDACT_MARGIN = 0.2  # each side of a face box grows by this share of the box before it is hidden
+
+
+def redact(
+    frame: pyvips.Image,
+    boxes: list[Box],
+    style: RedactStyle,
+    strength: int,
+    rows: tuple[int, int] | None = None,
+) -> pyvips.Image:
+    """Blur or pixelate each box (grown by REDACT_MARGIN, kept inside ``rows`` of the frame,
+    default all): the blur radius or the block is ``strength`` hundredths of half the box's
+    longer side, so a face is unrecognisable at any output size."""
+    top_limit, bottom_limit = rows if rows is not None else (0, frame.height)
+    for box in boxes:
+        grow_x, grow_y = box.width * REDACT_MARGIN, box.height * REDACT_MARGIN
+        left = max(0, math.floor(box.left - grow_x))
+        top = max(top_limit, math.floor(box.top - grow_y))
+        right = min(frame.width, math.ceil(box.right + grow_x))
+        bottom = min(bottom_limit, math.ceil(box.bottom + grow_y))
+        if right - left < 1 or bottom - top < 1:
+            continue
+        region = frame.crop(left, top, right - left, bottom - top)
+        size = max(box.width, box.height) / 2 * strength / 100
+        frame = frame.insert(_hidden(region, style, size), left, top)
+    return frame
+
+
+def _hidden(region: pyvips.Image, style: RedactStyle, size: float) -> pyvips.Image:
+    if style is RedactStyle.PIXELATE:
+        block = max(2, round(size))
+        small = region.shrink(min(block, region.width), min(block, region.height))
+        big = small.zoom(
+            math.ceil(region.width / small.width), math.ceil(region.height / small.height)
+        )
+        return big.crop(0, 0, region.width, region.height)
+    return region.gaussblur(max(2.0, size / 2), precision="integer").cast(region.format)
+
+
+def redact_strip(
+    strip: pyvips.Image,
+    count: int,
+    boxes: list[list[Box]],
+    style: RedactStyle,
+    strength: int,
+) -> pyvips.Image:
+    """:func:`redact` of every frame of a strip, each frame with its own boxes (frame coords)."""
+    height = strip.height // count
+    for index, frame_boxes in enumerate(boxes):
+        top = index * height
+        moved = [Box(b.left, b.top + top, b.right, b.bottom + top) for b in frame_boxes]
+        strip = redact(strip, moved, style, strength, rows=(top, top + height))
+    return strip
 
 
 def adjust(frame: pyvips.Image, options: Options) -> pyvips.Image:

@@ -399,7 +399,7 @@ async def produce(service: Service, request: Request, trace: Trace) -> Response:
     meta = meta_for(result, key)
     if service.cache is not None and cacheable(options, result, accept):
         await run_in_threadpool(service.cache.put, key, meta, result.data)
-    if result.fallback and options.needs_faces:
+    if result.fallback and options.face_gravity:
         service.metrics.record_fallback()
     return variant_response(request, settings, (meta, result), source.last_modified, trace)
 
@@ -473,7 +473,7 @@ def variant_headers(
     else:
         headers["Cache-Control"] = f"public, max-age={settings.max_age}"
         headers["ETag"] = meta.etag
-    if result.fallback and trace.options is not None and trace.options.needs_faces:
+    if result.fallback and trace.options is not None and trace.options.face_gravity:
         headers["Focal-Gravity-Fallback"] = header_text(result.fallback)
     if result.source_warning:
         headers["Focal-Source-Warning"] = header_text(result.source_warning)
