@@ -311,3 +311,29 @@ def test_keyboard_reaches_the_controls_with_a_visible_focus(
     assert float(page.input_value("#zoom")) == pytest.approx(before + 0.05)
     assert page.inner_text("#zoom-value") == page.input_value("#zoom")
     assert page.get_by_role("button", name="Copy URL").is_enabled()
+
+
+def test_redacting_faces_hides_the_face_in_the_result(
+    page: Any, focal_server: Server, artifacts: Path
+) -> None:
+    base = focal_server.base
+    page.goto(f"{base}/")
+    wait_done(page)
+    page.get_by_label("Sample image").select_option("astronaut.jpg")
+    page.get_by_label("Width (px)").fill("256")
+    page.get_by_label("Height (px)").fill("256")
+    page.get_by_label("Fit").select_option("cover")
+    page.get_by_label("Gravity").select_option("")
+    page.get_by_label("Redact faces").select_option("pixelate")
+    page.get_by_role("button", name="Transform").click()
+    wait_done(page)
+    options = "width=256,height=256,fit=cover,redact=faces,redact-style=pixelate"
+    url = f"{base}/cdn-cgi/image/{options}/astronaut.jpg"
+    assert page.input_value("#url") == url
+    page.screenshot(path=str(artifacts / "playground-redact.png"), full_page=True)
+    description = httpx.get(url.replace(options, options + ",format=json"), timeout=60).json()
+    assert description["redacted"] == len(description["faces"]) >= 1
+    hidden = httpx.get(url, timeout=60)
+    plain = httpx.get(url.replace(",redact=faces,redact-style=pixelate", ""), timeout=60)
+    assert hidden.status_code == plain.status_code == 200
+    assert hidden.content != plain.content

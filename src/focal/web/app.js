@@ -14,7 +14,7 @@
   const fields = {
     sample: $("sample"), upload: $("upload"), width: $("width"), height: $("height"),
     fit: $("fit"), gravity: $("gravity"), gx: $("gravity-x"), gy: $("gravity-y"),
-    zoom: $("zoom"), format: $("format"), quality: $("quality"),
+    zoom: $("zoom"), format: $("format"), quality: $("quality"), redact: $("redact"),
   };
 
   let source = null; // {kind: "sample", name} or {kind: "upload", file}
@@ -44,6 +44,8 @@
       parts.push(`gravity=${gravity}`);
     }
     if (gravity === "face") parts.push(`zoom=${fields.zoom.value}`);
+    if (fields.redact.value) parts.push("redact=faces");
+    if (fields.redact.value === "pixelate") parts.push("redact-style=pixelate");
     if (fields.format.value) parts.push(`format=${fields.format.value}`);
     const quality = numberField(fields.quality, "Quality");
     if (quality) parts.push(`quality=${quality}`);
