@@ -123,7 +123,7 @@ def _transform(
         cap=INFERENCE_CAP,
     )
     frames = header.frames if animated else 1
-    _check_output(plan, frames, limits)
+    _check_output(plan, frames, limits, steps.border_sides(options.border, options.dpr))
     shrink = 1 if options.trim and options.trim.border else _shrink_for(header, plan)
     with timer("decode"):
         image = load(data, header, animated=animated, shrink=shrink)
@@ -133,6 +133,9 @@ def _transform(
     if faces.fallback:
         plan = replace(plan, fallback=faces.fallback)
     description = _describe(header, options, plan, faces, fmt, frames)
+    extra_w, extra_h = _border_size(options)
+    description["width"] += extra_w
+    description["height"] += extra_h
     if options.format is Format.JSON:
         description["timings"] = dict(timer.ms)
         body = json.dumps(description, indent=2).encode()
@@ -150,7 +153,15 @@ def _transform(
     with timer("encode"):
         body = encode(joined, fmt, options)
     description["timings"] = dict(timer.ms)
-    return _result(body, content_type(fmt), fmt, plan, faces, negotiated, description, timer)
+    result = _result(body, content_type(fmt), fmt, plan, faces, negotiated, description, timer)
+    if extra_w or extra_h:
+        result = replace(result, width=result.width + extra_w, height=result.height + extra_h)
+    return result
+
+
+def _border_size(options: Options) -> tuple[int, int]:
+    top, right, bottom, left = steps.border_sides(options.border, options.dpr)
+    return left + right, top + bottom
 
 
 def _result(
@@ -188,13 +199,14 @@ def _working_size(header: Header, options: Options) -> Size:
     width, height = header.oriented_size
     trim = options.trim
     if trim is not None and not trim.border:
-        width -= trim.left + trim.right
-        height -= trim.top + trim.bottom
-        if width < 1 or height < 1:
+        top, right, bottom, left = trim.sides(width, height)
+        width -= left + right
+        height -= top + bottom
+        if width < 1 or height < 1 or min(right, bottom) < 0:
             raise OptionError(
                 f"Expected a trim smaller than the image ({header.oriented_size[0]}x"
-                f"{header.oriented_size[1]}) for trim but received '{trim.top};{trim.right};"
-                f"{trim.bottom};{trim.left}'"
+                f"{header.oriented_size[1]}) for trim but received '{top};{right};"
+                f"{bottom};{left}'"
             )
     if options.rotate in (90, 270):
         width, height = height, width
@@ -292,11 +304,15 @@ def _auto_plan(page: pyvips.Image, working: Size, plan: Plan, options: Options) 
     )
 
 
-def _check_output(plan: Plan, frames: int, limits: Limits) -> None:
-    pixels = plan.canvas.width * plan.canvas.height * frames
+def _check_output(
+    plan: Plan, frames: int, limits: Limits, border: tuple[int, int, int, int] = (0, 0, 0, 0)
+) -> None:
+    width = plan.canvas.width + border[1] + border[3]
+    height = plan.canvas.height + border[0] + border[2]
+    pixels = width * height * frames
     if pixels > limits.max_output_pixels:
         raise LimitError(
-            f"The output would be {plan.canvas.width}x{plan.canvas.height}"
+            f"The output would be {width}x{height}"
             f"{f' x {frames} frames' if frames > 1 else ''}: expected at most "
             f"{limits.max_output_pixels / 1e6:g} megapixels"
         )
@@ -310,6 +326,7 @@ def _finish(
     page = steps.adjust(page, options)
     page = steps.blur(page, options.blur)
     page = steps.sharpen(page, options.sharpen)
+    page = steps.border(page, options.border, options.dpr)
     return steps.flatten(page, options.background, fmt in KEEPS_ALPHA)
 
 
@@ -331,6 +348,10 @@ def _finish_strip(
             strip,
             frames,
             lambda page: steps.sharpen(steps.blur(page, options.blur), options.sharpen),
+        )
+    if options.border is not None:
+        strip = steps.each(
+            strip, frames, lambda page: steps.border(page, options.border, options.dpr)
         )
     strip = steps.flatten(strip, options.background, fmt in KEEPS_ALPHA)
     strip = strip.copy()
