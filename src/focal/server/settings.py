@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.resources
+import json
 import os
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -24,7 +25,7 @@ from focal.errors import FocalError
 
 BOOL_WORDS = {"1": True, "true": True, "yes": True, "on": True}
 BOOL_WORDS |= {"0": False, "false": False, "no": False, "off": False}
-KINDS = ("str", "int", "float", "bool", "path", "list")
+KINDS = ("str", "int", "float", "bool", "path", "list", "table")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 # string settings with a closed set of values (the runtime names are focal.runtime's and torch)
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -58,8 +59,8 @@ class Setting:
     def shown_default(self) -> str:
         if self.name == "root":
             return "the bundled demo images (focal/demo)"
-        if self.kind == "list":
-            return "(empty)" if not self.default else ", ".join(self.default)
+        if self.kind in ("list", "table"):
+            return "(empty)" if not self.default else ", ".join(map(str, self.default))
         if self.kind == "bool":
             return "true" if self.default else "false"
         return str(self.default)
@@ -165,6 +166,22 @@ SETTINGS: tuple[Setting, ...] = (
         "torch only: release the model (and GPU memory) after this many idle seconds; 0 never.",
     ),
     _s("detection_cache_entries", "int", 1024, "detector", "Detections kept per image content."),
+    _s(
+        "presets",
+        "table",
+        (),
+        "presets",
+        "Named option sets, used in URLs as /cdn-cgi/image/<name>/<source> or preset=<name> "
+        '(docs/frameworks.md). TOML: presets = {avatar = "width=256,height=256,fit=cover"}; '
+        'environment and flag: a JSON object, {"avatar": "width=256,height=256,fit=cover"}.',
+    ),
+    _s(
+        "presets_only",
+        "bool",
+        False,
+        "presets",
+        "Serve presets only: a URL with any other option is refused with 403.",
+    ),
     _s("log_level", "str", "info", "server", "One of debug, info, warning, error."),
     _s("playground", "bool", True, "server", "Serve the playground page at /."),
 )
@@ -211,6 +228,8 @@ class Settings:
     detector_device: str = "auto"
     detector_idle_offload_s: float = 300.0
     detection_cache_entries: int = 1024
+    presets: tuple[tuple[str, str], ...] = ()
+    presets_only: bool = False
     log_level: str = "info"
     playground: bool = True
 
@@ -254,6 +273,20 @@ def _to_list(setting: Setting, value: object, source: str) -> tuple[str, ...]:
     raise _bad(setting, "a list of strings", value, source)
 
 
+def _to_table(setting: Setting, value: object, source: str) -> tuple[tuple[str, str], ...]:
+    """A TOML table of strings, or (environment, flag) the same as a JSON object."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value) if value.strip() else {}
+        except json.JSONDecodeError:
+            raise _bad(setting, "a JSON object of strings", value, source) from None
+    if isinstance(value, dict) and all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        return tuple(sorted(value.items()))
+    raise _bad(setting, "a table of strings", value, source)
+
+
 def convert(setting: Setting, value: object, source: str) -> Any:
     """``value`` (from a TOML file, the environment or a flag) as the setting's type."""
     if setting.kind == "bool":
@@ -262,6 +295,8 @@ def convert(setting: Setting, value: object, source: str) -> Any:
         return _to_number(setting, value, source)
     if setting.kind == "list":
         return _to_list(setting, value, source)
+    if setting.kind == "table":
+        return _to_table(setting, value, source)
     if not isinstance(value, str):
         raise _bad(setting, "a string", value, source)
     if setting.kind == "path":
@@ -374,6 +409,7 @@ GROUP_TITLES = {
     "cache": "Variant cache",
     "signing": "Signed URLs",
     "limits": "Limits",
+    "presets": "Presets",
     "detector": "Face detector",
 }
 
