@@ -50,6 +50,10 @@ def test_quality_names_of_cloudflare_and_astro(text: str, quality: int) -> None:
     assert parse_options(f"scq={text}").slow_connection_quality == quality
 
 
+def test_format_jpg_is_jpeg() -> None:
+    assert parse_options("format=jpg") == parse_options("format=jpeg")
+
+
 def test_fit_names_frameworks_emit() -> None:
     assert parse_options("fit=fill").fit is Fit.SQUEEZE
     assert parse_options("fit=inside").fit is Fit.CONTAIN

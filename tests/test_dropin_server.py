@@ -4,18 +4,15 @@ variant cache, sources written as ``//a.jpg`` or percent-encoded URLs, Cloudflar
 
 from __future__ import annotations
 
-import functools
-import http.server
 import json
 import shutil
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 import pyvips
-from tests.live import Live, serve
+from tests.live import Live, serve, static_origin
 
 DEMO = Path(__file__).resolve().parents[1] / "src" / "focal" / "demo"
 AVATAR = "width=256,height=256,fit=cover,gravity=face,zoom=0.6"
@@ -32,18 +29,8 @@ def origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A plain HTTP server on loopback holding coffee.jpg: a remote origin."""
     folder = tmp_path_factory.mktemp("origin")
     shutil.copy(DEMO / "coffee.jpg", folder / "coffee.jpg")
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args: object) -> None:
-            pass
-
-    handler = functools.partial(Quiet, directory=str(folder))
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+    with static_origin(folder) as base:
+        yield base
 
 
 @pytest.fixture(scope="module")

@@ -352,6 +352,11 @@ def _upscale(name: str, text: str) -> str:
     return value
 
 
+def _format(name: str, text: str) -> Format:
+    value: Format = _enum(Format)(name, "jpeg" if text == "jpg" else text)  # type: ignore[assignment]
+    return value
+
+
 def _fit(name: str, text: str) -> Fit:
     if text in FIT_REFUSED:
         raise unsupported(f"{name}={text}", FIT_REFUSED[text])
@@ -448,8 +453,8 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec(
         "format",
         ("f",),
-        _enum(Format),
-        "auto, avif, webp, jpeg, baseline-jpeg, png, gif, json",
+        _format,
+        "auto, avif, webp, jpeg (or jpg), baseline-jpeg, png, gif, json",
         "output format; auto = the best the Accept header allows; json = a description",
         "the source's",
     ),
