@@ -139,7 +139,8 @@ def _transform(
     if options.format is Format.JSON:
         description["timings"] = dict(timer.ms)
         body = json.dumps(description, indent=2).encode()
-        return _result(body, "application/json", "json", plan, faces, False, description, timer)
+        result = _result(body, "application/json", "json", plan, faces, False, description, timer)
+        return replace(result, width=description["width"], height=description["height"])
     with timer("process"):
         loaded_scale = pages[0].width / working.width
         if strip is not None:
