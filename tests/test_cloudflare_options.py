@@ -87,7 +87,8 @@ def test_border_forms() -> None:
         Border(5, 10, 5, 10, (0, 0, 0, 0))
     )
     assert parse_options("border=width:3").border == Border(3, 3, 3, 3)
-    for bad in ("border=10", "border=width:10;top:2", "border=width:5000", "border=width:1;x:2"):
+    bad_ones = ("border=10", "border=width:10;top:2", "border=width:5000", "border=width:1;x:2")
+    for bad in (*bad_ones, "border=width:\u00b2", "border=width:"):
         with pytest.raises(OptionError, match="for border but received"):
             parse_options(bad)
     assert "border=" in normalise(parse_options("border=width:3"))

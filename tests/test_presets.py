@@ -94,3 +94,9 @@ def test_slow_connection_quality(headers: dict[str, str], slow: bool) -> None:
     options, vary = hints.resolve(parse_options("quality=80,scq=30"), headers)
     assert options.quality == (30 if slow else 80)
     assert vary == ("Save-Data", "ECT", "RTT", "Downlink")
+
+
+def test_hints_that_are_not_short_ascii_numbers_are_ignored() -> None:
+    options = parse_options("width=auto")
+    for value in ("\uff16\uff14\uff10", "1" * 40, "-5", "inf", "abc"):
+        assert hints.resolve(options, {"sec-ch-width": value})[0].width is None, value

@@ -383,7 +383,7 @@ def _border(name: str, text: str) -> Border:
         if key in ("color", "colour"):
             colour = _colour(name, value)
             continue
-        if not value.isdigit() or int(value) > MAX_BORDER:
+        if re.fullmatch(r"[0-9]{1,4}", value) is None or int(value) > MAX_BORDER:
             raise expected(name, what, text)
         if key == "width":
             sides = dict.fromkeys(sides, int(value))

@@ -29,7 +29,7 @@ SLOW_ECT = ("slow-2g", "2g", "3g")
 def _number(headers: Mapping[str, str], *names: str) -> float | None:
     for name in names:
         text = headers.get(name.lower())
-        if text is None:
+        if text is None or len(text) > 16 or not text.isascii():
             continue
         try:
             value = float(text.strip())
