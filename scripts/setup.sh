@@ -12,5 +12,10 @@ fi
 VENV_PY="$ROOT/.venv/bin/python"
 SPEC="$ROOT"
 [ -n "$EXTRAS" ] && SPEC="$ROOT[$EXTRAS]"
+# the distribution was called "focal" before it became "focal-images": drop an old editable install
+rm -rf "$ROOT/src/focal.egg-info"
+if "$VENV_PY" -m pip show --quiet focal >/dev/null 2>&1; then
+  "$VENV_PY" -m pip uninstall --quiet --yes focal
+fi
 "$VENV_PY" -m pip install --quiet --disable-pip-version-check -e "$SPEC"
 "$VENV_PY" -m focal models fetch

@@ -11,6 +11,9 @@ fi
 bash scripts/setup.sh test
 # the torch runtime's tests run on the CPU build of torch (docs/gpu.md)
 .venv/bin/python -m pip install --quiet --disable-pip-version-check torch==2.13.0
+# the JavaScript URL builder's tests, and the web frameworks' URL builders the Python tests run
+(cd js && node --test)
+(cd tests/frameworks && npm ci --no-audit --no-fund --omit=peer --loglevel=error)
 .venv/bin/ruff check src tests benchmarks scripts
 .venv/bin/ruff format --check src tests benchmarks scripts
 .venv/bin/mypy

@@ -17,6 +17,8 @@ def choose_format(
 ) -> tuple[str, bool]:
     """(output format, whether it was negotiated from Accept)."""
     asked = options.format
+    if asked is Format.AUTO and options.compression == "fast":  # the quickest to encode
+        return _fallback(header, animated), False
     if asked is Format.AUTO:
         for fmt in negotiable_formats(accept):
             if fmt in ANIMATES or not animated:
@@ -68,12 +70,13 @@ def _metadata(image: pyvips.Image, mode: Metadata) -> tuple[pyvips.Image, str]:
 def encode(image: pyvips.Image, fmt: str, options: Options) -> bytes:
     image, keep = _metadata(image, options.metadata)
     quality = options.quality
+    fast = options.compression == "fast"
     if fmt in ("jpeg", "baseline-jpeg"):
         data: bytes = image.jpegsave_buffer(
-            Q=quality, interlace=fmt == "jpeg", optimize_coding=True, keep=keep
+            Q=quality, interlace=fmt == "jpeg" and not fast, optimize_coding=not fast, keep=keep
         )
     elif fmt == "png":
-        data = image.pngsave_buffer(compression=6, keep=keep)
+        data = image.pngsave_buffer(compression=1 if fast else 6, keep=keep)
     elif fmt == "webp":
         data = image.webpsave_buffer(Q=quality, effort=2, keep=keep)
     elif fmt == "avif":

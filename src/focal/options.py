@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
-from focal.errors import expected
+from focal.errors import OptionError, expected
 
 
 class Fit(StrEnum):
@@ -72,13 +72,34 @@ class Gravity:
 
 @dataclass(frozen=True)
 class Trim:
-    """Pixels to cut from each side, or ``border`` to cut a uniform border."""
+    """Pixels to cut from each side, or ``border`` to cut a uniform border. ``width`` and
+    ``height`` (from ``trim.width``/``trim.height``) keep that many pixels from ``left``/``top``
+    instead of naming the right and bottom cuts."""
 
     top: int = 0
     right: int = 0
     bottom: int = 0
     left: int = 0
     border: bool = False
+    width: int | None = None
+    height: int | None = None
+
+    def sides(self, width: int, height: int) -> tuple[int, int, int, int]:
+        """(top, right, bottom, left) in pixels for an image of ``width`` x ``height``."""
+        right = self.right if self.width is None else width - self.left - self.width
+        bottom = self.bottom if self.height is None else height - self.top - self.height
+        return self.top, right, bottom, self.left
+
+
+@dataclass(frozen=True)
+class Border:
+    """A border added around the image after resizing (pixels before ``dpr``), in ``colour``."""
+
+    top: int = 0
+    right: int = 0
+    bottom: int = 0
+    left: int = 0
+    colour: tuple[int, int, int, int] = (0, 0, 0, 255)
 
 
 RGBA = tuple[int, int, int, int]
@@ -110,6 +131,44 @@ class Options:
     redact: bool = False  # redact=faces: blur or pixelate every detected face
     redact_style: RedactStyle = RedactStyle.BLUR
     redact_strength: int = 50
+    border: Border | None = None
+    compression: str | None = None  # "fast"
+    slow_connection_quality: int | None = None  # the quality on a slow connection (client hints)
+    upscale: str | None = None  # "interpolate" (the only upscaling focal does)
+    segment: str | None = None  # never set: the option is refused
+    width_auto: bool = False  # width=auto: the server fills width from the client's hints
+    # trim.top, trim.right, ...: folded into ``trim`` when the options are made
+    trim_top: int | None = None
+    trim_right: int | None = None
+    trim_bottom: int | None = None
+    trim_left: int | None = None
+    trim_width: int | None = None
+    trim_height: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.width == WIDTH_AUTO:
+            object.__setattr__(self, "width", None)
+            object.__setattr__(self, "width_auto", True)
+        sides = {name: getattr(self, "trim_" + name) for name in TRIM_PARTS}
+        given = {name: value for name, value in sides.items() if value is not None}
+        if not given:
+            return
+        if self.trim is not None:
+            raise expected("trim", "either trim=top;right;bottom;left or trim.* options", given)
+        for side, size in (("right", "width"), ("bottom", "height")):
+            if side in given and size in given:
+                raise expected(f"trim.{size}", f"no trim.{side} alongside it", given)
+        trim = Trim(
+            top=given.get("top", 0),
+            right=given.get("right", 0),
+            bottom=given.get("bottom", 0),
+            left=given.get("left", 0),
+            width=given.get("width"),
+            height=given.get("height"),
+        )
+        object.__setattr__(self, "trim", trim)
+        for name in TRIM_PARTS:
+            object.__setattr__(self, "trim_" + name, None)
 
     @property
     def face_gravity(self) -> bool:
@@ -132,7 +191,26 @@ class Options:
 # --- parsing -----------------------------------------------------------------------------------
 
 MAX_DIMENSION = 12000
-QUALITY_NAMES = {"high": 90, "medium-high": 80, "medium-low": 65, "low": 50}
+MAX_BORDER = 1000
+WIDTH_AUTO = -1  # what the width parser gives for width=auto (Options turns it into width_auto)
+TRIM_PARTS = ("top", "right", "bottom", "left", "width", "height")
+# Cloudflare's perceptual names, then Astro's (mid, max), which its Cloudflare service passes on
+QUALITY_NAMES = {
+    "high": 90,
+    "medium-high": 80,
+    "medium-low": 65,
+    "low": 50,
+    "mid": 65,
+    "max": 100,
+}
+# other names for fit values that frameworks emit: CSS object-fit / sharp names
+FIT_ALIASES = {"fill": "squeeze", "inside": "contain"}
+# fit values that frameworks or Cloudflare emit and focal refuses, with what to use instead
+FIT_REFUSED = {
+    "outside": "it has no Cloudflare equivalent; use fit=cover (fills the box, cropping)",
+    "none": "it would not resize; leave width and height out instead",
+    "aspect-crop": "use fit=crop (which also never enlarges) or fit=cover",
+}
 GRAVITY_MODES = tuple(mode.value for mode in GravityMode if mode is not GravityMode.POINT)
 FLIPS = {"h": "h", "v": "v", "hv": "hv", "vh": "hv"}
 NAMED_COLOURS: dict[str, RGBA] = {
@@ -299,6 +377,74 @@ def _boolean(name: str, text: str) -> bool:
     raise expected(name, "true or false", text)
 
 
+def unsupported(name: str, why: str) -> OptionError:
+    """The refusal of an option (or value) that Cloudflare has and focal does not."""
+    return OptionError(f"The option {name} is not supported by focal: {why}")
+
+
+def _unsupported(why: str) -> Parser:
+    def parse(name: str, text: str) -> object:
+        raise unsupported(name, why)
+
+    return parse
+
+
+def _width(name: str, text: str) -> int:
+    if text == "auto":
+        return WIDTH_AUTO
+    value: int = _integer(1, MAX_DIMENSION)(name, text)  # type: ignore[assignment]
+    return value
+
+
+def _upscale(name: str, text: str) -> str:
+    if text == "generate":
+        raise unsupported("upscale=generate", "AI upscaling needs a model focal does not have")
+    value: str = _choice({"interpolate": "interpolate"})(name, text)  # type: ignore[assignment]
+    return value
+
+
+def _format(name: str, text: str) -> Format:
+    value: Format = _enum(Format)(name, "jpeg" if text == "jpg" else text)  # type: ignore[assignment]
+    return value
+
+
+def _fit(name: str, text: str) -> Fit:
+    if text in FIT_REFUSED:
+        raise unsupported(f"{name}={text}", FIT_REFUSED[text])
+    value: Fit = _enum(Fit)(name, FIT_ALIASES.get(text, text))  # type: ignore[assignment]
+    return value
+
+
+def _border(name: str, text: str) -> Border:
+    """``width:N;color:C`` or ``top:N;right:N;bottom:N;left:N;color:C`` (any order; sides not
+    named are 0; colour defaults to black): the keys of Cloudflare's Workers border object."""
+    what = (
+        "width:N or top:N;right:N;bottom:N;left:N, with an optional color:C "
+        f"(N from 0 to {MAX_BORDER}, C a CSS colour)"
+    )
+    sides = {"top": 0, "right": 0, "bottom": 0, "left": 0}
+    colour: RGBA = (0, 0, 0, 255)
+    seen: set[str] = set()
+    for part in text.split(";"):
+        key, sep, value = part.partition(":")
+        key = key.strip()
+        if not sep or key in seen or key not in (*sides, "width", "color", "colour"):
+            raise expected(name, what, text)
+        seen.add(key)
+        if key in ("color", "colour"):
+            colour = _colour(name, value)
+            continue
+        if re.fullmatch(r"[0-9]{1,4}", value) is None or int(value) > MAX_BORDER:
+            raise expected(name, what, text)
+        if key == "width":
+            sides = dict.fromkeys(sides, int(value))
+        else:
+            sides[key] = int(value)
+    if "width" in seen and seen & {"top", "right", "bottom", "left"}:
+        raise expected(name, what, text)
+    return Border(colour=colour, **sides)
+
+
 @dataclass(frozen=True)
 class OptionSpec:
     name: str  # the field of Options it sets
@@ -314,9 +460,10 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec(
         "width",
         ("w",),
-        _integer(1, MAX_DIMENSION),
-        "1..12000",
-        "target width in pixels",
+        _width,
+        "1..12000, auto",
+        "target width in pixels; auto: from the client's hints (Sec-CH-Width, Width, "
+        "Sec-CH-Viewport-Width x Sec-CH-DPR), else the original",
         "original",
     ),
     OptionSpec(
@@ -333,8 +480,8 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec(
         "fit",
         (),
-        _enum(Fit),
-        "scale-down, contain, cover, crop, pad, squeeze",
+        _fit,
+        "scale-down, contain, cover, crop, pad, squeeze; fill (= squeeze), inside (= contain)",
         "how the image meets width x height (see below)",
         "scale-down",
     ),
@@ -357,8 +504,8 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec(
         "format",
         ("f",),
-        _enum(Format),
-        "auto, avif, webp, jpeg, baseline-jpeg, png, gif, json",
+        _format,
+        "auto, avif, webp, jpeg (or jpg), baseline-jpeg, png, gif, json",
         "output format; auto = the best the Accept header allows; json = a description",
         "the source's",
     ),
@@ -366,7 +513,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
         "quality",
         ("q",),
         _quality,
-        "1..100, high (90), medium-high (80), medium-low (65), low (50)",
+        "1..100, high (90), medium-high (80), medium-low (65), low (50), mid (65), max (100)",
         "encoder quality",
         "85",
     ),
@@ -399,8 +546,21 @@ OPTIONS: tuple[OptionSpec, ...] = (
         (),
         _trim,
         "top;right;bottom;left (pixels) or border",
-        "cut pixels from the sides, or a uniform border",
+        "cut pixels from the sides, or a uniform border (see also trim.*)",
         "none",
+    ),
+    *(
+        OptionSpec(
+            "trim_" + part,
+            ("trim." + part,),
+            _integer(0, MAX_DIMENSION * 10),
+            "pixels",
+            "trim.width/trim.height: pixels kept from trim.left/trim.top"
+            if part in ("width", "height")
+            else f"pixels cut from the {part}",
+            "none",
+        )
+        for part in TRIM_PARTS
     ),
     OptionSpec("blur", (), _number(0, 250), "0..250", "gaussian blur radius", "0"),
     OptionSpec("sharpen", (), _number(0, 10), "0..10", "sharpening strength", "0"),
@@ -470,6 +630,47 @@ OPTIONS: tuple[OptionSpec, ...] = (
         _choice({"redirect": "redirect"}),
         "redirect",
         "served by focal serve: on failure, redirect to the original",
+        "none",
+    ),
+    OptionSpec(
+        "border",
+        (),
+        _border,
+        f"width:N;color:C, or top:N;right:N;bottom:N;left:N;color:C (N 0..{MAX_BORDER})",
+        "a border added after resizing, times dpr (`#` in a colour is written %23)",
+        "none",
+    ),
+    OptionSpec(
+        "compression",
+        (),
+        _choice({"fast": "fast"}),
+        "fast",
+        "format=auto picks JPEG (or PNG) over WebP and AVIF, and the encoder its quickest setting",
+        "none",
+    ),
+    OptionSpec(
+        "slow_connection_quality",
+        ("slow-connection-quality", "scq"),
+        _quality,
+        "like quality",
+        "served by focal serve: the quality when the client hints say the connection is slow "
+        "(Save-Data: on, ECT slow-2g/2g/3g, RTT > 150, Downlink < 5)",
+        "none",
+    ),
+    OptionSpec(
+        "upscale",
+        (),
+        _upscale,
+        "interpolate",
+        "how images are enlarged; generate (AI upscaling) is not supported",
+        "interpolate",
+    ),
+    OptionSpec(
+        "segment",
+        (),
+        _unsupported("removing the background needs a segmentation model focal does not have"),
+        "(none)",
+        "not supported: answered with a 400",
         "none",
     ),
 )
@@ -579,9 +780,15 @@ def _canonical(value: object) -> str:
             return f"{value.x:g}x{value.y:g}"
         return value.mode.value
     if isinstance(value, Trim):
-        return (
-            "border" if value.border else f"{value.top};{value.right};{value.bottom};{value.left}"
-        )
+        if value.border:
+            return "border"
+        sides = f"{value.top};{value.right};{value.bottom};{value.left}"
+        if value.width is not None or value.height is not None:
+            sides += f";width:{value.width};height:{value.height}"
+        return sides
+    if isinstance(value, Border):
+        colour = "".join(f"{c:02x}" for c in value.colour)
+        return f"{value.top};{value.right};{value.bottom};{value.left};#{colour}"
     if isinstance(value, tuple):
         return "#" + "".join(f"{c:02x}" for c in value)
     if isinstance(value, float):

@@ -199,7 +199,7 @@ def _transform(run: _Run, *, fail_on: str) -> Result:
         zoom=options.zoom,
         cap=INFERENCE_CAP,
     )
-    _check_output(plan, frames, limits)
+    _check_output(plan, frames, limits, steps.border_sides(options.border, options.dpr))
     shrink = 1 if options.trim and options.trim.border else _shrink_for(header, plan)
     with timer("decode"):
         image = run.cancel.watch(
@@ -212,16 +212,16 @@ def _transform(run: _Run, *, fail_on: str) -> Result:
         plan = replace(plan, fallback=faces.fallback)
     hidden = _redactions(run, header, working, plan, faces, frames, timer, fail_on)
     description = _describe(header, options, plan, faces, fmt, frames, working)
+    border_width, border_height = _border_size(options)
+    description["width"] += border_width
+    description["height"] += border_height
     if options.redact:
         description["redacted"] = sum(len(boxes) for boxes in hidden)
-    warning = TRUNCATED if fail_on == "none" else None
-    description["source_warning"] = warning
+    description["source_warning"] = TRUNCATED if fail_on == "none" else None
     if options.format is Format.JSON:
         description["timings"] = dict(timer.ms)
         body = json.dumps(description, indent=2).encode()
-        return _result(
-            body, "application/json", "json", plan, faces, False, description, timer, warning
-        )
+        return _result(body, "application/json", "json", plan, faces, False, description, timer)
     run.cancel.check()
     with timer("process"):
         loaded_scale = pages[0].width / working.width
@@ -241,9 +241,12 @@ def _transform(run: _Run, *, fail_on: str) -> Result:
     with timer("encode"):
         body = encode(joined, fmt, options)
     description["timings"] = dict(timer.ms)
-    return _result(
-        body, content_type(fmt), fmt, plan, faces, negotiated, description, timer, warning
-    )
+    return _result(body, content_type(fmt), fmt, plan, faces, negotiated, description, timer)
+
+
+def _border_size(options: Options) -> tuple[int, int]:
+    top, right, bottom, left = steps.border_sides(options.border, options.dpr)
+    return left + right, top + bottom
 
 
 def _result(
@@ -255,21 +258,21 @@ def _result(
     negotiated: bool,
     description: dict[str, Any],
     timer: Timer,
-    warning: str | None,
 ) -> Result:
+    """The result; its size and source warning are the description's (border included)."""
     return Result(
         data=body,
         content_type=ctype,
         format=fmt,
-        width=plan.canvas.width,
-        height=plan.canvas.height,
+        width=description["width"],
+        height=description["height"],
         gravity_used=plan.gravity_used,
         degraded=faces.degraded,
         negotiated=negotiated,
         fallback=plan.fallback,
         description=description,
         timings=dict(timer.ms),
-        source_warning=warning,
+        source_warning=description["source_warning"],
     )
 
 
@@ -278,13 +281,14 @@ def _working_size(header: Header, options: Options) -> Size:
     width, height = header.oriented_size
     trim = options.trim
     if trim is not None and not trim.border:
-        width -= trim.left + trim.right
-        height -= trim.top + trim.bottom
-        if width < 1 or height < 1:
+        top, right, bottom, left = trim.sides(width, height)
+        width -= left + right
+        height -= top + bottom
+        if width < 1 or height < 1 or min(right, bottom) < 0:
             raise OptionError(
                 f"Expected a trim smaller than the image ({header.oriented_size[0]}x"
-                f"{header.oriented_size[1]}) for trim but received '{trim.top};{trim.right};"
-                f"{trim.bottom};{trim.left}'"
+                f"{header.oriented_size[1]}) for trim but received '{top};{right};"
+                f"{bottom};{left}'"
             )
     if options.rotate in (90, 270):
         width, height = height, width
@@ -447,11 +451,15 @@ def _check_animation(header: Header, frames: int, limits: Limits) -> None:
         )
 
 
-def _check_output(plan: Plan, frames: int, limits: Limits) -> None:
-    pixels = plan.canvas.width * plan.canvas.height * frames
+def _check_output(
+    plan: Plan, frames: int, limits: Limits, border: tuple[int, int, int, int] = (0, 0, 0, 0)
+) -> None:
+    width = plan.canvas.width + border[1] + border[3]
+    height = plan.canvas.height + border[0] + border[2]
+    pixels = width * height * frames
     if pixels > limits.max_output_pixels:
         raise LimitError(
-            f"The output would be {plan.canvas.width}x{plan.canvas.height}"
+            f"The output would be {width}x{height}"
             f"{f' x {frames} frames' if frames > 1 else ''}: expected at most "
             f"{limits.max_output_pixels / 1e6:g} megapixels"
         )
@@ -471,6 +479,7 @@ def _finish(
     page = steps.blur(page, options.blur)
     page = steps.sharpen(page, options.sharpen)
     page = steps.redact(page, hidden, options.redact_style, options.redact_strength)
+    page = steps.border(page, options.border, options.dpr)
     return steps.flatten(page, options.background, fmt in KEEPS_ALPHA)
 
 
@@ -497,6 +506,10 @@ def _finish_strip(
     if hidden:
         strip = steps.redact_strip(
             strip, frames, hidden, options.redact_style, options.redact_strength
+        )
+    if options.border is not None:
+        strip = steps.each(
+            strip, frames, lambda page: steps.border(page, options.border, options.dpr)
         )
     strip = steps.flatten(strip, options.background, fmt in KEEPS_ALPHA)
     strip = strip.copy()

@@ -18,7 +18,7 @@ import pyvips
 
 from focal.detection import RGBImage
 from focal.geometry import Box, Plan, Size
-from focal.options import RGBA, Options, RedactStyle, Trim
+from focal.options import RGBA, Border, Options, RedactStyle, Trim
 
 MAX_COORD = 10_000_000  # libvips' largest image width or height
 
@@ -47,9 +47,11 @@ def trim(frame: pyvips.Image, spec: Trim | None, scale: float = 1.0) -> pyvips.I
         if width == 0 or height == 0:
             return frame
         return frame.crop(left, top, width, height)
-    left, top = round(spec.left * scale), round(spec.top * scale)
-    width = frame.width - left - round(spec.right * scale)
-    height = frame.height - top - round(spec.bottom * scale)
+    full = (round(frame.width / scale), round(frame.height / scale))
+    top_px, right_px, bottom_px, left_px = spec.sides(*full)
+    left, top = round(left_px * scale), round(top_px * scale)
+    width = frame.width - left - round(right_px * scale)
+    height = frame.height - top - round(bottom_px * scale)
     if width < 1 or height < 1:
         return frame  # refused before decoding by the pipeline's size check
     return frame.crop(left, top, width, height)
@@ -180,6 +182,34 @@ def redact_strip(
         moved = [Box(b.left, b.top + top, b.right, b.bottom + top) for b in frame_boxes]
         strip = redact(strip, moved, style, strength, rows=(top, top + height))
     return strip
+
+
+def border_sides(spec: Border | None, dpr: float) -> tuple[int, int, int, int]:
+    """(top, right, bottom, left) of the border in output pixels (``dpr`` applied)."""
+    if spec is None:
+        return 0, 0, 0, 0
+    sides = (spec.top, spec.right, spec.bottom, spec.left)
+    top, right, bottom, left = (round(value * dpr) for value in sides)
+    return top, right, bottom, left
+
+
+def border(frame: pyvips.Image, spec: Border | None, dpr: float) -> pyvips.Image:
+    """The frame inside a border of ``spec.colour`` (added after resizing, like Cloudflare)."""
+    top, right, bottom, left = border_sides(spec, dpr)
+    if spec is None or top + right + bottom + left == 0:
+        return frame
+    colour = spec.colour
+    if colour[3] < 255 and not frame.hasalpha():
+        frame = frame.bandjoin(255)
+    fill = list(colour) if frame.hasalpha() else list(colour[:3])
+    return frame.embed(
+        left,
+        top,
+        frame.width + left + right,
+        frame.height + top + bottom,
+        extend="background",
+        background=fill,
+    )
 
 
 def adjust(frame: pyvips.Image, options: Options) -> pyvips.Image:

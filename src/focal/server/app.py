@@ -57,7 +57,9 @@ from focal.errors import (
 )
 from focal.options import Format, Options, normalise, parse_options
 from focal.pipeline import Cancel, Limits, Result, transform
-from focal.server import logs, memory, signing
+from focal.presets import check as check_presets
+from focal.presets import expand as expand_presets
+from focal.server import hints, logs, memory, signing
 from focal.server.cache import Meta, VariantCache, etag_for, variant_key
 from focal.server.metrics import CONTENT_TYPE as METRICS_TYPE
 from focal.server.metrics import Gauges, Metrics
@@ -247,6 +249,7 @@ class Service:
 
 
 def build_service(settings: Settings, origins: Origins | None) -> Service:
+    check_presets(dict(settings.presets))
     cache = None
     if settings.cache_enabled:
         cache = VariantCache(settings.cache_dir.expanduser(), settings.cache_max_mb * 1024 * 1024)
@@ -283,6 +286,7 @@ class Trace:
     result: Result | None = None
     error: FocalError | None = None
     unexpected: str | None = None
+    vary: tuple[str, ...] = ()  # the client hints the variant depends on (focal.server.hints)
 
     def fields(self, status: int, size: int) -> dict[str, Any]:
         result = self.result
@@ -316,6 +320,25 @@ def split_path(raw: bytes) -> tuple[str, str]:
     if not source:
         raise RequestError("The URL names no source: expected /cdn-cgi/image/<options>/<source>")
     return unquote(options), source
+
+
+def framework_source(source: str, is_remote: Callable[[str], bool]) -> str:
+    """The source as web frameworks write it, made plain: a percent-encoded absolute URL
+    (``https%3A%2F%2F...``) is decoded once. A local source with a leading slash (``//a.jpg``,
+    from a loader that puts a slash before a root-relative src) is refused, saying why."""
+    if is_remote(source):
+        return source
+    decoded = unquote(source)
+    if is_remote(decoded):
+        return decoded
+    if source.startswith("/"):
+        raise ForbiddenError(
+            "The source starts with a slash (/cdn-cgi/image/<options>//<path>): local sources "
+            "are paths from the root, so write /cdn-cgi/image/<options>/<path> (a Next.js "
+            "loader should drop the src's leading slash; see docs/frameworks.md)",
+            detail=f"absolute path: {source[:200]!r}",
+        )
+    return source
 
 
 def accept_class(options: Options, accept: str | None) -> str:
@@ -373,8 +396,11 @@ async def produce(service: Service, request: Request, trace: Trace) -> Response:
         required=settings.require_signature,
     )
     options_text, source_raw = split_path(raw_path)
+    source_raw = framework_source(source_raw, service.origins.is_remote)
     trace.source = source_raw
+    options_text = expand_presets(options_text, dict(settings.presets), only=settings.presets_only)
     options = parse_options(options_text)
+    options, trace.vary = hints.resolve(options, request.headers)
     trace.options = options
     accept_header = request.headers.get("accept")
     accept = accept_class(options, accept_header)
@@ -477,8 +503,9 @@ def variant_headers(
         headers["Focal-Gravity-Fallback"] = header_text(result.fallback)
     if result.source_warning:
         headers["Focal-Source-Warning"] = header_text(result.source_warning)
-    if meta.negotiated:
-        headers["Vary"] = "Accept"
+    vary = ("Accept",) * meta.negotiated + trace.vary
+    if vary:
+        headers["Vary"] = ", ".join(vary)
     if last_modified is not None:
         headers["Last-Modified"] = formatdate(last_modified, usegmt=True)
     if trace.cache is not None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.resources
+import json
 import os
 import sys
 import tomllib
@@ -25,7 +26,7 @@ from focal.errors import SettingsError
 
 BOOL_WORDS = {"1": True, "true": True, "yes": True, "on": True}
 BOOL_WORDS |= {"0": False, "false": False, "no": False, "off": False}
-KINDS = ("str", "int", "float", "bool", "path", "list")
+KINDS = ("str", "int", "float", "bool", "path", "list", "table")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 # string settings with a closed set of values (the runtime names are focal.runtime's and torch)
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -55,8 +56,8 @@ class Setting:
     def shown_default(self) -> str:
         if self.name == "root":
             return "the bundled demo images (focal/demo)"
-        if self.kind == "list":
-            return "(empty)" if not self.default else ", ".join(self.default)
+        if self.kind in ("list", "table"):
+            return "(empty)" if not self.default else ", ".join(map(str, self.default))
         if self.kind == "bool":
             return "true" if self.default else "false"
         return str(self.default)
@@ -170,6 +171,22 @@ SETTINGS: tuple[Setting, ...] = (
         "torch only: release the model (and GPU memory) after this many idle seconds; 0 never.",
     ),
     _s("detection_cache_entries", "int", 1024, "detector", "Detections kept per image content."),
+    _s(
+        "presets",
+        "table",
+        (),
+        "presets",
+        "Named option sets, used in URLs as /cdn-cgi/image/<name>/<source> or preset=<name> "
+        '(docs/frameworks.md). TOML: presets = {avatar = "width=256,height=256,fit=cover"}; '
+        'environment and flag: a JSON object, {"avatar": "width=256,height=256,fit=cover"}.',
+    ),
+    _s(
+        "presets_only",
+        "bool",
+        False,
+        "presets",
+        "Serve presets only: a URL with any other option is refused with 403.",
+    ),
     _s("log_level", "str", "info", "server", "One of debug, info, warning, error."),
     _s("playground", "bool", True, "server", "Serve the playground page at /."),
 )
@@ -252,6 +269,8 @@ class Settings:
     detector_device: str = DEFAULTS["detector_device"]
     detector_idle_offload_s: float = DEFAULTS["detector_idle_offload_s"]
     detection_cache_entries: int = DEFAULTS["detection_cache_entries"]
+    presets: tuple[tuple[str, str], ...] = DEFAULTS["presets"]
+    presets_only: bool = DEFAULTS["presets_only"]
     log_level: str = DEFAULTS["log_level"]
     playground: bool = DEFAULTS["playground"]
 
@@ -312,6 +331,20 @@ def _to_list(setting: Setting, value: object, source: str) -> tuple[str, ...]:
     return items
 
 
+def _to_table(setting: Setting, value: object, source: str) -> tuple[tuple[str, str], ...]:
+    """A TOML table of strings, or (environment, flag) the same as a JSON object."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value) if value.strip() else {}
+        except json.JSONDecodeError:
+            raise _bad(setting, "a JSON object of strings", value, source) from None
+    if isinstance(value, dict) and all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        return tuple(sorted(value.items()))
+    raise _bad(setting, "a table of strings", value, source)
+
+
 def convert(setting: Setting, value: object, source: str) -> Any:
     """``value`` (from a TOML file, the environment or a flag) as the setting's type."""
     if setting.kind == "bool":
@@ -320,6 +353,8 @@ def convert(setting: Setting, value: object, source: str) -> Any:
         return _to_number(setting, value, source)
     if setting.kind == "list":
         return _to_list(setting, value, source)
+    if setting.kind == "table":
+        return _to_table(setting, value, source)
     if not isinstance(value, str):
         raise _bad(setting, "a string", value, source)
     if setting.kind == "path":
@@ -432,6 +467,7 @@ GROUP_TITLES = {
     "cache": "Variant cache",
     "signing": "Signed URLs",
     "limits": "Limits",
+    "presets": "Presets",
     "detector": "Face detector",
 }
 
