@@ -11,6 +11,7 @@ Methods:
   thumbor         thumbor 7.8 smart crop with its face detector (/unsafe/meta/WxH/smart/PATH)
   thumbor-feature thumbor smart crop with its face detector, then its feature detector
   focal-face      focal gravity=face, zoom=0, fit=cover (focal.pipeline.transform, format=json)
+  focal-face-saliency   what-if: focal-face, with gravity=auto's crop where no face was found
   focal-face-published  the same detections placed by the published algorithm alone: centred on
                   the outer box of every face even when the aspect cannot hold them all
   oracle          the placement that keeps the most faces (the best any method could do)
@@ -51,6 +52,7 @@ METHODS = (
     "thumbor-feature",
     "focal-face-published",
     "focal-face",
+    "focal-face-saliency",
     "oracle",
 )
 LABELS = {
@@ -61,6 +63,7 @@ LABELS = {
     "thumbor-feature": "thumbor smart (face + feature detectors)",
     "focal-face-published": "focal gravity=face, published placement only",
     "focal-face": "focal gravity=face",
+    "focal-face-saliency": "what-if: focal gravity=face, saliency (gravity=auto) when no face",
     "oracle": "oracle (best placement)",
 }
 FACE_ONLY = ("thumbor.detectors.face_detector",)
@@ -457,6 +460,10 @@ def build_methods(
     if detector is not None:
         methods["focal-face"] = focal_crop_fn("face", detector)
         methods["focal-face-published"] = published_crop  # after focal-face: its detections
+        auto = focal_crop_fn("auto", detector)
+        methods["focal-face-saliency"] = lambda p, s: (
+            auto(p, s) if not DETECTIONS[p] else methods["focal-face"](p, s)
+        )
     else:
         notes["focal-face"] = "focal's detector could not be loaded"
     methods["oracle"] = lambda p, s: oracle_crop(_item_of(p), s)
