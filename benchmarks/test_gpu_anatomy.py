@@ -18,8 +18,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 import gpu
 import gpu_anatomy as ga
-from focal import models
-from focal import torch_runtime as tr
+from focal.face import models
+from focal.face import torch_graph as tg
 
 ROOT = Path(__file__).resolve().parents[1]
 SIDE, CIN, COUT = 16, 3, 8
@@ -88,7 +88,7 @@ def test_cost_of_the_detector_network() -> None:
     assert fp32["gflop_per_image"] == fp16["gflop_per_image"] > 10
     assert 0.49 < fp16["mb_moved_per_image"] / fp32["mb_moved_per_image"] < 0.51
     assert sum(r["steps"] for k, r in fp32["by_kind"].items() if not k.startswith(ga.PAD)) == len(
-        tr.load_module(path).steps
+        tg.load_module(path).steps
     )
     batch4 = ga.network_cost(path, 4, 1024, torch.float16)
     assert 3.5 < batch4["activation_peak_bytes"] / fp16["activation_peak_bytes"] <= 4.0
@@ -96,7 +96,7 @@ def test_cost_of_the_detector_network() -> None:
 
 def test_step_times_cover_every_kind_of_step(tmp_path: Path) -> None:
     path = one_conv(tmp_path)
-    module = tr.load_module(path).set_memory_format(torch.channels_last)
+    module = tg.load_module(path).set_memory_format(torch.channels_last)
     times = ga.step_times(module, torch.rand(2, SIDE, SIDE, 3), runs=2)
     assert set(times["ms_by_kind"]) == {"layout", "conv 3x3 stride 2", "clip (ReLU6)"}
     assert times["sum_of_steps_ms"] > 0 and times["forward_ms"] > 0

@@ -15,8 +15,8 @@ from tests.conftest import DEMO, FACEDATA
 from tests.model_fixtures import require_model_dir
 from tests.test_cli import focal
 
-from focal.batching import BatchingDetector
 from focal.detection import Face, RGBImage
+from focal.face.batching import BatchingDetector
 
 
 class RecordingDetector:

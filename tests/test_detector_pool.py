@@ -373,7 +373,7 @@ try:
     maps = open(f"/proc/{pid}/maps").read()
 finally:
     pool.stop()
-watched = ["onnxruntime", "openvino", "focal.runtime", "focal.retinaface"]
+watched = ["onnxruntime", "openvino", "torch", "focal.face.detector", "focal.face.models"]
 print(json.dumps({
     "faces": len(faces),
     "imported_here": [m for m in watched if m in sys.modules],

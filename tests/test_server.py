@@ -518,8 +518,8 @@ CLI = (sys.executable, "-m", "focal", "transform")
 
 @pytest.fixture(scope="module")
 def model_installed() -> None:
-    from focal import models
     from focal.errors import ModelMissingError
+    from focal.face import models
 
     try:
         models.require()

@@ -9,7 +9,17 @@ FocalError                 base: .status, .public (safe to show), .detail (logs 
 ├── ImageError       415   the source is not a decodable image (empty, truncated, not an image)
 ├── UpstreamError    502   a remote origin failed
 ├── BusyError        503   the detector queue is full (carries retry_after)
-└── ModelMissingError 500  the face model is not installed (says which command installs it)
+├── ModelMissingError 500  the face model is not installed (says which command installs it)
+├── ModelInstallError 500  the face model could not be downloaded, read or checked
+├── GraphError       500   a model graph focal cannot read, convert or run
+│   ├── GraphDefError      the frozen TensorFlow graph's bytes are not a GraphDef focal reads
+│   ├── ConversionError    the frozen graph holds an op the TensorFlow -> ONNX translator lacks
+│   └── OnnxGraphError     the ONNX graph holds an op the ONNX -> torch translator lacks
+└── RuntimeChoiceError 500 an inference runtime, precision or device unknown or not available
+    └── TorchRuntimeError  the torch runtime's device or precision (or torch itself) unavailable
+
+The face wing (focal.face) raises the last four; a detector worker's start failure is rebuilt
+from its class name here, so every class a worker may raise lives in this module.
 """
 
 from __future__ import annotations
@@ -66,6 +76,40 @@ class BusyError(FocalError):
 
 class ModelMissingError(FocalError):
     status = 500
+
+
+class ModelInstallError(FocalError):
+    """The model could not be downloaded, read or checked."""
+
+    status = 500
+
+
+class GraphError(FocalError):
+    """A model graph focal cannot read, convert or run."""
+
+    status = 500
+
+
+class GraphDefError(GraphError):
+    """The bytes are not a GraphDef focal's reader understands."""
+
+
+class ConversionError(GraphError):
+    """The frozen graph holds something the TensorFlow -> ONNX translator does not handle."""
+
+
+class OnnxGraphError(GraphError):
+    """The ONNX graph holds something the ONNX -> torch translator does not run."""
+
+
+class RuntimeChoiceError(FocalError):
+    """An unknown runtime, precision or device, or one this machine cannot run."""
+
+    status = 500
+
+
+class TorchRuntimeError(RuntimeChoiceError):
+    """An unknown torch precision or device, or a device this machine does not have."""
 
 
 def expected(option: str, what: str, received: object) -> OptionError:

@@ -27,11 +27,10 @@ from focal.decode import ANIMATED, MIME, Header, check, jpeg_shrink, load, read_
 from focal.detection import DetectionFailed, Detector, Face
 from focal.encode import ANIMATES, KEEPS_ALPHA, choose_format, content_type, encode
 from focal.errors import FocalError, ImageError, LimitError, OptionError, expected
-from focal.geometry import Box, Plan, Size
+from focal.geometry import INFERENCE_CAP, Box, Plan, Size
 from focal.options import Format, Options
 
 MATERIALISE_PIXELS = 4_000_000
-INFERENCE_CAP = 1024  # SPEC §2: detection never runs on more than 1024 px per side
 
 
 @dataclass(frozen=True)

@@ -21,16 +21,17 @@ from pathlib import Path
 from typing import Any
 
 from focal.errors import FocalError
+from focal.face import sessions
 
 BOOL_WORDS = {"1": True, "true": True, "yes": True, "on": True}
 BOOL_WORDS |= {"0": False, "false": False, "no": False, "off": False}
 KINDS = ("str", "int", "float", "bool", "path", "list")
 LOG_LEVELS = ("debug", "info", "warning", "error")
-# string settings with a closed set of values (the runtime names are focal.runtime's and torch)
+# string settings with a closed set of values (the runtime names are focal.face.sessions')
 CHOICES: dict[str, tuple[str, ...]] = {
     "log_level": LOG_LEVELS,
-    "detector_runtime": ("auto", "onnxruntime", "openvino", "torch"),
-    "detector_precision": ("fp32", "bf16", "f16"),
+    "detector_runtime": sessions.RUNTIMES,
+    "detector_precision": sessions.PRECISIONS,
 }
 
 

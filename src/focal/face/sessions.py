@@ -1,62 +1,44 @@
-"""Inference sessions: the one module that imports an inference runtime.
+"""Sessions and detectors: the one module that chooses an inference runtime and imports it.
 
     onnxruntime  ONNX Runtime, CPU execution provider, fp32 (the baseline)
     openvino     OpenVINO CPU plugin; fp32, or bf16 / f16 through its inference-precision
                  hint where the CPU supports it
+    torch        focal.face.torch_detector (the ``gpu`` extra), imported only when asked for
 
-A session runs one NHWC float32 batch and returns the network's raw per-anchor outputs. The
-default ("auto") is chosen from benchmarks/detector.py's measurements (docs/detector.md).
+A session runs one NHWC float32 batch and returns the network's raw per-anchor outputs
+(focal.face.retinaface.Session). ``DetectorConfig`` is how every caller (the CLI, the server's
+detector workers) describes the detector it wants, and ``open_detector`` builds it. The default
+runtime ("auto") is chosen from benchmarks/detector.py's measurements (docs/detector.md).
+
+Importing this module imports no runtime: each is imported where a session is opened, so the
+server process can read the names below without loading one.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
-from focal.errors import FocalError
+from focal.errors import RuntimeChoiceError
+from focal.face.retinaface import OUTPUT_NAMES, RawOutputs, Session, Settings, raw_outputs
+
+if TYPE_CHECKING:
+    from focal.detection import Detector
+    from focal.face.detector import RetinaFace
 
 FloatArray = npt.NDArray[np.float32]
-RUNTIMES = ("auto", "onnxruntime", "openvino")
+CPU_RUNTIMES = ("auto", "onnxruntime", "openvino")
+RUNTIMES = (*CPU_RUNTIMES, "torch")
 PRECISIONS = ("fp32", "bf16", "f16")
 DEFAULT_RUNTIME = "openvino"
 DEFAULT_PRECISION = "fp32"
 OPENVINO_HINTS = {"fp32": "f32", "bf16": "bf16", "f16": "f16"}
 OPENVINO_CAPABILITY = {"bf16": "BF16", "f16": "FP16"}
-
-
-class RuntimeChoiceError(FocalError):
-    """An unknown runtime or precision, or one this machine cannot run."""
-
-
-@dataclass(frozen=True)
-class RawOutputs:
-    """Network outputs for a batch: per-anchor box deltas, landmark deltas, face scores."""
-
-    boxes: FloatArray  # [batch, anchors, 4]
-    landmarks: FloatArray  # [batch, anchors, 10]
-    scores: FloatArray  # [batch, anchors]
-
-
-class Session(Protocol):
-    @property
-    def runtime(self) -> str: ...
-
-    @property
-    def precision(self) -> str: ...
-
-    def run(self, batch: FloatArray) -> RawOutputs:
-        """Outputs for an NHWC float32 batch (RGB 0..255, sides multiples of 32)."""
-        ...
-
-
-def _outputs(values: list[Any]) -> RawOutputs:
-    boxes, landmarks, scores = (np.asarray(v, dtype=np.float32) for v in values)
-    return RawOutputs(boxes=boxes, landmarks=landmarks, scores=scores)
 
 
 class OnnxRuntimeSession:
@@ -76,7 +58,7 @@ class OnnxRuntimeSession:
         )
 
     def run(self, batch: FloatArray) -> RawOutputs:
-        return _outputs(self._session.run(["boxes", "landmarks", "scores"], {"x": batch}))
+        return raw_outputs(self._session.run(list(OUTPUT_NAMES), {"x": batch}))
 
 
 def _openvino_core() -> Any:
@@ -143,16 +125,13 @@ class OpenVinoSession:
     def run(self, batch: FloatArray) -> RawOutputs:
         compiled, request = self._for_shape(tuple(batch.shape))
         result = request.infer([np.ascontiguousarray(batch)])
-        return _outputs([result[compiled.output(name)] for name in OUTPUT_NAMES])
-
-
-OUTPUT_NAMES = ("boxes", "landmarks", "scores")
+        return raw_outputs([result[compiled.output(name)] for name in OUTPUT_NAMES])
 
 
 def resolve(runtime: str, precision: str) -> tuple[str, str]:
     """The concrete (runtime, precision) for a request, "auto" replaced by the default."""
-    if runtime not in RUNTIMES:
-        raise RuntimeChoiceError(f"unknown runtime {runtime!r}: expected one of {RUNTIMES}")
+    if runtime not in CPU_RUNTIMES:
+        raise RuntimeChoiceError(f"unknown runtime {runtime!r}: expected one of {CPU_RUNTIMES}")
     if precision not in PRECISIONS:
         raise RuntimeChoiceError(f"unknown precision {precision!r}: expected one of {PRECISIONS}")
     chosen = DEFAULT_RUNTIME if runtime == "auto" else runtime
@@ -221,3 +200,84 @@ class FrozenGraphHeads:
             np.asarray(result[o], np.float32) for o in self._compiled.outputs
         )
         return RawOutputs(boxes=boxes, landmarks=landmarks, scores=classes[..., 1])
+
+
+# --- detectors ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """Which detector to build: the one description the CLI and the server's workers share.
+
+    runtime          auto, onnxruntime, openvino (CPU) or torch (the ``gpu`` extra)
+    precision        fp32, bf16 or f16 (f16/bf16: openvino where the CPU has them, or torch)
+    device           torch only: auto, cpu, cuda or cuda:N
+    idle_offload_s   torch only: release the model after this long idle (0: keep it)
+    max_batch        torch only: most images in one forward pass
+    score_threshold / nms_iou   focal.face.retinaface.Settings"""
+
+    model_dir: Path | None = None
+    runtime: str = "auto"
+    precision: str = DEFAULT_PRECISION
+    device: str = "auto"
+    idle_offload_s: float = 300.0
+    max_batch: int = 32
+    score_threshold: float = Settings.score_threshold
+    nms_iou: float = Settings.nms_iou
+
+    def factory_args(self) -> tuple[tuple[str, object], ...]:
+        """Keyword arguments of FACTORY (picklable), for a detector built in another process."""
+        return tuple(asdict(self).items())
+
+
+FACTORY = "focal.face.sessions:build_detector"  # "module:function" a detector worker calls
+
+
+def build_detector(**fields: Any) -> Detector:
+    """open_detector(DetectorConfig(**fields)): the detector worker's factory (FACTORY)."""
+    return open_detector(DetectorConfig(**fields))
+
+
+def load_detector(
+    model_dir: Path | None = None,
+    runtime: str = "auto",
+    precision: str = DEFAULT_PRECISION,
+    score_threshold: float = Settings.score_threshold,
+    nms_iou: float = Settings.nms_iou,
+) -> RetinaFace:
+    """The CPU detector over the installed model (ModelMissingError when `focal models fetch`
+    has not been run). runtime: auto, onnxruntime or openvino; precision: fp32, bf16 or f16
+    (openvino only)."""
+    from focal.face import models
+    from focal.face.detector import RetinaFace
+
+    installed = models.require(model_dir)
+    session = open_session(installed.model_path, runtime, precision)
+    settings = Settings(score_threshold=score_threshold, nms_iou=nms_iou)
+    return RetinaFace(session, installed.manifest.model_sha256, settings)
+
+
+def open_detector(config: DetectorConfig = DetectorConfig()) -> Detector:
+    """The detector a config describes: torch (focal.face.torch_detector, imported only here
+    and only then) or a CPU runtime (load_detector)."""
+    if config.runtime not in RUNTIMES:
+        raise RuntimeChoiceError(f"unknown runtime {config.runtime!r}: expected one of {RUNTIMES}")
+    if config.runtime != "torch":
+        return load_detector(
+            config.model_dir,
+            config.runtime,
+            config.precision,
+            config.score_threshold,
+            config.nms_iou,
+        )
+    from focal.face.torch_detector import load_torch_detector  # the optional dependency
+
+    return load_torch_detector(
+        config.model_dir,
+        device=config.device,
+        precision=config.precision,
+        score_threshold=config.score_threshold,
+        nms_iou=config.nms_iou,
+        idle_offload_s=config.idle_offload_s if config.idle_offload_s > 0 else None,
+        max_batch=config.max_batch,
+    )
