@@ -8,7 +8,10 @@
 A session runs one NHWC float32 batch and returns the network's raw per-anchor outputs
 (focal.face.retinaface.Session). ``DetectorConfig`` is how every caller (the CLI, the server's
 detector workers) describes the detector it wants, and ``open_detector`` builds it. The default
-runtime ("auto") is chosen from benchmarks/detector.py's measurements (docs/detector.md).
+runtime ("auto") is ONNX Runtime at fp32 (OpenVINO for bf16 / f16): under a load of mixed image
+sizes it holds the detector worker's memory to about 350 MiB, where OpenVINO's per-shape
+compilations and caches grow it past 450 MiB to 1.3 GiB (benchmarks/detector_memory.py,
+docs/detector.md).
 
 Importing this module imports no runtime: each is imported where a session is opened, so the
 server process can read the names below without loading one.
@@ -17,6 +20,7 @@ server process can read the names below without loading one.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,24 +39,38 @@ FloatArray = npt.NDArray[np.float32]
 CPU_RUNTIMES = ("auto", "onnxruntime", "openvino")
 RUNTIMES = (*CPU_RUNTIMES, "torch")
 PRECISIONS = ("fp32", "bf16", "f16")
-DEFAULT_RUNTIME = "openvino"
+DEFAULT_RUNTIME = "onnxruntime"  # for fp32; bf16 and f16 need OpenVINO
 DEFAULT_PRECISION = "fp32"
 OPENVINO_HINTS = {"fp32": "f32", "bf16": "bf16", "f16": "f16"}
 OPENVINO_CAPABILITY = {"bf16": "BF16", "f16": "FP16"}
 
 
 class OnnxRuntimeSession:
-    """ONNX Runtime on the CPU."""
+    """ONNX Runtime on the CPU.
+
+    Its memory arena stays on (the buffers of one run are reused by the next); its memory
+    pattern, a buffer plan cached per input shape, is off by default: under a load of many image
+    sizes the plans pile up (the detector worker reached 534 MiB after 80 distinct shapes with
+    it, 351 MiB without, at the same speed; docs/detector.md).
+    """
 
     runtime = "onnxruntime"
     precision = "fp32"
 
-    def __init__(self, model_path: Path, threads: int = 0) -> None:
+    def __init__(
+        self,
+        model_path: Path,
+        threads: int = 0,
+        memory_arena: bool = True,
+        memory_pattern: bool = False,
+    ) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.log_severity_level = 3
+        options.enable_cpu_mem_arena = memory_arena
+        options.enable_mem_pattern = memory_pattern
         self._session = ort.InferenceSession(
             str(model_path), options, providers=["CPUExecutionProvider"]
         )
@@ -76,16 +94,22 @@ def openvino_precisions() -> tuple[str, ...]:
 class OpenVinoSession:
     """OpenVINO on the CPU, with an inference-precision hint.
 
-    The model has dynamic input sizes. OpenVINO runs a model compiled for one fixed shape
-    markedly faster (benchmarks/detector.py), so an input shape seen a second time gets a
-    compilation of its own (a few hundred ms, once), kept for the ``static_shapes`` most recently
-    used shapes; shapes seen once run on the dynamic compilation.
+    The model has dynamic input sizes. With ``static_shapes`` > 0, an input shape seen a second
+    time gets a compilation of its own (a few hundred ms, once), kept for the ``static_shapes``
+    most recently used shapes; other shapes run on the dynamic compilation. A static compilation
+    runs its shape a little faster, but holds its own working memory (about 75 MiB plus the
+    activations of its shape, 135 MiB at 1024 x 1024): under a load of mixed sizes, eight of them
+    took the detector worker past 1.2 GiB (docs/detector.md), so the default is none.
     """
 
     runtime = "openvino"
 
     def __init__(
-        self, model_path: Path, precision: str = "fp32", threads: int = 0, static_shapes: int = 8
+        self,
+        model_path: Path,
+        precision: str = "fp32",
+        threads: int = 0,
+        static_shapes: int = 0,
     ) -> None:
         if precision not in openvino_precisions():
             raise RuntimeChoiceError(f"this CPU cannot run OpenVINO at {precision}")
@@ -102,6 +126,13 @@ class OpenVinoSession:
         self._static: OrderedDict[tuple[int, ...], Any] = OrderedDict()
         self._seen: set[tuple[int, ...]] = set()
         self._static_shapes = static_shapes
+
+    def configure(self, overrides: Mapping[str, Any]) -> None:
+        """Change OpenVINO compile properties (e.g. PERFORMANCE_HINT) and compile again."""
+        self._config.update(overrides)
+        self._static.clear()
+        self._seen.clear()
+        self._dynamic = self._compile(None)
 
     def _compile(self, shape: tuple[int, ...] | None) -> Any:
         model = self._core.read_model(str(self._model_path))
@@ -134,7 +165,10 @@ def resolve(runtime: str, precision: str) -> tuple[str, str]:
         raise RuntimeChoiceError(f"unknown runtime {runtime!r}: expected one of {CPU_RUNTIMES}")
     if precision not in PRECISIONS:
         raise RuntimeChoiceError(f"unknown precision {precision!r}: expected one of {PRECISIONS}")
-    chosen = DEFAULT_RUNTIME if runtime == "auto" else runtime
+    if runtime == "auto":
+        chosen = DEFAULT_RUNTIME if precision == "fp32" else "openvino"
+    else:
+        chosen = runtime
     if chosen == "onnxruntime" and precision != "fp32":
         raise RuntimeChoiceError("onnxruntime runs this model at fp32 only")
     return chosen, precision

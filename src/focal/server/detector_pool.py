@@ -70,7 +70,7 @@ class PoolSettings:
     deadline_s: float = 10.0
     batch_window_ms: float = 5.0
     max_batch: int = 8
-    rss_limit_mb: int = 1500
+    rss_limit_mb: int = 512
     factory: str = sessions.FACTORY
     factory_args: tuple[tuple[str, object], ...] = ()
 

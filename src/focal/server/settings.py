@@ -145,7 +145,7 @@ SETTINGS: tuple[Setting, ...] = (
     _s(
         "detector_rss_limit_mb",
         "int",
-        1500,
+        512,
         "detector",
         "A detector process over this resident memory is restarted.",
     ),
@@ -206,7 +206,7 @@ class Settings:
     detector_deadline_s: float = 10.0
     detector_batch_window_ms: float = 5.0
     detector_max_batch: int = 8
-    detector_rss_limit_mb: int = 1500
+    detector_rss_limit_mb: int = 512
     detector_runtime: str = "auto"
     detector_precision: str = "fp32"
     detector_device: str = "auto"
