@@ -60,11 +60,12 @@ from focal.face import models
 from focal.face.detector import RetinaFace
 from focal.face.retinaface import Session, padded_size
 from focal.face.sessions import FACTORY, OnnxRuntimeSession, OpenVinoSession
+from focal.geometry import INFERENCE_CAP
 from focal.server.detector_pool import DetectorPool, PoolSettings
 
 COMMAND = ".venv/bin/python benchmarks/detector_memory.py"
 MIB = 1024 * 1024
-CAP = 1024
+CAP = INFERENCE_CAP
 FACTORY_HERE = "detector_memory:build"
 WIDER = harness.FACEDATA / "wider_face" / "WIDER_val" / "images"
 

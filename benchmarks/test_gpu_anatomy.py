@@ -80,6 +80,7 @@ def test_a_same_pad_is_counted_apart_from_its_convolution(tmp_path: Path) -> Non
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # three op-by-op counts at 1024 x 1024: 290 s on a loaded machine
 def test_cost_of_the_detector_network() -> None:
     """The real model: the same arithmetic in any precision, half the bytes in fp16 (but for the
     float32 softmax), and an activation peak that grows with the batch."""

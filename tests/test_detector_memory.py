@@ -14,6 +14,7 @@ from tests.conftest import FACEDATA
 
 from focal.detection import RGBImage
 from focal.face.retinaface import padded_size
+from focal.geometry import INFERENCE_CAP as CAP
 from focal.server.detector_pool import DetectorPool, PoolSettings
 from focal.server.settings import Settings
 
@@ -30,10 +31,10 @@ def mixed_sizes(count: int) -> list[tuple[int, int]]:
     shapes: set[tuple[int, int]] = set()
     while len(found) < count:
         if len(found) % 2 == 0:
-            short = int(rng.integers(410, 1025))
-            size = (1024, short) if rng.random() < 0.5 else (short, 1024)
+            short = int(rng.integers(CAP * 2 // 5, CAP + 1))
+            size = (CAP, short) if rng.random() < 0.5 else (short, CAP)
         else:
-            size = (int(rng.integers(160, 1025)), int(rng.integers(160, 1025)))
+            size = (int(rng.integers(160, CAP + 1)), int(rng.integers(160, CAP + 1)))
         shape = padded_size(size[1], size[0])
         if shape not in shapes:
             shapes.add(shape)
