@@ -87,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
     prepare.prepare()
-    from focal.retinaface import load_detector
+    from focal.face.sessions import load_detector
     from focal.server.detector_pool import CachingDetector
 
     data = (harness.INPUTS / SOURCE).read_bytes()

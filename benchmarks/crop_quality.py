@@ -40,6 +40,7 @@ import numpy.typing as npt
 import pyvips
 
 import harness
+from focal.face.evaluation import box_iou
 
 ASPECTS: dict[str, tuple[int, int]] = {"1:1": (1, 1), "4:5": (4, 5), "16:9": (16, 9)}
 MIN_FACE_HEIGHT = 16
@@ -349,14 +350,6 @@ MATCH_IOU = 0.3
 Box4 = tuple[float, float, float, float]
 
 
-def iou(a: Box4, b: Box4) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def _span(boxes: Sequence[Box4]) -> tuple[float, float]:
     return max(b[2] for b in boxes) - min(b[0] for b in boxes), max(b[3] for b in boxes) - min(
         b[1] for b in boxes
@@ -376,9 +369,9 @@ def diagnose(item: Item, crop: Crop, detections: Sequence[tuple[Box4, float]]) -
     boxes = [d[0] for d in detections]
     mask = kept_mask(np.asarray(item.faces, dtype=np.float64), crop)
     lost = [lab for lab, kept in zip(labels, mask, strict=True) if not kept]
-    undetected = [lab for lab in lost if all(iou(lab, b) < MATCH_IOU for b in boxes)]
-    matching = [b for b in boxes if any(iou(b, lab) >= MATCH_IOU for lab in labels)]
-    extra = [d for d in detections if all(iou(d[0], lab) < MATCH_IOU for lab in labels)]
+    undetected = [lab for lab in lost if all(box_iou(lab, b) < MATCH_IOU for b in boxes)]
+    matching = [b for b in boxes if any(box_iou(b, lab) >= MATCH_IOU for lab in labels)]
+    extra = [d for d in detections if all(box_iou(d[0], lab) < MATCH_IOU for lab in labels)]
     if lost and len(undetected) == len(lost):
         cause = "lost faces not detected"
     elif not _fits(boxes, crop) and _fits(matching, crop):
@@ -480,7 +473,7 @@ def _item_of(path: Path) -> Item:
 
 def load_focal_detector(score_threshold: float | None = None) -> tuple[Any, str | None]:
     try:
-        from focal.retinaface import load_detector
+        from focal.face.sessions import load_detector
 
         if score_threshold is None:
             detector = load_detector()

@@ -5,7 +5,7 @@ the CPU supports them. Measured in one run, interleaved (one repeat of every con
 turn), so that load from other processes falls on all of them alike:
 
   model       the network alone on a 1 x S x S x 3 batch (S = 640, 1024): first call and median
-  end_to_end  focal.retinaface.detect_file on a 2048 x 2048 JPEG portrait (libvips decode with
+  end_to_end  focal.face.detector.detect_file on a 2048 x 2048 JPEG portrait (libvips decode with
               shrink to the 1024 cap, network, decode + NMS): median
   accuracy    detections on the labelled portraits and 12 WIDER FACE images of
               ../shared/facedata and the 2048 portrait, against ONNX Runtime fp32: images
@@ -30,9 +30,10 @@ import numpy as np
 
 import harness
 import prepare
-from focal import models
-from focal import retinaface as rf
-from focal import runtime as rt
+from focal.face import detector as det
+from focal.face import models
+from focal.face import retinaface as rf
+from focal.face import sessions as rt
 
 COMMAND = ".venv/bin/python benchmarks/detector.py"
 SIZES = (640, 1024)
@@ -73,15 +74,15 @@ def with_ratios(medians: dict[str, float], baseline: str) -> dict[str, dict[str,
     }
 
 
-def runner(session: rt.Session, batch: rf.FloatArray) -> Callable[[], object]:
+def runner(session: rf.Session, batch: rf.FloatArray) -> Callable[[], object]:
     return lambda: session.run(batch)
 
 
-def model_speed(sessions: dict[str, rt.Session], repeat: int) -> dict[str, Any]:
-    portrait = rf.load_inference_image(harness.INPUTS / PORTRAIT)[0]
+def model_speed(sessions: dict[str, rf.Session], repeat: int) -> dict[str, Any]:
+    portrait = det.load_inference_image(harness.INPUTS / PORTRAIT)[0]
     results: dict[str, Any] = {}
     for size in SIZES:
-        batch = rf.preprocess([rf.fit_to_cap(portrait, size)])
+        batch = rf.preprocess([det.fit_to_cap(portrait, size)])
         calls = {name: runner(s, batch) for name, s in sessions.items()}
         firsts = {name: first_call(call) for name, call in calls.items()}
         medians = interleaved(calls, repeat)
@@ -92,11 +93,11 @@ def model_speed(sessions: dict[str, rt.Session], repeat: int) -> dict[str, Any]:
     return results
 
 
-def file_runner(detector: rf.RetinaFace, path: Path) -> Callable[[], object]:
-    return lambda: rf.detect_file(detector, path)
+def file_runner(detector: det.RetinaFace, path: Path) -> Callable[[], object]:
+    return lambda: det.detect_file(detector, path)
 
 
-def end_to_end(detectors: dict[str, rf.RetinaFace], repeat: int) -> dict[str, Any]:
+def end_to_end(detectors: dict[str, det.RetinaFace], repeat: int) -> dict[str, Any]:
     path = harness.INPUTS / PORTRAIT
     calls = {name: file_runner(d, path) for name, d in detectors.items()}
     for call in calls.values():
@@ -126,9 +127,9 @@ def compare(found: rf.Detections, baseline: rf.Detections) -> tuple[bool, float,
     return True, worst_score, worst_iou
 
 
-def accuracy(detectors: dict[str, rf.RetinaFace]) -> dict[str, Any]:
+def accuracy(detectors: dict[str, det.RetinaFace]) -> dict[str, Any]:
     base = label(("onnxruntime", "fp32"))
-    images = [rf.load_inference_image(p)[0] for p in accuracy_images()]
+    images = [det.load_inference_image(p)[0] for p in accuracy_images()]
     found = {name: [d.detect_prepared([i])[0] for i in images] for name, d in detectors.items()}
     raw = {
         name: [d.session.run(rf.preprocess([i])).scores for i in images]
@@ -179,7 +180,7 @@ def shape_speed(repeat: int) -> dict[str, Any]:
     """OpenVINO fp32 with and without fixed-shape compilation, against ONNX Runtime fp32: the
     model alone on one 1024 x 1024 input, interleaved (three sessions only)."""
     path = models.require().model_path
-    sessions: dict[str, rt.Session] = {
+    sessions: dict[str, rf.Session] = {
         "onnxruntime fp32": rt.OnnxRuntimeSession(path),
         "openvino fp32 dynamic shape": rt.OpenVinoSession(path, "fp32", static_shapes=0),
         "openvino fp32 fixed shape": rt.OpenVinoSession(path, "fp32", static_shapes=8),
@@ -212,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sha = models.require().manifest.model_sha256
     configs = configurations()
     sessions = {label(c): rt.open_session(path, *c) for c in configs}
-    detectors = {name: rf.RetinaFace(s, sha) for name, s in sessions.items()}
+    detectors = {name: det.RetinaFace(s, sha) for name, s in sessions.items()}
     result = {
         "repeat": args.repeat,
         "default": label(rt.resolve("auto", rt.DEFAULT_PRECISION)),

@@ -93,7 +93,7 @@ SECTIONS = (
 
 
 def _stub_pyvips() -> None:
-    """focal.retinaface imports pyvips at module level but needs it only to read and resize
+    """focal.face.detector imports pyvips at module level but needs it only to read and resize
     files; where pyvips is missing, a stand-in that fails when used lets the rest import."""
     if importlib.util.find_spec("pyvips") is not None:
         return
@@ -111,11 +111,14 @@ _stub_pyvips()
 
 import torch  # noqa: E402
 
-from focal import evaluation as ev  # noqa: E402
-from focal import geometry, models, retinaface  # noqa: E402
-from focal import runtime as rt  # noqa: E402
-from focal import torch_runtime as tr  # noqa: E402
+from focal import errors, geometry  # noqa: E402
 from focal.detection import Face, RGBImage  # noqa: E402
+from focal.face import detector as det  # noqa: E402
+from focal.face import evaluation as ev  # noqa: E402
+from focal.face import models, retinaface  # noqa: E402
+from focal.face import sessions as rt  # noqa: E402
+from focal.face import torch_detector as tr  # noqa: E402
+from focal.face import torch_postprocess as tp  # noqa: E402
 from focal.options import Fit, Gravity  # noqa: E402
 
 
@@ -175,7 +178,7 @@ def read_rgb(path: Path) -> RGBImage:
         return rgb
     import pyvips
 
-    return retinaface._to_numpy(pyvips.Image.new_from_file(str(path)))
+    return det._to_numpy(pyvips.Image.new_from_file(str(path)))
 
 
 def resize_rgb(image: RGBImage, width: int, height: int) -> RGBImage:
@@ -183,10 +186,8 @@ def resize_rgb(image: RGBImage, width: int, height: int) -> RGBImage:
         interpolation = cv2.INTER_AREA if width < image.shape[1] else cv2.INTER_CUBIC
         out: RGBImage = cv2.resize(image, (width, height), interpolation=interpolation)
         return out
-    scaled = retinaface._from_numpy(image).resize(
-        width / image.shape[1], vscale=height / image.shape[0]
-    )
-    return retinaface._to_numpy(scaled)
+    scaled = det._from_numpy(image).resize(width / image.shape[1], vscale=height / image.shape[0])
+    return det._to_numpy(scaled)
 
 
 def cap(image: RGBImage) -> RGBImage:
@@ -243,7 +244,7 @@ def software_facts() -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torchvision_installed": torchvision,
-        "nms": tr.nms_backend(),
+        "nms": tp.nms_backend(),
         "onnxruntime": onnxruntime.__version__,
         "opencv": None if cv2 is None else cv2.__version__,
         "numpy": np.__version__,
@@ -376,7 +377,7 @@ def compare(
     min_iou, max_diff, borderline = 1.0, 0.0, 0
     mismatches = []
     for name, ref, cand in zip(names, reference, candidate, strict=True):
-        found = tr.agreement(above(ref, THRESHOLD), above(cand, THRESHOLD), MIN_IOU)
+        found = ev.agreement(above(ref, THRESHOLD), above(cand, THRESHOLD), MIN_IOU)
         min_iou = min(min_iou, found.min_iou)
         max_diff = max(max_diff, found.max_score_difference)
         real = [s for s in found.unpaired_scores if abs(s - THRESHOLD) > SCORE_TOL]
@@ -423,7 +424,7 @@ def average_precision(photos: Sequence[Photo], found: Sequence[list[Face]]) -> d
 def equivalence(args: argparse.Namespace, photos: Sequence[Photo]) -> dict[str, Any]:
     session = rt.OnnxRuntimeSession(args.model)
     settings = retinaface.Settings(score_threshold=LOW_THRESHOLD)
-    reference = retinaface.RetinaFace(session, args.model_sha256, settings)
+    reference = det.RetinaFace(session, args.model_sha256, settings)
     capped = [p.capped for p in photos]
     names = [p.name for p in photos]
     start = time.perf_counter()
@@ -485,7 +486,7 @@ def device_resize(
     for (photo, ref), cand in zip(over, got, strict=True):
         sx = photo.image.shape[1] / photo.capped.shape[1]
         sy = photo.image.shape[0] / photo.capped.shape[0]
-        found = tr.agreement(scale_faces(above(ref, THRESHOLD), sx, sy), cand, 0.95)
+        found = ev.agreement(scale_faces(above(ref, THRESHOLD), sx, sy), cand, 0.95)
         paired += found.paired
         faces += found.reference
     return {"images": len(over), "reference_faces": faces, "paired_at_iou_0.95": paired}
@@ -707,7 +708,7 @@ def make_jpegs(
         if cv2 is not None:
             cv2.imwrite(str(path), image[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])
         else:
-            retinaface._from_numpy(image).jpegsave(str(path), Q=90)
+            det._from_numpy(image).jpegsave(str(path), Q=90)
         return path
 
     return list(pool.map(write, range(count)))
@@ -741,7 +742,7 @@ def face_crop(decoded: Decoded, faces: Sequence[Face]) -> tuple[int, bool]:
         ok, data = cv2.imencode(".jpg", crop[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 85])
         size = len(data) if ok else 0
     else:
-        size = len(retinaface._from_numpy(crop).jpegsave_buffer(Q=85))
+        size = len(det._from_numpy(crop).jpegsave_buffer(Q=85))
     return size, plan.face is not None
 
 
@@ -868,7 +869,7 @@ def arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.precisions:
         try:
             args.precisions = tuple(tr.resolve_precision(p) for p in args.precisions.split(","))
-        except tr.TorchRuntimeError as exc:
+        except errors.TorchRuntimeError as exc:
             parser.error(f"--precisions: {exc}")
     else:
         args.precisions = ("fp16", "fp32") if gpu or args.quick else ("fp32",)

@@ -27,7 +27,8 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from focal import torch_runtime as tr
+from focal.face import torch_detector as tr
+from focal.face import torch_graph as tg
 
 MIB = 1 << 20
 WARM_TIMED = 5  # detects timed once warm, in memory_breakdown
@@ -36,25 +37,25 @@ PAD = "pad (TF SAME) before "
 
 def step_kind(step: nn.Module) -> str:
     """A step of the translated graph by what it costs: convolutions by shape, the rest by role."""
-    if isinstance(step, tr.Conv):
+    if isinstance(step, tg.Conv):
         conv = step.conv
         size = "x".join(str(k) for k in conv.kernel_size)
         name = f"conv {size} depthwise" if conv.groups > 1 else f"conv {size}"
         if tuple(conv.stride) != (1, 1):
             name += f" stride {conv.stride[0]}"
         return name
-    if isinstance(step, tr.Clip):
+    if isinstance(step, tg.Clip):
         return "clip (ReLU6)"
-    if isinstance(step, tr.Relu | tr.LeakyRelu):
+    if isinstance(step, tg.Relu | tg.LeakyRelu):
         return "relu, leaky relu"
-    if isinstance(step, tr.Elementwise):
+    if isinstance(step, tg.Elementwise):
         two = step.slots.count("input") == 2
         return "add of two activations" if two else "arithmetic with a constant"
-    if isinstance(step, tr.Concat):
+    if isinstance(step, tg.Concat):
         return "concat"
-    if isinstance(step, tr.ResizeNearest):
+    if isinstance(step, tg.ResizeNearest):
         return "resize"
-    if isinstance(step, tr.Softmax):
+    if isinstance(step, tg.Softmax):
         return "softmax"
     return "layout"
 
@@ -127,13 +128,13 @@ class _Counter(TorchDispatchMode):  # type: ignore[no-untyped-call]
         return out
 
 
-def _cpu_module(model_path: Path, dtype: torch.dtype) -> tr.OnnxModule:
-    module: tr.OnnxModule = tr.load_module(model_path).to(dtype=dtype)
+def _cpu_module(model_path: Path, dtype: torch.dtype) -> tg.OnnxModule:
+    module: tg.OnnxModule = tg.load_module(model_path).to(dtype=dtype)
     return module.set_memory_format(torch.channels_last)
 
 
 def _hooked(
-    module: tr.OnnxModule, before: Callable[[int], None], after: Callable[[int], None]
+    module: tg.OnnxModule, before: Callable[[int], None], after: Callable[[int], None]
 ) -> list[Any]:
     handles = []
     for index, step in enumerate(module.steps):
@@ -194,7 +195,7 @@ def network_cost(model_path: Path, batch: int, side: int, dtype: torch.dtype) ->
     }
 
 
-def step_times(module: tr.OnnxModule, batch: Tensor, runs: int) -> dict[str, Any]:
+def step_times(module: tg.OnnxModule, batch: Tensor, runs: int) -> dict[str, Any]:
     """Device seconds per forward pass spent in each step, summed by kind, over `runs` passes
     (after one untimed pass), and the pass's time without the timing hooks."""
     device = batch.device

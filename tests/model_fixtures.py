@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from focal import models
+from focal.face import models
 
 
 def require_model() -> models.Installed:

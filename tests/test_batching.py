@@ -15,8 +15,8 @@ from tests.conftest import DEMO, FACEDATA
 from tests.model_fixtures import require_model_dir
 from tests.test_cli import focal
 
-from focal.batching import BatchingDetector
 from focal.detection import Face, RGBImage
+from focal.face.batching import BatchingDetector
 
 
 class RecordingDetector:
@@ -98,10 +98,10 @@ def test_an_inner_error_reaches_every_caller_of_its_batch_and_serving_goes_on() 
 
 
 def test_close_returns_promptly_and_refuses_later_calls() -> None:
-    detector = BatchingDetector(RecordingDetector(), max_batch=4, window_ms=10_000)
+    detector = BatchingDetector(RecordingDetector(), max_batch=4, window_ms=60_000)
     started = time.monotonic()
     detector.close()
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < 30  # well before the 60 s window, however loaded
     with pytest.raises(RuntimeError, match="closed"):
         detector.detect([image(1)])
     detector.close()  # a second close is harmless
@@ -109,14 +109,14 @@ def test_close_returns_promptly_and_refuses_later_calls() -> None:
 
 def test_a_caller_waiting_in_the_window_is_served_when_closed() -> None:
     inner = RecordingDetector()
-    detector = BatchingDetector(inner, max_batch=4, window_ms=10_000)
+    detector = BatchingDetector(inner, max_batch=4, window_ms=60_000)
     with ThreadPoolExecutor(1) as pool:
         waiting = pool.submit(detector.detect, [image(8)])
         time.sleep(0.1)
         started = time.monotonic()
         detector.close()
-        assert waiting.result(timeout=5)[0][0].score == 8.0
-    assert time.monotonic() - started < 1.0
+        assert waiting.result(timeout=30)[0][0].score == 8.0
+    assert time.monotonic() - started < 30  # well before the 60 s window
     assert inner.batches == [1]
 
 

@@ -48,6 +48,7 @@ BAD_SOURCES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "words"),
     [
@@ -68,6 +69,7 @@ def test_bad_files_fail_clearly_and_leave_nothing(tmp_path: Path, name: str, wor
     assert list(outdir.iterdir()) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("options", "message"),
     [
@@ -88,6 +90,7 @@ def test_bad_options_exit_2_and_leave_nothing(tmp_path: Path, options: str, mess
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_folder_run_lists_failures_goes_on_and_skips_done_work(tmp_path: Path) -> None:
     src = tmp_path / "in"
     (src / "sub").mkdir(parents=True)

@@ -16,11 +16,12 @@ import numpy.typing as npt
 import onnxruntime as ort
 import pytest
 
-from focal import convert, graphdef
+from focal import errors
+from focal.face import convert, graphdef
 
 Array = npt.NDArray[Any]
 
-# --- protobuf encoding (the inverse of focal.graphdef, for the messages used here) ----------
+# --- protobuf encoding (the inverse of focal.face.graphdef, for the messages used here) ----------
 
 
 def varint(value: int) -> bytes:
@@ -130,7 +131,7 @@ def test_tensor_with_one_float_value_fills_its_shape() -> None:
 
 def test_reader_rejects_truncated_bytes() -> None:
     data = node("a", "Const", [], value=np.zeros(4, dtype=np.float32))
-    with pytest.raises(graphdef.GraphDefError, match="truncated"):
+    with pytest.raises(errors.GraphDefError, match="truncated"):
         graphdef.parse_graph(data[:-3])
 
 
@@ -262,5 +263,5 @@ def test_translated_network_matches_tensorflow_semantics() -> None:
 
 def test_unknown_op_is_named_in_the_error() -> None:
     graph = node("x", "Placeholder", []) + node("odd", "Cumsum", ["x"])
-    with pytest.raises(convert.ConversionError, match="odd: op Cumsum"):
+    with pytest.raises(errors.ConversionError, match="odd: op Cumsum"):
         convert.convert_nodes(graphdef.parse_graph(graph), {"y": "odd"})

@@ -1,5 +1,5 @@
-"""The WIDER FACE protocol (focal.evaluation) on hand-built cases, against a literal transcription
-of the official Python evaluation, and on the official ground-truth files."""
+"""The WIDER FACE protocol (focal.face.evaluation) on hand-built cases, against a literal
+transcription of the official Python evaluation, and on the official ground-truth files."""
 
 from __future__ import annotations
 
@@ -11,12 +11,14 @@ import numpy as np
 import pytest
 
 from conftest import facedata_manifest
-from focal import cli, retinaface, runtime
-from focal import evaluation as ev
-from focal import runtime as rt
+from focal import cli
 from focal.commands import eval as eval_command
 from focal.detection import Face
 from focal.errors import FocalError
+from focal.face import detector as det
+from focal.face import evaluation as ev
+from focal.face import retinaface
+from focal.face import sessions as rt
 from model_fixtures import require_model, require_model_dir
 
 # Three counted faces and one face outside the subset, far apart.
@@ -320,8 +322,8 @@ def test_low_threshold_run_holds_the_operating_point_detections(facedata: Path) 
     the detections above 0.5 of a run at 0.02 are exactly those of a run at 0.5: one run serves
     both AP and the operating point."""
     model_dir = require_model_dir()
-    low = retinaface.load_detector(model_dir, score_threshold=0.02)
-    high = retinaface.load_detector(model_dir, score_threshold=0.5)
+    low = rt.load_detector(model_dir, score_threshold=0.02)
+    high = rt.load_detector(model_dir, score_threshold=0.5)
     path = facedata / DENSE
     all_faces = eval_command.detect_path(low, path, 1024)
     operating = eval_command.detect_path(high, path, 1024)
@@ -334,8 +336,8 @@ def test_low_threshold_run_holds_the_operating_point_detections(facedata: Path) 
 def test_frozen_graph_heads_match_the_converted_model(facedata: Path) -> None:
     installed = require_model()
     heads = rt.FrozenGraphHeads(installed.graph_path)
-    ours = runtime.open_session(installed.model_path, "onnxruntime")
-    image, _ = retinaface.load_inference_image(facedata / TALL)
+    ours = rt.open_session(installed.model_path, "onnxruntime")
+    image, _ = det.load_inference_image(facedata / TALL)
     batch = retinaface.preprocess([image])
     expected, got = ours.run(batch), heads.run(batch)
     assert (

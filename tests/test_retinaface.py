@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +14,14 @@ import pytest
 import pyvips
 
 from conftest import DEMO, FACEDATA, facedata_manifest
-from focal import cli, models
-from focal import retinaface as rf
-from focal import runtime as rt
+from focal import cli
 from focal.detection import RGBImage
 from focal.errors import ModelMissingError
+from focal.face import detector as det
+from focal.face import models
+from focal.face import retinaface as rf
+from focal.face import sessions as rt
+from focal.face.evaluation import box_iou
 from model_fixtures import require_model
 
 WIDER = "wider_face/WIDER_val/images"
@@ -30,11 +33,6 @@ EQUIVALENCE_WIDER = [
     f"{WIDER}/13--Interview/13_Interview_Interview_On_Location_13_861.jpg",
     f"{WIDER}/13--Interview/13_Interview_Interview_Sequences_13_35.jpg",
 ]
-
-
-def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
-    found = rf.iou(np.asarray(a, dtype=np.float64), np.asarray([b], dtype=np.float64))
-    return float(found[0])
 
 
 # --- anchors ----------------------------------------------------------------------------------
@@ -113,7 +111,7 @@ def test_nms_of_nothing() -> None:
 
 def test_postprocess_applies_the_score_threshold_then_decodes() -> None:
     priors = np.array([[10, 10, 16, 16], [30, 10, 16, 16], [50, 10, 16, 16]], dtype=np.float32)
-    outputs = rt.RawOutputs(
+    outputs = rf.RawOutputs(
         boxes=np.zeros((1, 3, 4), dtype=np.float32),
         landmarks=np.zeros((1, 3, 10), dtype=np.float32),
         scores=np.array([[0.2, 0.9, 0.55]], dtype=np.float32),
@@ -169,12 +167,12 @@ class OneFaceSession:
     def __init__(self) -> None:
         self.shapes: list[tuple[int, ...]] = []
 
-    def run(self, batch: rf.FloatArray) -> rt.RawOutputs:
+    def run(self, batch: rf.FloatArray) -> rf.RawOutputs:
         self.shapes.append(batch.shape)
         count = len(rf.anchors(batch.shape[1], batch.shape[2]))
         scores = np.zeros((batch.shape[0], count), dtype=np.float32)
         scores[:, 0] = 0.9
-        return rt.RawOutputs(
+        return rf.RawOutputs(
             boxes=np.zeros((batch.shape[0], count, 4), dtype=np.float32),
             landmarks=np.zeros((batch.shape[0], count, 10), dtype=np.float32),
             scores=scores,
@@ -183,7 +181,7 @@ class OneFaceSession:
 
 def test_faces_come_back_in_each_inputs_own_coordinates() -> None:
     session = OneFaceSession()
-    detector = rf.RetinaFace(session, "0" * 64)
+    detector = det.RetinaFace(session, "0" * 64)
     big = np.zeros((2000, 4000, 3), dtype=np.uint8)  # detected at 1024 x 512
     small = np.zeros((100, 50, 3), dtype=np.uint8)
     faces = detector.detect([big, small])
@@ -199,18 +197,18 @@ def test_faces_come_back_in_each_inputs_own_coordinates() -> None:
 
 def test_no_images_no_inference() -> None:
     session = OneFaceSession()
-    assert rf.RetinaFace(session, "0" * 64).detect([]) == []
+    assert det.RetinaFace(session, "0" * 64).detect([]) == []
     assert session.shapes == []
 
 
 def test_model_id_names_the_model_and_the_thresholds() -> None:
-    detector = rf.RetinaFace(OneFaceSession(), "ab" * 32, rf.Settings(0.6, 0.3))
+    detector = det.RetinaFace(OneFaceSession(), "ab" * 32, rf.Settings(0.6, 0.3))
     assert detector.model_id == "retinaface-mnv2:abababababababab:s0.6:n0.3"
 
 
 def test_loader_without_a_model_raises_model_missing(tmp_path: Path) -> None:
     with pytest.raises(ModelMissingError, match="run `focal models fetch`"):
-        rf.load_detector(tmp_path)
+        rt.load_detector(tmp_path)
 
 
 def test_detect_command_without_a_model_exits_3(
@@ -230,8 +228,8 @@ def face_model_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def detector(face_model_dir: Path) -> rf.RetinaFace:
-    return rf.load_detector(face_model_dir)
+def detector(face_model_dir: Path) -> det.RetinaFace:
+    return rt.load_detector(face_model_dir)
 
 
 @pytest.fixture(scope="session")
@@ -254,9 +252,9 @@ def test_converted_model_matches_the_original_frozen_graph(
 ) -> None:
     """focal's ONNX model + numpy decode/NMS against the original graph (with its own in-graph
     decode and NMS) run by OpenVINO's TensorFlow frontend."""
-    image, _ = rf.load_inference_image(FACEDATA / path)
+    image, _ = det.load_inference_image(FACEDATA / path)
     session = rt.open_session(models.require(face_model_dir).model_path, "onnxruntime")
-    ours = rf.RetinaFace(session, "0" * 64)
+    ours = det.RetinaFace(session, "0" * 64)
     found = ours.detect_prepared([image])[0]
     batch = rf.preprocess([image])
     rows = reference.run(batch)
@@ -274,8 +272,8 @@ def test_converted_model_matches_the_original_frozen_graph(
 @pytest.mark.parametrize(
     "image", [DEMO / "astronaut.jpg", DEMO / "grace_hopper.jpg"], ids=["astronaut", "hopper"]
 )
-def test_one_face_in_each_demo_portrait(image: Path, detector: rf.RetinaFace) -> None:
-    result = rf.detect_file(detector, image)
+def test_one_face_in_each_demo_portrait(image: Path, detector: det.RetinaFace) -> None:
+    result = det.detect_file(detector, image)
     assert len(result.faces) == 1
     face = result.faces[0]
     assert face.score > 0.99
@@ -288,9 +286,9 @@ def test_one_face_in_each_demo_portrait(image: Path, detector: rf.RetinaFace) ->
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", singles())
-def test_labelled_portraits(path: str, detector: rf.RetinaFace) -> None:
+def test_labelled_portraits(path: str, detector: det.RetinaFace) -> None:
     row = manifest_rows()[path]
-    faces = rf.detect_file(detector, FACEDATA / path).faces
+    faces = det.detect_file(detector, FACEDATA / path).faces
     assert len(faces) == len(row["faces"])
     for label in row["faces"]:
         assert max(box_iou(f.box, label) for f in faces) >= 0.5
@@ -314,13 +312,13 @@ def wider_with_clear_faces() -> list[str]:
 
 
 @pytest.mark.slow
-def test_every_clearly_visible_wider_face_is_found(detector: rf.RetinaFace) -> None:
+def test_every_clearly_visible_wider_face_is_found(detector: det.RetinaFace) -> None:
     paths = wider_with_clear_faces()
     assert len(paths) >= 50
     missed = []
     for path in paths:
         row = manifest_rows()[path]
-        faces = rf.detect_file(detector, FACEDATA / path).faces
+        faces = det.detect_file(detector, FACEDATA / path).faces
         for label in clear_faces(row):
             best = max((box_iou(f.box, label) for f in faces), default=0.0)
             if best < 0.5:
@@ -338,17 +336,17 @@ def clear_negatives() -> list[str]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", clear_negatives())
-def test_no_face_in_images_without_faces(path: str, detector: rf.RetinaFace) -> None:
-    assert rf.detect_file(detector, FACEDATA / path).faces == []
+def test_no_face_in_images_without_faces(path: str, detector: det.RetinaFace) -> None:
+    assert det.detect_file(detector, FACEDATA / path).faces == []
 
 
 def load_rgb(path: Path) -> RGBImage:
-    image, _ = rf.load_inference_image(path)
+    image, _ = det.load_inference_image(path)
     return image
 
 
 @pytest.mark.slow
-def test_batch_results_match_single_results(detector: rf.RetinaFace) -> None:
+def test_batch_results_match_single_results(detector: det.RetinaFace) -> None:
     a = load_rgb(DEMO / "astronaut.jpg")
     b = load_rgb(FACEDATA / EQUIVALENCE_WIDER[4])  # 699 x 1024, four faces
     together = detector.detect([a, b])
@@ -360,11 +358,11 @@ def test_batch_results_match_single_results(detector: rf.RetinaFace) -> None:
 
 
 def enlarged(path: Path, factor: int) -> RGBImage:
-    return rf._to_numpy(pyvips.Image.new_from_file(str(path)).resize(factor, kernel="linear"))
+    return det._to_numpy(pyvips.Image.new_from_file(str(path)).resize(factor, kernel="linear"))
 
 
 @pytest.mark.slow
-def test_large_inputs_are_detected_at_the_cap_and_mapped_back(detector: rf.RetinaFace) -> None:
+def test_large_inputs_are_detected_at_the_cap_and_mapped_back(detector: det.RetinaFace) -> None:
     original = load_rgb(DEMO / "astronaut.jpg")  # 512 x 512
     (face,) = detector.detect([original])[0]
     (big,) = detector.detect([enlarged(DEMO / "astronaut.jpg", 4)])[0]  # 2048 x 2048
@@ -382,9 +380,9 @@ def rotated_jpeg(tmp_path: Path) -> Iterator[Path]:
 
 
 @pytest.mark.slow
-def test_exif_orientation_is_applied(detector: rf.RetinaFace, rotated_jpeg: Path) -> None:
-    upright = rf.detect_file(detector, DEMO / "astronaut.jpg").faces
-    turned = rf.detect_file(detector, rotated_jpeg)
+def test_exif_orientation_is_applied(detector: det.RetinaFace, rotated_jpeg: Path) -> None:
+    upright = det.detect_file(detector, DEMO / "astronaut.jpg").faces
+    turned = det.detect_file(detector, rotated_jpeg)
     assert (turned.width, turned.height) == (512, 512)
     assert len(turned.faces) == 1
     assert box_iou(turned.faces[0].box, upright[0].box) >= 0.9

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 
 from conftest import DEMO
-from focal import retinaface as rf
-from focal import runtime as rt
+from focal import errors
+from focal.face import detector as det
+from focal.face import retinaface as rf
+from focal.face import sessions as rt
 from model_fixtures import require_model
 
 
@@ -27,7 +29,7 @@ def test_auto_resolves_to_the_measured_default() -> None:
     ],
 )
 def test_bad_choices_are_refused_with_a_reason(runtime: str, precision: str, message: str) -> None:
-    with pytest.raises(rt.RuntimeChoiceError, match=message):
+    with pytest.raises(errors.RuntimeChoiceError, match=message):
         rt.resolve(runtime, precision)
 
 
@@ -42,17 +44,17 @@ def model_path() -> Path:
 
 @pytest.fixture(scope="module")
 def batch() -> rf.FloatArray:
-    image, _ = rf.load_inference_image(DEMO / "astronaut.jpg")
+    image, _ = det.load_inference_image(DEMO / "astronaut.jpg")
     return rf.preprocess([image, image[:300, :400]])
 
 
 @pytest.fixture(scope="module")
-def baseline(model_path: Path, batch: rf.FloatArray) -> rt.RawOutputs:
+def baseline(model_path: Path, batch: rf.FloatArray) -> rf.RawOutputs:
     return rt.open_session(model_path, "onnxruntime").run(batch)
 
 
 @pytest.mark.slow
-def test_outputs_have_one_row_per_anchor(baseline: rt.RawOutputs, batch: rf.FloatArray) -> None:
+def test_outputs_have_one_row_per_anchor(baseline: rf.RawOutputs, batch: rf.FloatArray) -> None:
     anchors = len(rf.anchors(batch.shape[1], batch.shape[2]))
     assert baseline.boxes.shape == (2, anchors, 4)
     assert baseline.landmarks.shape == (2, anchors, 10)
@@ -63,7 +65,7 @@ def test_outputs_have_one_row_per_anchor(baseline: rt.RawOutputs, batch: rf.Floa
 
 @pytest.mark.slow
 def test_openvino_fp32_matches_onnxruntime(
-    model_path: Path, batch: rf.FloatArray, baseline: rt.RawOutputs
+    model_path: Path, batch: rf.FloatArray, baseline: rf.RawOutputs
 ) -> None:
     outputs = rt.open_session(model_path, "openvino", "fp32").run(batch)
     assert np.abs(outputs.scores - baseline.scores).max() <= 1e-3
@@ -74,10 +76,10 @@ def test_openvino_fp32_matches_onnxruntime(
 @pytest.mark.slow
 @pytest.mark.parametrize("precision", ["bf16", "f16"])
 def test_lower_precisions_run_and_find_the_same_face(
-    precision: str, model_path: Path, batch: rf.FloatArray, baseline: rt.RawOutputs
+    precision: str, model_path: Path, batch: rf.FloatArray, baseline: rf.RawOutputs
 ) -> None:
     if precision not in rt.openvino_precisions():
-        with pytest.raises(rt.RuntimeChoiceError, match=precision):
+        with pytest.raises(errors.RuntimeChoiceError, match=precision):
             rt.open_session(model_path, "openvino", precision)
         return
     session = rt.open_session(model_path, "openvino", precision)

@@ -33,22 +33,28 @@ except ImportError:  # pragma: no cover - the message is the point
 import onnxruntime as ort
 import pyvips
 
-from focal import models, retinaface
-from focal import torch_runtime as tr
+from focal import errors
 from focal.detection import Face, RGBImage
 from focal.errors import ModelMissingError
+from focal.face import detector as det
+from focal.face import evaluation as ev
+from focal.face import models, retinaface
+from focal.face import sessions as rt
+from focal.face import torch_detector as tr
+from focal.face import torch_graph as tg
+from focal.face import torch_postprocess as tp
 
 # --- helpers --------------------------------------------------------------------------------
 
 
 def read_rgb(path: Path) -> RGBImage:
-    return retinaface._to_numpy(pyvips.Image.new_from_file(str(path)))
+    return det._to_numpy(pyvips.Image.new_from_file(str(path)))
 
 
 def assert_same_faces(
     reference: Sequence[Face], candidate: Sequence[Face], min_iou: float, score_tol: float
 ) -> None:
-    found = tr.agreement(reference, candidate, min_iou)
+    found = ev.agreement(reference, candidate, min_iou)
     assert found.reference == found.candidate, found
     assert found.paired == found.reference, found
     assert found.max_score_difference <= score_tol, found
@@ -67,8 +73,8 @@ def installed() -> models.Installed:
 
 
 @pytest.fixture(scope="module")
-def reference(installed: models.Installed) -> retinaface.RetinaFace:
-    return retinaface.load_detector(runtime="onnxruntime")
+def reference(installed: models.Installed) -> det.RetinaFace:
+    return rt.load_detector(runtime="onnxruntime")
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +179,7 @@ def test_translated_small_graph_matches_onnxruntime(layout: torch.memory_format)
     model = small_graph()
     x = np.random.default_rng(1).integers(0, 256, (2, 32, 64, 3)).astype(np.float32)
     expected = run_onnxruntime(model, x)
-    module = tr.translate(model).set_memory_format(layout)
+    module = tg.translate(model).set_memory_format(layout)
     with torch.inference_mode():
         got = [t.numpy() for t in module(torch.from_numpy(x))]
     assert [g.shape for g in got] == [e.shape for e in expected] == [(2, 1024, 2), (2, 1024)]
@@ -185,16 +191,17 @@ def test_translated_small_graph_in_fp16_stays_close() -> None:
     model = small_graph()
     x = np.random.default_rng(2).integers(0, 256, (1, 32, 32, 3)).astype(np.float32)
     expected = run_onnxruntime(model, x)[1]
-    module = tr.translate(model).to(dtype=torch.float16)
+    module = tg.translate(model).to(dtype=torch.float16)
     with torch.inference_mode():
         scores = module(torch.from_numpy(x).half())[1]
     assert scores.dtype == torch.float32  # the softmax runs in float32
     np.testing.assert_allclose(scores.numpy(), expected, atol=0.02)
 
 
+@pytest.mark.slow
 def test_translated_graph_is_one_graph_for_torch_compile() -> None:
     """torch.compile (TorchDynamo) captures the whole module without a graph break."""
-    module = tr.translate(small_graph()).set_memory_format(torch.channels_last)
+    module = tg.translate(small_graph()).set_memory_format(torch.channels_last)
     compiled = torch.compile(module, backend="eager", fullgraph=True, dynamic=False)
     x = torch.from_numpy(np.random.default_rng(5).integers(0, 256, (1, 32, 32, 3)).astype("f4"))
     with torch.inference_mode():
@@ -203,7 +210,7 @@ def test_translated_graph_is_one_graph_for_torch_compile() -> None:
 
 
 def test_translation_frees_intermediate_values() -> None:
-    module = tr.translate(small_graph())
+    module = tg.translate(small_graph())
     released = {name for wire in module.wires for name in wire.release}
     produced = {wire.output for wire in module.wires} | {"x"}
     assert released == produced - {"logits", "scores"}
@@ -212,8 +219,8 @@ def test_translation_frees_intermediate_values() -> None:
 def test_unsupported_op_is_named() -> None:
     model = small_graph()
     model.graph.node.append(helper.make_node("Erf", ["scores"], ["erf"]))
-    with pytest.raises(tr.GraphError, match="unsupported ONNX op Erf"):
-        tr.translate(model)
+    with pytest.raises(errors.OnnxGraphError, match="unsupported ONNX op Erf"):
+        tg.translate(model)
 
 
 def test_resize_other_than_nearest_floor_is_refused() -> None:
@@ -221,19 +228,19 @@ def test_resize_other_than_nearest_floor_is_refused() -> None:
     resize = next(n for n in model.graph.node if n.op_type == "Resize")
     mode = next(a for a in resize.attribute if a.name == "mode")
     mode.CopyFrom(helper.make_attribute("mode", "linear"))
-    with pytest.raises(tr.GraphError, match="Resize"):
-        tr.translate(model)
+    with pytest.raises(errors.OnnxGraphError, match="Resize"):
+        tg.translate(model)
 
 
 def test_converted_model_ops_are_all_translated(installed: models.Installed) -> None:
     model = onnx.load(str(installed.model_path))
-    kinds = set(tr.op_types(model))
+    kinds = set(tg.op_types(model))
     assert kinds >= {"Conv", "Clip", "LeakyRelu", "Resize", "Softmax", "Gather"}
-    module = tr.translate(model)
+    module = tg.translate(model)
     assert len(module.steps) == len(model.graph.node)
-    depthwise = [s for s in module.steps if isinstance(s, tr.Conv) and s.conv.groups > 1]
+    depthwise = [s for s in module.steps if isinstance(s, tg.Conv) and s.conv.groups > 1]
     assert depthwise and all(s.conv.groups == s.conv.in_channels for s in depthwise)
-    assert module.output_names == tr.OUTPUT_NAMES
+    assert module.output_names == retinaface.OUTPUT_NAMES
 
 
 # --- decoding and NMS against the numpy reference ----------------------------------------------
@@ -250,7 +257,7 @@ def random_boxes(rng: np.random.Generator, count: int) -> tuple[np.ndarray, np.n
 def test_nms_keeps_what_the_numpy_nms_keeps(seed: int) -> None:
     boxes, scores = random_boxes(np.random.default_rng(seed), 300)
     expected = retinaface.nms(boxes, scores, 0.4)
-    got = tr.nms(torch.from_numpy(boxes), torch.from_numpy(scores), 0.4).numpy()
+    got = tp.nms(torch.from_numpy(boxes), torch.from_numpy(scores), 0.4).numpy()
     assert len(expected) > 20
     np.testing.assert_array_equal(got, expected)
 
@@ -259,7 +266,7 @@ def test_batched_nms_suppresses_within_each_item_only() -> None:
     rng = np.random.default_rng(3)
     boxes, scores = random_boxes(rng, 200)
     groups = rng.integers(0, 4, 200)
-    kept = tr.batched_nms_torch(
+    kept = tp.batched_nms_torch(
         torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(groups), 0.4
     ).numpy()
     for group in range(4):
@@ -271,7 +278,7 @@ def test_batched_nms_suppresses_within_each_item_only() -> None:
 
 def test_identical_boxes_in_two_items_are_both_kept() -> None:
     boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0]] * 2)
-    kept = tr.batched_nms(boxes, torch.tensor([0.9, 0.8]), torch.tensor([0, 1]), 0.4)
+    kept = tp.batched_nms(boxes, torch.tensor([0.9, 0.8]), torch.tensor([0, 1]), 0.4)
     assert sorted(kept.tolist()) == [0, 1]
 
 
@@ -280,8 +287,8 @@ def test_decoding_matches_the_numpy_decoding() -> None:
     priors = retinaface.anchors(64, 96)
     deltas = rng.normal(0, 1, (len(priors), 4)).astype(np.float32)
     marks = rng.normal(0, 1, (len(priors), 10)).astype(np.float32)
-    boxes = tr.decode_boxes(torch.from_numpy(deltas), torch.from_numpy(priors)).numpy()
-    points = tr.decode_landmarks(torch.from_numpy(marks), torch.from_numpy(priors)).numpy()
+    boxes = tp.decode_boxes(torch.from_numpy(deltas), torch.from_numpy(priors)).numpy()
+    points = tp.decode_landmarks(torch.from_numpy(marks), torch.from_numpy(priors)).numpy()
     expected_boxes = retinaface.decode_boxes(deltas, priors)
     expected_points = retinaface.decode_landmarks(marks, priors)
     np.testing.assert_allclose(boxes, expected_boxes, rtol=1e-5, atol=1e-4)
@@ -295,11 +302,11 @@ def test_decode_batch_groups_rows_by_item_best_first() -> None:
     scores[0, [3, 40]] = torch.tensor([0.7, 0.9])
     scores[2, 5] = 0.8
     outputs = (torch.zeros(3, count, 4), torch.zeros(3, count, 10), scores)
-    found = tr.decode_batch(outputs, priors, retinaface.Settings(), count=3)
+    found = tp.decode_batch(outputs, priors, retinaface.Settings(), count=3)
     assert found.items.tolist() == [0, 0, 2]
     np.testing.assert_allclose(found.scores, [0.9, 0.7, 0.8])
     assert len(found.detections(1).boxes) == 0
-    only_two = tr.decode_batch(outputs, priors, retinaface.Settings(), count=2)
+    only_two = tp.decode_batch(outputs, priors, retinaface.Settings(), count=2)
     assert only_two.items.tolist() == [0, 0]  # padding items of a CUDA-graph batch are dropped
 
 
@@ -329,9 +336,9 @@ def test_a_non_rgb_image_is_refused(detector: tr.TorchDetector) -> None:
 
 
 def test_unknown_precision_and_device_are_refused(installed: models.Installed) -> None:
-    with pytest.raises(tr.TorchRuntimeError, match="precision 'int8'"):
+    with pytest.raises(errors.TorchRuntimeError, match="precision 'int8'"):
         tr.load_torch_detector(precision="int8")
-    with pytest.raises(tr.TorchRuntimeError, match="device 'tpu'"):
+    with pytest.raises(errors.TorchRuntimeError, match="device 'tpu'"):
         tr.load_torch_detector(device="tpu")
 
 
@@ -341,7 +348,7 @@ def test_missing_model_names_the_fetch_command(tmp_path: Path) -> None:
 
 
 def test_model_id_matches_the_cpu_detector_in_fp32(
-    reference: retinaface.RetinaFace, detector: tr.TorchDetector
+    reference: det.RetinaFace, detector: tr.TorchDetector
 ) -> None:
     assert detector.model_id == reference.model_id
     fp16 = tr.load_torch_detector(precision="f16", device="cpu")
@@ -351,8 +358,9 @@ def test_model_id_matches_the_cpu_detector_in_fp32(
 
 def test_default_install_does_not_import_torch() -> None:
     code = (
-        "import sys, focal.cli, focal.pipeline, focal.retinaface, focal.runtime, "
-        "focal.server.app, focal.server.detector_pool, focal.server.detector_worker; "
+        "import sys, focal.cli, focal.pipeline, focal.face.retinaface, focal.face.detector, "
+        "focal.face.sessions, focal.server.app, focal.server.detector_pool, "
+        "focal.server.detector_worker; "
         "print('torch' in sys.modules)"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -364,7 +372,7 @@ def test_default_install_does_not_import_torch() -> None:
 
 @pytest.mark.slow
 def test_same_faces_as_onnxruntime_on_photos(
-    reference: retinaface.RetinaFace, detector: tr.TorchDetector, singles: list[RGBImage]
+    reference: det.RetinaFace, detector: tr.TorchDetector, singles: list[RGBImage]
 ) -> None:
     wider = [read_rgb(FACEDATA / str(r["path"])) for r in wider_rows(fits=True, count=3)]
     images = singles + wider
@@ -377,12 +385,12 @@ def test_same_faces_as_onnxruntime_on_photos(
 
 @pytest.mark.slow
 def test_same_faces_as_onnxruntime_on_images_over_the_cap(
-    reference: retinaface.RetinaFace, detector: tr.TorchDetector
+    reference: det.RetinaFace, detector: tr.TorchDetector
 ) -> None:
     """Over 1024 pixels: on the same capped pixels the faces are the same; resized on the device
     (bicubic, not libvips' lanczos3) they are the same faces, in the original's coordinates."""
     images = [read_rgb(FACEDATA / str(r["path"])) for r in wider_rows(fits=False, count=2)]
-    capped = [retinaface.fit_to_cap(image) for image in images]
+    capped = [det.fit_to_cap(image) for image in images]
     expected = reference.detect(images)
     assert all(len(f) for f in expected)
     for want, have in zip(reference.detect(capped), detector.detect(capped), strict=True):
@@ -396,7 +404,7 @@ def test_same_faces_as_onnxruntime_on_images_over_the_cap(
 def test_device_resize_is_close_to_the_cpu_resize() -> None:
     row = wider_rows(fits=False, count=1)[0]
     image = read_rgb(FACEDATA / str(row["path"]))
-    expected = retinaface.fit_to_cap(image).astype(np.float32)
+    expected = det.fit_to_cap(image).astype(np.float32)
     height, width = expected.shape[:2]
     got = tr.resize(torch.from_numpy(image), height, width).numpy()
     assert got.shape == expected.shape

@@ -15,11 +15,20 @@ FocalError                  base: .status, .public (safe to show), .detail (logs
 ├── RedactionError    503   redact=faces without a working face detector (never served unredacted)
 ├── DeadlineError     504   the request's time ran out (its work is cancelled)
 ├── InternalError     500   a defect: the details are in the log only
+├── SettingsError     500   a setting has a wrong value (the server does not start)
 ├── ModelMissingError 500   the face model is not installed (says which command installs it)
-└── SettingsError     500   a setting has a wrong value (the server does not start)
+├── ModelInstallError 500   the face model could not be downloaded, read or checked
+├── GraphError        500   a model graph focal cannot read, convert or run
+│   ├── GraphDefError       the frozen TensorFlow graph's bytes are not a GraphDef focal reads
+│   ├── ConversionError     the frozen graph holds an op the TensorFlow -> ONNX translator lacks
+│   └── OnnxGraphError      the ONNX graph holds an op the ONNX -> torch translator lacks
+└── RuntimeChoiceError 500  an inference runtime, precision or device unknown or not available
+    └── TorchRuntimeError   the torch runtime's device or precision (or torch itself) unavailable
 
 Each class's ``docs`` names the section of docs/errors.md that explains it; error responses
-carry it as ``docs``.
+carry it as ``docs``. The face wing (focal.face) raises the last four; a detector worker's start
+failure is rebuilt from its class name here, so every class a worker may raise lives in this
+module.
 """
 
 from __future__ import annotations
@@ -125,6 +134,51 @@ class SettingsError(FocalError):
 
     status = 500
     docs = f"{DOCS}#settingserror"
+
+
+class ModelInstallError(FocalError):
+    """The model could not be downloaded, read or checked."""
+
+    status = 500
+    docs = f"{DOCS}#modelinstallerror"
+
+
+class GraphError(FocalError):
+    """A model graph focal cannot read, convert or run."""
+
+    status = 500
+    docs = f"{DOCS}#grapherror"
+
+
+class GraphDefError(GraphError):
+    """The bytes are not a GraphDef focal's reader understands."""
+
+    docs = f"{DOCS}#graphdeferror"
+
+
+class ConversionError(GraphError):
+    """The frozen graph holds something the TensorFlow -> ONNX translator does not handle."""
+
+    docs = f"{DOCS}#conversionerror"
+
+
+class OnnxGraphError(GraphError):
+    """The ONNX graph holds something the ONNX -> torch translator does not run."""
+
+    docs = f"{DOCS}#onnxgrapherror"
+
+
+class RuntimeChoiceError(FocalError):
+    """An unknown runtime, precision or device, or one this machine cannot run."""
+
+    status = 500
+    docs = f"{DOCS}#runtimechoiceerror"
+
+
+class TorchRuntimeError(RuntimeChoiceError):
+    """An unknown torch precision or device, or a device this machine does not have."""
+
+    docs = f"{DOCS}#torchruntimeerror"
 
 
 def expected(option: str, what: str, received: object) -> OptionError:

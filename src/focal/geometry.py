@@ -26,6 +26,7 @@ from focal.options import Fit, Gravity
 
 _EPS = 1e-9  # absorbs float noise before floor/ceil (a computed 3.0000000001 is 3)
 
+INFERENCE_CAP = 1024  # SPEC §2 step 1: detection never runs on more than 1024 px per side
 # Why gravity=face fell back to the centre, as the Focal-Gravity-Fallback header and the json
 # "fallback" field say it (the one place these texts are written).
 NO_FACE = "no face found"
@@ -158,7 +159,7 @@ def round_pos(value: float) -> int:
 # --- the published algorithm (SPEC §2) --------------------------------------------------------
 
 
-def inference_size(source: Size, cap: int = 1024) -> tuple[Size, float]:
+def inference_size(source: Size, cap: int = INFERENCE_CAP) -> tuple[Size, float]:
     """Step 1: the size detection runs at, and the factor original / inference (>= 1).
 
     A source at most ``cap`` on both sides is used as is; otherwise it is scaled to fit
@@ -202,7 +203,7 @@ def face_crop_size(outer: Box, zoom: float, bounds: Size) -> tuple[float, float]
 
 
 def face_region(
-    faces: Sequence[Box], zoom: float, image: Size, cap: int = 1024
+    faces: Sequence[Box], zoom: float, image: Size, cap: int = INFERENCE_CAP
 ) -> FaceRegion | None:
     """Steps 1, 3, 4, 5 and 6 for faces given in original pixels (None when there are none).
 
@@ -404,7 +405,7 @@ def plan(
     faces: Sequence[Box] = (),
     zoom: float = 0.0,
     focus: tuple[float, float] | None = None,
-    cap: int = 1024,
+    cap: int = INFERENCE_CAP,
     face_policy: FacePolicy = FacePolicy.FIT,
 ) -> Plan:
     """The crop, resize and canvas for one request (``width``/``height`` already times dpr).

@@ -30,6 +30,7 @@ from focal.encode import ANIMATES, KEEPS_ALPHA, choose_format, content_type, enc
 from focal.errors import DeadlineError, ImageError, LimitError, OptionError, RedactionError
 from focal.geometry import (
     DETECTION_FAILED,
+    INFERENCE_CAP,
     NO_DETECTOR,
     NO_FACE,
     NOT_WITH_TRIM_BORDER,
@@ -40,7 +41,6 @@ from focal.geometry import (
 from focal.options import Format, GravityMode, Options, check_rules
 
 MATERIALISE_PIXELS = 4_000_000
-INFERENCE_CAP = 1024  # SPEC §2: detection never runs on more than 1024 px per side
 
 
 @dataclass(frozen=True)

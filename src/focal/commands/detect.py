@@ -16,9 +16,12 @@ from typing import Any
 
 import pyvips
 
-from focal import geometry, retinaface, runtime
+from focal import geometry
 from focal.detection import Face
 from focal.errors import FocalError, ModelMissingError
+from focal.face import detector as cpu
+from focal.face import sessions
+from focal.face.retinaface import Settings
 
 MISSING_MODEL = 3
 FACE_INK = [0, 255, 0]
@@ -35,9 +38,9 @@ def register(sub: Any) -> None:
     p.add_argument("--draw", type=Path, metavar="OUT.png", help="write an annotated PNG")
     p.add_argument("--zoom", type=float, default=0.5, help="zoom of the drawn crop (0..1)")
     p.add_argument("--model-dir", type=Path, default=None, help="model cache dir")
-    p.add_argument("--runtime", choices=runtime.RUNTIMES, default="auto")
-    p.add_argument("--precision", choices=runtime.PRECISIONS, default=runtime.DEFAULT_PRECISION)
-    p.add_argument("--score-threshold", type=float, default=retinaface.Settings.score_threshold)
+    p.add_argument("--runtime", choices=sessions.CPU_RUNTIMES, default="auto")
+    p.add_argument("--precision", choices=sessions.PRECISIONS, default=sessions.DEFAULT_PRECISION)
+    p.add_argument("--score-threshold", type=float, default=Settings.score_threshold)
     p.set_defaults(func=run)
 
 
@@ -45,13 +48,13 @@ def _boxes(faces: Sequence[Face]) -> list[geometry.Box]:
     return [geometry.Box(*face.box) for face in faces]
 
 
-def _region(result: retinaface.FileDetection, zoom: float) -> geometry.FaceRegion | None:
+def _region(result: cpu.FileDetection, zoom: float) -> geometry.FaceRegion | None:
     size = geometry.Size(result.width, result.height)
     return geometry.face_region(_boxes(result.faces), zoom, size)
 
 
 def describe(
-    path: Path, result: retinaface.FileDetection, region: geometry.FaceRegion | None, model: str
+    path: Path, result: cpu.FileDetection, region: geometry.FaceRegion | None, model: str
 ) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "image": str(path),
@@ -59,7 +62,7 @@ def describe(
         "height": result.height,
         "inference": {"width": result.inference_width, "height": result.inference_height},
         "model": model,
-        "faces": retinaface.describe(result.faces),
+        "faces": cpu.describe(result.faces),
         "timings_ms": {k: round(v, 2) for k, v in result.timings.items()},
     }
     if region is not None:
@@ -115,10 +118,10 @@ def draw(path: Path, out: Path, faces: Sequence[Face], region: geometry.FaceRegi
 
 def run(args: argparse.Namespace) -> int:
     try:
-        detector = retinaface.load_detector(
+        detector = sessions.load_detector(
             args.model_dir, args.runtime, args.precision, score_threshold=args.score_threshold
         )
-        result = retinaface.detect_file(detector, args.image)
+        result = cpu.detect_file(detector, args.image)
         region = _region(result, args.zoom)
         summary = describe(args.image, result, region, detector.model_id)
         if args.draw is not None:

@@ -4,7 +4,7 @@ Reads ``<data>/manifest.jsonl`` and the official ground truth in
 ``<data>/wider_face/eval_ground_truth/*.mat``, runs the detector over every WIDER FACE image the
 manifest lists, at the 1024 px cap (SPEC section 2) and at original scale, and reports:
 
-- AP on the official easy / medium / hard subsets (focal.evaluation; low score threshold),
+- AP on the official easy / medium / hard subsets (focal.face.evaluation; low score threshold),
 - precision and recall at the operating threshold over every valid labelled face,
 - detections on the manifest's negatives (the ambiguous ones apart) and on its single portraits,
 - with ``--reference``, the same AP through the original frozen graph, run by OpenVINO's
@@ -26,19 +26,21 @@ from typing import Any
 
 import numpy as np
 
-from focal import evaluation as ev
-from focal import models, retinaface
 from focal.detection import Face
 from focal.errors import FocalError, ModelMissingError
-from focal.runtime import PRECISIONS, RUNTIMES, FrozenGraphHeads
+from focal.face import evaluation as ev
+from focal.face import models, retinaface
+from focal.face.detector import RetinaFace, load_inference_image, oriented_size
+from focal.face.sessions import CPU_RUNTIMES, PRECISIONS, FrozenGraphHeads, load_detector
+from focal.geometry import INFERENCE_CAP
 
 DEFAULT_DATA = Path("../shared/facedata")
 DEFAULT_OUT = Path("benchmarks/results/widerface.json")
-CAPS = (1024, 0)
+CAPS = (INFERENCE_CAP, 0)
 LOW_THRESHOLD = 0.02
 OPERATING_THRESHOLD = 0.5
 REFERENCE_TOLERANCE = 0.5  # AP points
-MAX_SIDE = retinaface.MAX_SIDE
+MAX_SIDE = INFERENCE_CAP
 PUBLISHED_AP = {"easy": 93.35, "medium": 91.78, "hard": 79.51}
 PUBLISHED = {
     "model": "RetinaFace MobileNetV2, peteryuX/retinaface-tf2 README",
@@ -146,11 +148,11 @@ def load_ground_truth(ground_truth_dir: Path, names: Sequence[str]) -> dict[str,
     return found
 
 
-def detect_path(detector: retinaface.RetinaFace, path: Path, cap: int) -> list[Face]:
+def detect_path(detector: RetinaFace, path: Path, cap: int) -> list[Face]:
     """Faces in the image's own (EXIF-oriented) coordinates, detected on it scaled to fit
     ``cap`` x ``cap`` when larger (focal's own loading), or at original scale when cap is 0."""
-    width, height = retinaface.oriented_size(path)
-    image, _ = retinaface.load_inference_image(path, cap or max(width, height))
+    width, height = oriented_size(path)
+    image, _ = load_inference_image(path, cap or max(width, height))
     found = detector.detect_prepared([image])[0]
     return retinaface.to_faces(found, width / image.shape[1], height / image.shape[0])
 
@@ -164,7 +166,7 @@ class Run:
 
 
 def run_detector(
-    detector: retinaface.RetinaFace,
+    detector: RetinaFace,
     paths: Sequence[Path],
     cap: int,
     reuse: Run | None = None,
@@ -430,7 +432,7 @@ class Images:
 
     @staticmethod
     def fits(paths: Sequence[Path]) -> list[bool]:
-        return [max(retinaface.oriented_size(p)) <= MAX_SIDE for p in paths]
+        return [max(oriented_size(p)) <= MAX_SIDE for p in paths]
 
 
 def evaluate(args: argparse.Namespace, say: Callable[[str], None]) -> dict[str, Any]:
@@ -441,15 +443,13 @@ def evaluate(args: argparse.Namespace, say: Callable[[str], None]) -> dict[str, 
         singles=[e for e in entries if e.kind == "single"],
     )
     truths = load_ground_truth(args.data / GROUND_TRUTH_DIR, [e.name for e in images.wider])
-    detector = retinaface.load_detector(
+    detector = load_detector(
         args.model_dir, args.runtime, args.precision, score_threshold=args.low_threshold
     )
     reference = None
     if args.reference:
         graph = models.require(args.model_dir).graph_path
-        reference = retinaface.RetinaFace(
-            FrozenGraphHeads(graph), "frozen-graph", detector.settings
-        )
+        reference = RetinaFace(FrozenGraphHeads(graph), "frozen-graph", detector.settings)
     paths = {kind: images.paths(args.data, kind) for kind in ("wider", "negatives", "singles")}
     fits = {kind: Images.fits(p) for kind, p in paths.items()}
     first: dict[str, Run] = {}  # the first setting's runs, reused where an image fits the cap
@@ -508,7 +508,7 @@ def register(sub: Any) -> None:
         action="append",
         help="1024: scale to fit 1024x1024 (as focal detects); 0: original scale (default: both)",
     )
-    w.add_argument("--runtime", default="auto", choices=RUNTIMES)
+    w.add_argument("--runtime", default="auto", choices=CPU_RUNTIMES)
     w.add_argument("--precision", default="fp32", choices=PRECISIONS)
     w.add_argument("--model-dir", type=Path, default=None)
     w.add_argument(

@@ -14,8 +14,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from focal import models
 from focal.errors import FocalError
+from focal.face import models
 
 MISSING_MODEL = 3
 

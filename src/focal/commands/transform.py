@@ -2,8 +2,8 @@
 
 A folder is worked on by --workers threads (reading, decoding, transforming, writing). With
 gravity=face they share one face detector that takes their images in batches of up to --batch,
-waiting at most --batch-window-ms for a batch to fill (focal.batching). --json lines come out in
-source order, whatever order the threads finish in.
+waiting at most --batch-window-ms for a batch to fill (focal.face.batching). --json lines come
+out in source order, whatever order the threads finish in.
 
 Exit codes: 0 all done; 1 an input failed (a folder run lists each failure and goes on);
 2 usage or option error; 3 the face model is not installed.
@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -23,15 +22,15 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from focal.batching import BatchingDetector
 from focal.detection import Detector
 from focal.errors import FocalError, ModelMissingError, OptionError
+from focal.face.batching import BatchingDetector
+from focal.face.sessions import PRECISIONS, RUNTIMES, DetectorConfig, open_detector
+from focal.files import write_atomic
 from focal.options import Format, Options, parse_options
 from focal.pipeline import Limits, Result, transform
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".avif", ".tif", ".tiff"}
-RUNTIMES = ("auto", "onnxruntime", "openvino", "torch")
-PRECISIONS = ("fp32", "bf16", "f16")
 SUFFIX_FORMATS = {
     ".jpg": Format.JPEG,
     ".jpeg": Format.JPEG,
@@ -147,15 +146,14 @@ def run(args: argparse.Namespace) -> int:
 def _detector(options: Options, args: argparse.Namespace) -> Detector | None:
     if not options.needs_faces:
         return None
-    from focal.retinaface import open_detector  # the inference runtime only when faces are asked
-
-    return open_detector(
+    config = DetectorConfig(
         model_dir=args.model_dir,
         runtime=args.runtime,
         precision=args.precision,
         device=args.device,
         max_batch=args.batch,
     )
+    return open_detector(config)
 
 
 def _single(
@@ -281,16 +279,3 @@ def _one(
     result = transform(src.read_bytes(), options, detector=detector, limits=limits)
     write_atomic(out, result.data)
     return result
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary name beside ``path`` and rename: never a partial file at ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise

@@ -18,8 +18,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import importlib
-import importlib.util
 import logging
 import threading
 import time
@@ -55,11 +53,12 @@ from focal.errors import (
     RequestError,
     SignatureError,
 )
+from focal.face.sessions import FACTORY, DetectorConfig
 from focal.options import Format, Options, normalise, parse_options
 from focal.pipeline import Cancel, Limits, Result, transform
 from focal.presets import check as check_presets
 from focal.presets import expand as expand_presets
-from focal.server import hints, logs, memory, signing
+from focal.server import detector_pool, hints, logs, memory, playground, signing
 from focal.server.cache import Meta, VariantCache, etag_for, variant_key
 from focal.server.metrics import CONTENT_TYPE as METRICS_TYPE
 from focal.server.metrics import Gauges, Metrics
@@ -130,7 +129,7 @@ class Detection:
     """The detector the pipeline gets (None: gravity=face falls back), and what runs it."""
 
     detector: Detector | None = None
-    pool: Any = None
+    pool: detector_pool.DetectorPool | None = None
     state: str = "off"
 
     def model_id(self) -> str:
@@ -141,11 +140,11 @@ class Detection:
             return Gauges(cache_bytes=cache_bytes, image_jobs_waiting=waiting)
         stats = self.pool.stats()
         return Gauges(
-            detector_queue_depth=int(stats.queue_depth),
-            detector_restarts=int(stats.restarts),
+            detector_queue_depth=stats.queue_depth,
+            detector_restarts=stats.restarts,
             detector_worker_rss_bytes=sum(stats.worker_rss_bytes),
-            detector_batches=int(stats.batches),
-            detector_detections=int(stats.detections),
+            detector_batches=stats.batches,
+            detector_detections=stats.detections,
             cache_bytes=cache_bytes,
             image_jobs_waiting=waiting,
         )
@@ -157,8 +156,7 @@ def start_detection(settings: Settings) -> Detection:
         logs.event("face detection off: gravity=face falls back to centre", {"setting": "face"})
         return Detection(state="off")
     try:
-        dp = importlib.import_module("focal.server.detector_pool")
-        pool = dp.DetectorPool(pool_settings(settings, dp.PoolSettings))
+        pool = detector_pool.DetectorPool(pool_settings(settings))
         pool.start()
     except (FocalError, ImportError, OSError, RuntimeError, TimeoutError) as error:
         public = getattr(error, "public", None) or "the face detector could not start"
@@ -168,27 +166,32 @@ def start_detection(settings: Settings) -> Detection:
             logging.WARNING,
         )
         return Detection(state="unavailable: " + public)
-    detector = dp.CachingDetector(pool, max_entries=settings.detection_cache_entries)
+    detector = detector_pool.CachingDetector(pool, max_entries=settings.detection_cache_entries)
     logs.event("face detection ready", {"model": pool.model_id})
     return Detection(detector=detector, pool=pool, state="ready")
 
 
-def pool_settings(settings: Settings, kind: Callable[..., Any]) -> Any:
-    return kind(
+def detector_config(settings: Settings) -> DetectorConfig:
+    """The detector each worker builds (focal.face.sessions.open_detector)."""
+    return DetectorConfig(
+        runtime=settings.detector_runtime,
+        precision=settings.detector_precision,
+        device=settings.detector_device,
+        idle_offload_s=settings.detector_idle_offload_s,
+        max_batch=settings.detector_max_batch,
+    )
+
+
+def pool_settings(settings: Settings) -> detector_pool.PoolSettings:
+    return detector_pool.PoolSettings(
         workers=settings.detector_workers,
         queue_size=settings.detector_queue,
         deadline_s=settings.detector_deadline_s,
         batch_window_ms=settings.detector_batch_window_ms,
         max_batch=settings.detector_max_batch,
         rss_limit_mb=settings.detector_rss_limit_mb,
-        factory="focal.retinaface:open_detector",
-        factory_args=(
-            ("runtime", settings.detector_runtime),
-            ("precision", settings.detector_precision),
-            ("device", settings.detector_device),
-            ("idle_offload_s", settings.detector_idle_offload_s),
-            ("max_batch", settings.detector_max_batch),
-        ),
+        factory=FACTORY,
+        factory_args=detector_config(settings).factory_args(),
     )
 
 
@@ -630,11 +633,9 @@ async def index(request: Request) -> Response:
 
 
 def playground_routes(settings: Settings) -> list[BaseRoute]:
-    if not settings.playground or importlib.util.find_spec("focal.server.playground") is None:
+    if not settings.playground:
         return []
-    module = importlib.import_module("focal.server.playground")
-    routes: list[BaseRoute] = module.routes(settings)
-    return routes
+    return playground.routes(settings)
 
 
 async def http_error(request: Request, exc: Exception) -> Response:

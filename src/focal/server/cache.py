@@ -13,13 +13,14 @@ import contextlib
 import hashlib
 import json
 import os
-import secrets
 import struct
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from focal.files import write_atomic
 
 MAGIC = b"FCV1"
 HEADER = struct.Struct(">4sI")
@@ -125,14 +126,7 @@ class VariantCache:
         path = self.path_for(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         blob = encode(meta, data)
-        tmp = path.parent / f"{TMP_PREFIX}{os.getpid()}-{secrets.token_hex(6)}"
-        try:
-            with open(tmp, "wb") as handle:
-                handle.write(blob)
-            os.replace(tmp, path)
-        except BaseException:
-            _unlink(tmp)
-            raise
+        write_atomic(path, blob, temp_prefix=f"{TMP_PREFIX}{os.getpid()}-")
         with self._lock:
             self._writes += 1
             self._approx_total += len(blob)

@@ -46,6 +46,7 @@ import numpy as np
 import focal
 from focal import errors
 from focal.detection import DetectionFailed, Detector, Face, RGBImage
+from focal.face import sessions
 from focal.server import detector_worker as proto
 
 log = logging.getLogger("focal.detector")
@@ -69,8 +70,8 @@ class PoolSettings:
     deadline_s: float = 10.0
     batch_window_ms: float = 5.0
     max_batch: int = 8
-    rss_limit_mb: int = 1500
-    factory: str = "focal.retinaface:load_detector"
+    rss_limit_mb: int = 512
+    factory: str = sessions.FACTORY
     factory_args: tuple[tuple[str, object], ...] = ()
 
 

@@ -23,16 +23,17 @@ from pathlib import Path
 from typing import Any
 
 from focal.errors import SettingsError
+from focal.face import sessions
 
 BOOL_WORDS = {"1": True, "true": True, "yes": True, "on": True}
 BOOL_WORDS |= {"0": False, "false": False, "no": False, "off": False}
 KINDS = ("str", "int", "float", "bool", "path", "list", "table")
 LOG_LEVELS = ("debug", "info", "warning", "error")
-# string settings with a closed set of values (the runtime names are focal.runtime's and torch)
+# string settings with a closed set of values (the runtime names are focal.face.sessions')
 CHOICES: dict[str, tuple[str, ...]] = {
     "log_level": LOG_LEVELS,
-    "detector_runtime": ("auto", "onnxruntime", "openvino", "torch"),
-    "detector_precision": ("fp32", "bf16", "f16"),
+    "detector_runtime": sessions.RUNTIMES,
+    "detector_precision": sessions.PRECISIONS,
 }
 
 
@@ -150,7 +151,7 @@ SETTINGS: tuple[Setting, ...] = (
     _s(
         "detector_rss_limit_mb",
         "int",
-        1500,
+        512,
         "detector",
         "A detector process over this resident memory is restarted.",
     ),
@@ -159,7 +160,8 @@ SETTINGS: tuple[Setting, ...] = (
         "str",
         "auto",
         "detector",
-        "auto (OpenVINO), onnxruntime, openvino, or torch (needs the gpu extra; docs/gpu.md).",
+        "auto (ONNX Runtime at fp32, OpenVINO at bf16/f16), onnxruntime, openvino, or torch "
+        "(needs the gpu extra; docs/gpu.md).",
     ),
     _s("detector_precision", "str", "fp32", "detector", "fp32, bf16 or f16 (docs/detector.md)."),
     _s("detector_device", "str", "auto", "detector", "torch only: auto, cpu, cuda or cuda:N."),
@@ -218,7 +220,8 @@ PROTECTS: dict[str, str] = {
     "image_queue": "unbounded queues under overload: past it the answer is 503 with Retry-After",
     "detector_queue": "a slow detector holding requests: past it 503 with Retry-After",
     "detector_deadline_s": "a stuck detector: past it the centre crop, marked and not cached",
-    "detector_rss_limit_mb": "memory growth in the inference runtime: the worker is replaced",
+    "detector_rss_limit_mb": "memory growth in the inference runtime: the worker is replaced "
+    "(it holds about 350 MiB under a mixed-size load; docs/detector.md)",
     "remote_prefixes": "focal fetching (or redirecting to) arbitrary URLs on anyone's behalf",
     "allowed_networks": "SSRF: sources resolving to loopback, link-local (cloud metadata), private "
     "or other non-public addresses are refused unless listed here",

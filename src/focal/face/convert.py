@@ -4,7 +4,7 @@ The translation walks back from the three head outputs (box deltas, landmark del
 softmax) and emits only the network: the graph's own input normalisation, convolutions with
 their batch normalisation folded into weights and bias, depthwise convolutions, Relu6, LeakyRelu,
 Relu, residual adds, the FPN's nearest-neighbour upsampling, the SSH concatenations and the
-heads. The in-graph anchor decoding and NMS are left out; :mod:`focal.retinaface` does them.
+heads. The in-graph anchor decoding and NMS are left out; :mod:`focal.face.retinaface` does them.
 
 ONNX model contract::
 
@@ -28,7 +28,8 @@ import numpy.typing as npt
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from focal.graphdef import Node, parse_graph
+from focal.errors import ConversionError
+from focal.face.graphdef import Node, parse_graph
 
 CONVERTER_VERSION = "1"
 OPSET = 17
@@ -44,10 +45,6 @@ NCHW_TO_NHWC = [0, 2, 3, 1]
 NCHW_AXIS = {0: 0, 1: 2, 2: 3, 3: 1, -1: 1}  # where each NHWC axis lives in NCHW
 
 Array = npt.NDArray[Any]
-
-
-class ConversionError(ValueError):
-    """The graph holds something this translator does not handle."""
 
 
 @dataclass

@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from focal.errors import GraphDefError
+
 # DataType enum values (types.proto) -> numpy dtypes.
 DTYPES: dict[int, type[np.generic]] = {
     1: np.float32,
@@ -32,10 +34,6 @@ DTYPES: dict[int, type[np.generic]] = {
 VARINT, FIXED64, LENGTH, FIXED32 = 0, 1, 2, 5
 
 Field = tuple[int, int, Any]  # (field number, wire type, value: int or bytes)
-
-
-class GraphDefError(ValueError):
-    """The bytes are not a GraphDef this reader understands."""
 
 
 def _varint(data: bytes, pos: int) -> tuple[int, int]:

