@@ -12,8 +12,7 @@ import pytest
 
 from focal import cli, errors
 from focal.errors import ModelMissingError
-from focal.face import models
-from focal.face.convert import CONVERTER_VERSION
+from focal.face import CONVERTER_VERSION, models
 
 
 @pytest.fixture(scope="session")

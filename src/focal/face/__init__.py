@@ -16,3 +16,8 @@ The wing imports from the core only focal.detection (the Detector protocol), foc
 focal.errors and focal.files; nothing in the core imports the wing (tests/test_imports.py).
 Importing this package imports nothing.
 """
+
+# The version of the TensorFlow -> ONNX translation (focal.face.convert): part of an installed
+# model's identity (focal.face.models checks it without importing the translator or onnx).
+# Bump it whenever the translation's output changes.
+CONVERTER_VERSION = "1"

