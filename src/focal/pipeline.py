@@ -171,25 +171,71 @@ class _Run:
 
 
 def _transform(run: _Run, *, fail_on: str) -> Result:
-    data, options, limits, accept = run.data, run.options, run.limits, run.accept
-    timer = Timer()
-    check_rules(options)  # Options built in code, not parsed, meet the same rules
-    if len(data) > limits.max_bytes:
-        raise LimitError(f"The source is {len(data)} bytes: expected at most {limits.max_bytes}")
-    with timer("decode"):
-        header = read_header(data)
-        check(header, max_pixels=limits.max_pixels, max_frames=limits.max_frames)
-    animated = options.anim and header.frames > 1 and header.format in ANIMATED
-    fmt, negotiated = choose_format(options, header, accept, animated)
-    animated = animated and (fmt in ANIMATES or options.format is Format.JSON)
-    frames = header.frames if animated else 1
-    _check_animation(header, frames, limits)
+    """The pipeline once, decoding with libvips' ``fail_on`` level."""
+    options, timer = run.options, Timer()
+    header = _checked_header(run, timer)
+    fmt, negotiated, frames = _output_format(run, header)
     working = _working_size(header, options)
     faces = Faces()
     if options.needs_faces:
         faces = _detect(run, header, working, timer, fail_on)
         run.cancel.check()
-    plan = geometry.plan(
+    plan = _plan(options, working, faces)
+    _check_output(plan, frames, run.limits, steps.border_sides(options.border, options.dpr))
+    shrink = 1 if options.trim and options.trim.border else _shrink_for(header, plan)
+    with timer("decode"):
+        image = run.cancel.watch(
+            load(run.data, header, animated=frames > 1, shrink=shrink, fail_on=fail_on)
+        )
+        strip, pages = _prepare_all(image, frames, options, header)
+    if options.gravity.mode is GravityMode.AUTO:
+        plan = _auto_plan(pages[0], working, plan, options)
+    if faces.fallback and options.face_gravity:
+        plan = replace(plan, fallback=faces.fallback)
+    hidden = _redactions(run, header, working, plan, faces, frames, timer, fail_on)
+    description = _describe(header, options, plan, faces, fmt, frames, working)
+    _describe_extras(description, options, hidden, fail_on)
+    if options.format is Format.JSON:
+        description["timings"] = dict(timer.ms)
+        body = json.dumps(description, indent=2).encode()
+        return _result(body, "application/json", "json", plan, faces, False, description, timer)
+    run.cancel.check()
+    with timer("process"):
+        joined = _render(strip, pages, frames, plan, options, working, fmt, hidden)
+    run.cancel.check()
+    with timer("encode"):
+        body = encode(joined, fmt, options)
+    description["timings"] = dict(timer.ms)
+    return _result(body, content_type(fmt), fmt, plan, faces, negotiated, description, timer)
+
+
+def _checked_header(run: _Run, timer: Timer) -> Header:
+    """The source's header, once the options' rules and every limit it can be held to pass."""
+    check_rules(run.options)  # Options built in code, not parsed, meet the same rules
+    limits = run.limits
+    if len(run.data) > limits.max_bytes:
+        raise LimitError(
+            f"The source is {len(run.data)} bytes: expected at most {limits.max_bytes}"
+        )
+    with timer("decode"):
+        header = read_header(run.data)
+        check(header, max_pixels=limits.max_pixels, max_frames=limits.max_frames)
+    return header
+
+
+def _output_format(run: _Run, header: Header) -> tuple[str, bool, int]:
+    """(format, whether it came from Accept, frames decoded), the animation budget checked."""
+    options = run.options
+    animated = options.anim and header.frames > 1 and header.format in ANIMATED
+    fmt, negotiated = choose_format(options, header, run.accept, animated)
+    animated = animated and (fmt in ANIMATES or options.format is Format.JSON)
+    frames = header.frames if animated else 1
+    _check_animation(header, frames, run.limits)
+    return fmt, negotiated, frames
+
+
+def _plan(options: Options, working: Size, faces: Faces) -> Plan:
+    return geometry.plan(
         working,
         options.target_width,
         options.target_height,
@@ -199,49 +245,44 @@ def _transform(run: _Run, *, fail_on: str) -> Result:
         zoom=options.zoom,
         cap=INFERENCE_CAP,
     )
-    _check_output(plan, frames, limits, steps.border_sides(options.border, options.dpr))
-    shrink = 1 if options.trim and options.trim.border else _shrink_for(header, plan)
-    with timer("decode"):
-        image = run.cancel.watch(
-            load(data, header, animated=animated, shrink=shrink, fail_on=fail_on)
-        )
-        strip, pages = _prepare_all(image, frames, options, header)
-    if options.gravity.mode is GravityMode.AUTO:
-        plan = _auto_plan(pages[0], working, plan, options)
-    if faces.fallback and options.face_gravity:
-        plan = replace(plan, fallback=faces.fallback)
-    hidden = _redactions(run, header, working, plan, faces, frames, timer, fail_on)
-    description = _describe(header, options, plan, faces, fmt, frames, working)
+
+
+def _describe_extras(
+    description: dict[str, Any], options: Options, hidden: list[list[Box]], fail_on: str
+) -> None:
+    """The border in the output size, the faces redacted, and whether the source was damaged."""
     border_width, border_height = _border_size(options)
     description["width"] += border_width
     description["height"] += border_height
     if options.redact:
         description["redacted"] = sum(len(boxes) for boxes in hidden)
     description["source_warning"] = TRUNCATED if fail_on == "none" else None
-    if options.format is Format.JSON:
-        description["timings"] = dict(timer.ms)
-        body = json.dumps(description, indent=2).encode()
-        return _result(body, "application/json", "json", plan, faces, False, description, timer)
-    run.cancel.check()
-    with timer("process"):
-        loaded_scale = pages[0].width / working.width
-        if strip is not None:
-            joined = _finish_strip(strip, frames, plan, options, loaded_scale, fmt, hidden)
-        else:
-            finished = [
-                _finish(page, plan, options, loaded_scale, fmt, hidden[i] if hidden else [])
-                for i, page in enumerate(pages)
-            ]
-            joined = _join(finished)
-        if joined.width * joined.height <= MATERIALISE_PIXELS:
-            joined = (
-                joined.copy_memory()
-            )  # so "process" holds decode + resize, "encode" only encoding
-    run.cancel.check()
-    with timer("encode"):
-        body = encode(joined, fmt, options)
-    description["timings"] = dict(timer.ms)
-    return _result(body, content_type(fmt), fmt, plan, faces, negotiated, description, timer)
+
+
+def _render(
+    strip: pyvips.Image | None,
+    pages: list[pyvips.Image],
+    frames: int,
+    plan: Plan,
+    options: Options,
+    working: Size,
+    fmt: str,
+    hidden: list[list[Box]],
+) -> pyvips.Image:
+    """The finished output frames, joined (in memory when small: "process" then holds decode and
+    resize, and "encode" only the encoding)."""
+    loaded_scale = pages[0].width / working.width
+    if strip is not None:
+        joined = _finish_strip(strip, frames, plan, options, loaded_scale, fmt, hidden)
+    else:
+        finished = [
+            _finish(page, plan, options, loaded_scale, fmt, hidden[i] if hidden else [])
+            for i, page in enumerate(pages)
+        ]
+        joined = _join(finished)
+    if joined.width * joined.height <= MATERIALISE_PIXELS:
+        joined = joined.copy_memory()
+    return joined
 
 
 def _border_size(options: Options) -> tuple[int, int]:
