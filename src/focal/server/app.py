@@ -58,7 +58,7 @@ from focal.errors import (
 from focal.options import Format, Options, normalise, parse_options
 from focal.pipeline import Cancel, Limits, Result, transform
 from focal.server import logs, memory, signing
-from focal.server.cache import Meta, VariantCache, etag_for, variant_key
+from focal.server.cache import Meta, VariantCache, VariantStore, etag_for, variant_key
 from focal.server.metrics import CONTENT_TYPE as METRICS_TYPE
 from focal.server.metrics import Gauges, Metrics
 from focal.server.settings import Settings
@@ -120,7 +120,11 @@ def default_origins(settings: Settings) -> Origins:
             allowed_networks=settings.allowed_networks,
         )
     local = origins.LocalOrigin(settings.root, settings.max_bytes)
-    return Origins(local=local, remote=remote, is_remote=origins.is_remote)
+    is_remote = origins.is_remote
+    if settings.s3_prefixes:  # s3://bucket/key sources beside http(s) ones (the s3 extra)
+        objectstore = importlib.import_module("focal.server.objectstore")
+        remote, is_remote = objectstore.add_s3(settings, remote)
+    return Origins(local=local, remote=remote, is_remote=is_remote)
 
 
 @dataclass
@@ -239,7 +243,7 @@ class ImageWorkers:
 class Service:
     settings: Settings
     origins: Origins
-    cache: VariantCache | None
+    cache: VariantStore | None
     workers: ImageWorkers
     limits: Limits
     metrics: Metrics = field(default_factory=Metrics)
@@ -247,8 +251,12 @@ class Service:
 
 
 def build_service(settings: Settings, origins: Origins | None) -> Service:
-    cache = None
-    if settings.cache_enabled:
+    cache: VariantStore | None = None
+    metrics = Metrics()
+    if settings.cache_enabled and settings.cache_backend == "s3":  # shared by every instance
+        objectstore = importlib.import_module("focal.server.objectstore")
+        cache = objectstore.variant_cache(settings, metrics)
+    elif settings.cache_enabled:
         cache = VariantCache(settings.cache_dir.expanduser(), settings.cache_max_mb * 1024 * 1024)
     limits = Limits(
         max_pixels=settings.max_pixels,
@@ -263,6 +271,7 @@ def build_service(settings: Settings, origins: Origins | None) -> Service:
         cache=cache,
         workers=ImageWorkers(settings.threads, settings.image_queue),
         limits=limits,
+        metrics=metrics,
     )
 
 
@@ -701,6 +710,8 @@ def create_app(settings: Settings, origins: Origins | None = None) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         service.detection = await anyio.to_thread.run_sync(start_detection, settings)
+        if settings.detection_cache_url:  # shared by every instance (the redis extra)
+            importlib.import_module("focal.server.shared_detection").share_detection(service)
         app.state.detector = service.detection.detector
         try:
             yield
