@@ -93,6 +93,7 @@ def register(sub: Any) -> None:
     p.add_argument("--device", default="auto", help="torch runtime only: auto, cuda or cpu")
     p.add_argument("--max-pixels", type=int, default=Limits.max_pixels, help="larger: refused")
     p.add_argument("--force", action="store_true", help="redo outputs that already exist")
+    p.add_argument("--stats", type=Path, default=None, help="write Ray Data's stage times here")
     p.set_defaults(func=run)
 
 
@@ -355,6 +356,8 @@ def execute(todo: list[Path], args: argparse.Namespace, options: Options) -> lis
             rate = index / max(time.perf_counter() - started, 1e-9)
             end = "" if sys.stderr.isatty() else "\n"
             print(f"\r{index}/{len(todo)} images, {rate:.1f}/s", end=end, file=sys.stderr)
+    if args.stats is not None:  # Ray Data's time per stage: where the run spent its time
+        args.stats.write_text(ds.stats() + "\n")
     return records
 
 
