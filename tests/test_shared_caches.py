@@ -18,6 +18,7 @@ from focal.detection import Face, RGBImage
 from focal.errors import ForbiddenError, LimitError, NotFoundError, UpstreamError
 from focal.server.cache import Meta
 from focal.server.objectstore import (
+    Breaker,
     S3Origin,
     S3VariantCache,
     Stores,
@@ -119,6 +120,12 @@ def test_a_dead_store_is_an_upstream_error() -> None:
         asyncio.run(dead.fetch("s3://images/a.jpg"))
 
 
+def test_malformed_prefixes_are_start_up_errors() -> None:
+    for prefix in ("https://images/x/", "s3://Bad_Bucket/", "s3://images/../x/"):
+        with pytest.raises(ValueError, match="s3://bucket/prefix/"):
+            S3Origin([prefix], 1000, stores("http://127.0.0.1:1"))
+
+
 def test_s3_sources_are_not_local() -> None:
     assert is_remote_or_s3("s3://images/a.jpg") and is_remote_or_s3("https://x.test/a.jpg")
     assert not is_remote_or_s3("a.jpg")
@@ -164,10 +171,12 @@ def blackhole() -> tuple[socket.socket, int]:
 
 
 def test_a_dead_or_hung_store_is_a_miss_counted_as_an_error() -> None:
-    refused = S3VariantCache("s3://cache/v/", stores(f"http://127.0.0.1:{free_port()}"))
+    dead = stores(f"http://127.0.0.1:{free_port()}")
+    refused = S3VariantCache("s3://cache/v/", dead, Breaker("variant", pause_s=600))
     sock, port = blackhole()
     with sock:
-        hung = S3VariantCache("s3://cache/v/", stores(f"http://127.0.0.1:{port}", timeout=0.3))
+        silent = stores(f"http://127.0.0.1:{port}", timeout=0.3)
+        hung = S3VariantCache("s3://cache/v/", silent, Breaker("variant", pause_s=600))
         for cache in (refused, hung):
             assert cache.get("ef" + "2" * 62) is None
             cache.put("ef" + "2" * 62, meta(b"x"), b"x")  # no exception either
@@ -227,7 +236,8 @@ def test_a_dead_redis_is_a_miss_answered_by_the_detector() -> None:
     sock, port = blackhole()
     with sock:
         for url in (f"redis://127.0.0.1:{free_port()}/0", f"redis://127.0.0.1:{port}/0"):
-            cache = RedisDetectionCache(inner, url, timeout_s=0.3)
+            breaker = Breaker("detection", pause_s=600)
+            cache = RedisDetectionCache(inner, url, timeout_s=0.3, breaker=breaker)
             assert cache.detect([image(5)]) == Counting().detect([image(5)])
             assert cache.breaker.errors == 1
             assert cache.detect([image(5)]) == Counting().detect([image(5)])  # skipped now

@@ -83,8 +83,10 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--detector-cpus",
         type=float,
-        default=1.0,
-        help="CPUs reserved by each detector actor (default 1; 0 with --gpus)",
+        default=0.0,
+        help="CPUs Ray reserves for each detector actor (default 0: the inference runtime runs "
+        "its own threads, and a reservation would only keep decode and encode tasks waiting; "
+        "benchmarks/batch.py)",
     )
     p.add_argument("--batch", type=_positive_int, default=16, help="images per detector call")
     p.add_argument("--model-dir", type=Path, default=None, help="face model cache directory")

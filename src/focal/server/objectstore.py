@@ -148,6 +148,14 @@ def store_settings(settings: Any) -> StoreSettings:
     )
 
 
+def _setting_prefix(setting: str, prefix: str) -> Location:
+    """A prefix from the settings; ValueError (a start-up error naming it) if malformed."""
+    try:
+        return parse(prefix, prefix=True)
+    except (ForbiddenError, NotFoundError):
+        raise ValueError(f"{setting}: expected s3://bucket/prefix/, received {prefix!r}") from None
+
+
 # ---- sources ---------------------------------------------------------------------------------
 
 
@@ -155,7 +163,7 @@ class S3Origin:
     """``s3://bucket/key`` sources under the allowed prefixes; see the module docstring."""
 
     def __init__(self, prefixes: Sequence[str], max_bytes: int, stores: Stores) -> None:
-        self._prefixes = tuple(parse(p, prefix=True) for p in prefixes)
+        self._prefixes = tuple(_setting_prefix("s3_prefixes", p) for p in prefixes)
         self._max_bytes = max_bytes
         self._stores = stores
 
@@ -325,7 +333,7 @@ class S3VariantCache:
     thread), as VariantCache's do. Eviction is the bucket's lifecycle rule (docs/scaling.md)."""
 
     def __init__(self, prefix: str, stores: Stores, breaker: Breaker | None = None) -> None:
-        location = parse(prefix, prefix=True)
+        location = _setting_prefix("cache_s3_prefix", prefix)
         self._store = stores.store(location.bucket)
         self._prefix = (
             location.key if not location.key or location.key.endswith("/") else (location.key + "/")
