@@ -42,15 +42,28 @@ from focal.commands.transform import (
     _reason,
     write_atomic,
 )
-from focal.detection import DetectionFailed, Face, RGBImage
+from focal.detection import DetectionFailed, Detector, Face, RGBImage
 from focal.errors import FocalError, ModelMissingError, OptionError
 from focal.options import Options, parse_options
 from focal.pipeline import Limits
 
-# focal's face modules, by their current names: the one place to change when they move.
-DETECTOR_FACTORY = ("focal.retinaface", "open_detector")
-CHECK_MODEL = ("focal.models", "require")
 CANVAS_MULTIPLE = 32  # as focal.batching groups images (its CANVAS_MULTIPLE)
+
+
+# ---- focal's face modules, by their current names: the one place to change when they move ----
+
+
+def open_face_detector(detector_kwargs: dict[str, Any]) -> Detector:
+    from focal.retinaface import open_detector  # the inference runtime, in the actors only
+
+    return open_detector(**detector_kwargs)
+
+
+def require_face_model(model_dir: Path | None) -> None:
+    from focal.models import require
+
+    require(model_dir)
+
 
 MANIFEST = "manifest.jsonl"
 CPU_STAGE_MEMORY = 256 * 1024 * 1024  # bytes reserved by each decode or encode task
@@ -177,10 +190,7 @@ class DetectActor:
     inference coordinates) as JSON, or the reason detection failed."""
 
     def __init__(self, detector_kwargs: dict[str, Any]) -> None:
-        import importlib
-
-        module, name = DETECTOR_FACTORY
-        self.detector = getattr(importlib.import_module(module), name)(**detector_kwargs)
+        self.detector = open_face_detector(detector_kwargs)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         count = len(batch["src"])
@@ -292,11 +302,8 @@ def run(args: argparse.Namespace) -> int:
         print("focal batch: Ray is not installed (pip install 'focal[batch]')", file=sys.stderr)
         return 4
     if options.needs_faces:
-        import importlib
-
-        module, name = CHECK_MODEL
         try:
-            getattr(importlib.import_module(module), name)(args.model_dir)
+            require_face_model(args.model_dir)
         except ModelMissingError as error:
             print(f"focal: {error.public}", file=sys.stderr)
             return 3
