@@ -90,8 +90,9 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--gpus",
         type=float,
-        default=0.0,
-        help="GPUs per detector actor (0: CPU detectors; with GPUs, use --runtime torch)",
+        default=None,
+        help="GPUs per detector actor (0: CPU detectors). Default: 1 with --runtime torch on a "
+        "Ray cluster that has GPUs, else 0",
     )
     p.add_argument(
         "--detector-cpus",
@@ -353,7 +354,7 @@ def execute(todo: list[Path], args: argparse.Namespace, options: Options) -> lis
             batch_size=args.batch,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=args.detectors),
-            num_gpus=args.gpus,
+            num_gpus=gpus_per_detector(args),
             num_cpus=args.detector_cpus,
         )
     ds = ds.map(partial(finish, job=job), memory=CPU_STAGE_MEMORY)
@@ -368,6 +369,17 @@ def execute(todo: list[Path], args: argparse.Namespace, options: Options) -> lis
     if args.stats is not None:  # Ray Data's time per stage: where the run spent its time
         args.stats.write_text(ds.stats() + "\n")
     return records
+
+
+def gpus_per_detector(args: argparse.Namespace) -> float:
+    """--gpus, or by default one GPU per actor for the torch runtime when Ray has GPUs."""
+    if args.gpus is not None:
+        return float(args.gpus)
+    import ray
+
+    resources: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
+    has_gpus = float(resources.get("GPU", 0)) > 0
+    return 1.0 if has_gpus and args.runtime == "torch" else 0.0
 
 
 def report(records: list[dict[str, Any]], skipped: int, dest: Path) -> int:
