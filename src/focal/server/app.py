@@ -58,8 +58,17 @@ from focal.options import Format, Options, normalise, parse_options
 from focal.pipeline import Cancel, Limits, Result, transform
 from focal.presets import check as check_presets
 from focal.presets import expand as expand_presets
-from focal.server import detector_pool, hints, logs, memory, playground, signing
-from focal.server.cache import Meta, VariantCache, etag_for, variant_key
+from focal.server import (
+    detector_pool,
+    hints,
+    logs,
+    memory,
+    objectstore,
+    playground,
+    shared_detection,
+    signing,
+)
+from focal.server.cache import Meta, VariantCache, VariantStore, etag_for, variant_key
 from focal.server.metrics import CONTENT_TYPE as METRICS_TYPE
 from focal.server.metrics import Gauges, Metrics
 from focal.server.settings import Settings
@@ -110,7 +119,7 @@ class Origins:
 def default_origins(settings: Settings) -> Origins:
     from focal.server import origins
 
-    remote = None
+    remote: Origin | None = None
     if settings.remote_prefixes:
         remote = origins.RemoteOrigin(
             settings.remote_prefixes,
@@ -121,7 +130,10 @@ def default_origins(settings: Settings) -> Origins:
             allowed_networks=settings.allowed_networks,
         )
     local = origins.LocalOrigin(settings.root, settings.max_bytes)
-    return Origins(local=local, remote=remote, is_remote=origins.is_remote)
+    is_remote: Callable[[str], bool] = origins.is_remote
+    if settings.s3_prefixes:  # s3://bucket/key sources beside http(s) ones (the s3 extra)
+        remote, is_remote = objectstore.add_s3(settings, remote)
+    return Origins(local=local, remote=remote, is_remote=is_remote)
 
 
 @dataclass
@@ -244,7 +256,7 @@ class ImageWorkers:
 class Service:
     settings: Settings
     origins: Origins
-    cache: VariantCache | None
+    cache: VariantStore | None
     workers: ImageWorkers
     limits: Limits
     metrics: Metrics = field(default_factory=Metrics)
@@ -253,8 +265,11 @@ class Service:
 
 def build_service(settings: Settings, origins: Origins | None) -> Service:
     check_presets(dict(settings.presets))
-    cache = None
-    if settings.cache_enabled:
+    cache: VariantStore | None = None
+    metrics = Metrics()
+    if settings.cache_enabled and settings.cache_backend == "s3":  # shared by every instance
+        cache = objectstore.variant_cache(settings, metrics)
+    elif settings.cache_enabled:
         cache = VariantCache(settings.cache_dir.expanduser(), settings.cache_max_mb * 1024 * 1024)
     limits = Limits(
         max_pixels=settings.max_pixels,
@@ -269,6 +284,7 @@ def build_service(settings: Settings, origins: Origins | None) -> Service:
         cache=cache,
         workers=ImageWorkers(settings.threads, settings.image_queue),
         limits=limits,
+        metrics=metrics,
     )
 
 
@@ -729,6 +745,8 @@ def create_app(settings: Settings, origins: Origins | None = None) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         service.detection = await anyio.to_thread.run_sync(start_detection, settings)
+        if settings.detection_cache_url:  # shared by every instance (the redis extra)
+            shared_detection.share_detection(service)
         app.state.detector = service.detection.detector
         try:
             yield

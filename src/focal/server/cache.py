@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Protocol
 
 from focal.files import write_atomic
 
@@ -81,6 +82,15 @@ def decode(raw: bytes) -> Entry | None:
         return None
     data = raw[HEADER.size + length :]
     return Entry(meta, data) if len(data) == meta.size else None
+
+
+class VariantStore(Protocol):
+    """What the server needs of a variant cache: VariantCache (disk, this instance) or
+    focal.server.objectstore.S3VariantCache (object storage, shared). Methods block."""
+
+    def get(self, key: str) -> Entry | None: ...
+    def put(self, key: str, meta: Meta, data: bytes) -> None: ...
+    def approx_size(self) -> int: ...
 
 
 @dataclass(frozen=True)

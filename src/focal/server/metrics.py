@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import resource
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -72,6 +72,7 @@ class Metrics:
         self.stages: dict[str, Histogram] = {stage: Histogram() for stage in STAGES}
         self.cache: dict[str, int] = {"hit": 0, "miss": 0, "bypass": 0}
         self.fallbacks = 0
+        self.extra: list[Callable[[], Iterable[str]]] = []  # more families (the shared caches)
 
     def record(self, status: int, timings_ms: Mapping[str, float], cache: str | None) -> None:
         with self._lock:
@@ -90,6 +91,8 @@ class Metrics:
         with self._lock:
             lines = list(self._counters()) + list(self._histograms())
         lines += list(_gauges(gauges))
+        for source in self.extra:
+            lines += list(source())
         return "\n".join(lines) + "\n"
 
     def _counters(self) -> Iterable[str]:

@@ -34,6 +34,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "log_level": LOG_LEVELS,
     "detector_runtime": sessions.RUNTIMES,
     "detector_precision": sessions.PRECISIONS,
+    "s3_credentials": ("env", "boto3"),
+    "cache_backend": ("disk", "s3"),
 }
 
 
@@ -90,6 +92,33 @@ SETTINGS: tuple[Setting, ...] = (
     _s("remote_connect_timeout_s", "float", 5.0, "origin", "Connect timeout for remote sources."),
     _s("remote_read_timeout_s", "float", 10.0, "origin", "Read timeout for remote sources."),
     _s("remote_max_redirects", "int", 3, "origin", "Redirects followed for a remote source."),
+    _s(
+        "s3_prefixes",
+        "list",
+        (),
+        "origin",
+        "s3://bucket/prefix/ that s3:// sources must start with (S3-compatible stores; needs the "
+        "s3 extra). Empty: s3 sources are off.",
+    ),
+    _s(
+        "s3_endpoint_url",
+        "str",
+        "",
+        "origin",
+        "S3 API endpoint of a non-AWS store (R2, MinIO, GCS), for sources and the s3 variant "
+        "cache. Empty: AWS.",
+    ),
+    _s("s3_region", "str", "", "origin", "S3 region. Empty: from AWS_REGION / AWS_DEFAULT_REGION."),
+    _s(
+        "s3_credentials",
+        "str",
+        "env",
+        "origin",
+        "env: the standard environment chain (AWS_* variables, web identity, ECS, instance "
+        "metadata); boto3: botocore's chain, with ~/.aws profiles (needs boto3). Never the URL.",
+    ),
+    _s("s3_connect_timeout_s", "float", 2.0, "origin", "Connect timeout of object-store calls."),
+    _s("s3_read_timeout_s", "float", 10.0, "origin", "Read timeout of object-store calls."),
     _s("cache_enabled", "bool", True, "cache", "Keep transformed variants on disk."),
     _s("cache_dir", "path", "~/.cache/focal/variants", "cache", "Folder of the variant cache."),
     _s(
@@ -100,6 +129,28 @@ SETTINGS: tuple[Setting, ...] = (
         "Size bound of the variant cache; least recently used variants are evicted past it.",
     ),
     _s("max_age", "int", 86400, "cache", "Cache-Control max-age (seconds) of variants."),
+    _s(
+        "cache_backend",
+        "str",
+        "disk",
+        "cache",
+        "disk: cache_dir, this instance's own; s3: cache_s3_prefix, shared by every instance "
+        "(docs/scaling.md).",
+    ),
+    _s(
+        "cache_s3_prefix",
+        "str",
+        "",
+        "cache",
+        "s3://bucket/prefix/ of the shared variant cache (cache_backend = s3).",
+    ),
+    _s(
+        "shared_cache_timeout_s",
+        "float",
+        0.5,
+        "cache",
+        "Connect and read timeout of one shared detection cache call (Redis); past it: a miss.",
+    ),
     _s(
         "signing_keys",
         "list",
@@ -189,6 +240,21 @@ SETTINGS: tuple[Setting, ...] = (
         "presets",
         "Serve presets only: a URL with any other option is refused with 403.",
     ),
+    _s(
+        "detection_cache_url",
+        "str",
+        "",
+        "detector",
+        "redis://host:port/db of the detection cache shared by every instance (needs the redis "
+        "extra). Empty: each process keeps its own only.",
+    ),
+    _s(
+        "detection_cache_ttl_s",
+        "int",
+        30 * 86400,
+        "detector",
+        "How long the shared detection cache keeps an answer (seconds).",
+    ),
     _s("log_level", "str", "info", "server", "One of debug, info, warning, error."),
     _s("playground", "bool", True, "server", "Serve the playground page at /."),
 )
@@ -246,10 +312,19 @@ class Settings:
     remote_connect_timeout_s: float = DEFAULTS["remote_connect_timeout_s"]
     remote_read_timeout_s: float = DEFAULTS["remote_read_timeout_s"]
     remote_max_redirects: int = DEFAULTS["remote_max_redirects"]
+    s3_prefixes: tuple[str, ...] = DEFAULTS["s3_prefixes"]
+    s3_endpoint_url: str = DEFAULTS["s3_endpoint_url"]
+    s3_region: str = DEFAULTS["s3_region"]
+    s3_credentials: str = DEFAULTS["s3_credentials"]
+    s3_connect_timeout_s: float = DEFAULTS["s3_connect_timeout_s"]
+    s3_read_timeout_s: float = DEFAULTS["s3_read_timeout_s"]
     cache_enabled: bool = DEFAULTS["cache_enabled"]
     cache_dir: Path = field(default_factory=lambda: Path(DEFAULTS["cache_dir"]).expanduser())
     cache_max_mb: int = DEFAULTS["cache_max_mb"]
     max_age: int = DEFAULTS["max_age"]
+    cache_backend: str = DEFAULTS["cache_backend"]
+    cache_s3_prefix: str = DEFAULTS["cache_s3_prefix"]
+    shared_cache_timeout_s: float = DEFAULTS["shared_cache_timeout_s"]
     signing_keys: tuple[str, ...] = DEFAULTS["signing_keys"]
     require_signature: bool = DEFAULTS["require_signature"]
     max_pixels: int = DEFAULTS["max_pixels"]
@@ -274,6 +349,8 @@ class Settings:
     detection_cache_entries: int = DEFAULTS["detection_cache_entries"]
     presets: tuple[tuple[str, str], ...] = DEFAULTS["presets"]
     presets_only: bool = DEFAULTS["presets_only"]
+    detection_cache_url: str = DEFAULTS["detection_cache_url"]
+    detection_cache_ttl_s: int = DEFAULTS["detection_cache_ttl_s"]
     log_level: str = DEFAULTS["log_level"]
     playground: bool = DEFAULTS["playground"]
 
