@@ -73,7 +73,9 @@ def configure(level: str = "info", stream: TextIO | None = None) -> logging.Hand
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers.clear()
         logging.getLogger(name).propagate = True
-    logging.getLogger("pyvips").setLevel(logging.WARNING)  # libvips' per-operation chatter
+    # libvips reports damaged data once per tile: at warning level, a log line per tile. The
+    # response says it once (Focal-Source-Warning); libvips' errors still come through.
+    logging.getLogger("pyvips").setLevel(logging.ERROR)
     return handler
 
 
