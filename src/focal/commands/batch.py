@@ -295,7 +295,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         import ray
     except ImportError:
-        print("focal batch: Ray is not installed (pip install 'focal-images[batch]')", file=sys.stderr)
+        message = "focal batch: Ray is not installed (pip install 'focal-images[batch]')"
+        print(message, file=sys.stderr)
         return 4
     if options.needs_faces:
         try:
