@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from tests.frameworks import matrix
 
+pytestmark = pytest.mark.slow  # real servers on loopback
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "frameworks.md"
 HERE = ROOT / "tests" / "frameworks"

@@ -65,6 +65,7 @@ def test_an_animation_under_the_budget_keeps_its_frames(server: Server) -> None:
     assert pyvips.Image.new_from_buffer(r.content, "", n=-1).get("n-pages") == 5
 
 
+@pytest.mark.slow
 def test_a_deadline_stops_the_work_not_only_the_answer(server: Server) -> None:
     pid = server.process.pid
     r = httpx.get(server.url("/cdn-cgi/image/blur=250,sharpen=10,format=jpeg/big.png"), timeout=60)

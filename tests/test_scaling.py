@@ -15,6 +15,8 @@ import pyvips
 from tests.servers import S3_ENV, Child, start_moto, start_redis
 from tests.test_server import DEMO, Server, start_server
 
+pytestmark = pytest.mark.slow  # real servers on loopback
+
 FACE = "fit=cover,gravity=face,zoom=0.5"
 
 
