@@ -234,7 +234,13 @@ def _output_format(run: _Run, header: Header) -> tuple[str, bool, int]:
     return fmt, negotiated, frames
 
 
-def _plan(options: Options, working: Size, faces: Faces) -> Plan:
+def _plan(
+    options: Options,
+    working: Size,
+    faces: Faces = Faces(),
+    focus: tuple[float, float] | None = None,
+) -> Plan:
+    """geometry.plan for these options, with the faces found or gravity=auto's focus point."""
     return geometry.plan(
         working,
         options.target_width,
@@ -243,6 +249,7 @@ def _plan(options: Options, working: Size, faces: Faces) -> Plan:
         options.gravity,
         faces=[Box(*face.box) for face in faces.found],
         zoom=options.zoom,
+        focus=focus,
         cap=INFERENCE_CAP,
     )
 
@@ -468,15 +475,7 @@ def _auto_plan(page: pyvips.Image, working: Size, plan: Plan, options: Options) 
     scale = page.width / working.width
     crop = Size(max(1, round(plan.crop.width * scale)), max(1, round(plan.crop.height * scale)))
     x, y = steps.attention_point(page, crop)
-    return geometry.plan(
-        working,
-        options.target_width,
-        options.target_height,
-        options.fit,
-        options.gravity,
-        focus=(x / scale, y / scale),
-        cap=INFERENCE_CAP,
-    )
+    return _plan(options, working, focus=(x / scale, y / scale))
 
 
 def _check_animation(header: Header, frames: int, limits: Limits) -> None:
