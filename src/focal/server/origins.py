@@ -78,8 +78,8 @@ class LocalOrigin:
         self._max_bytes = max_bytes
 
     async def fetch(self, path: str) -> Source:
-        full = self._resolve(path)
-        return await asyncio.to_thread(self._read, path, full)
+        # realpath walks the file system (a slow disk, a network mount): not on the event loop
+        return await asyncio.to_thread(self._read, path)
 
     def location(self, path: str) -> str:
         """Where onerror=redirect sends a client for this source: the normalised path on this
@@ -90,8 +90,7 @@ class LocalOrigin:
     async def identify(self, path: str) -> SourceInfo:
         """The source's identity from its metadata alone (same checks as fetch, no read): a
         cached variant can then be answered without reading the source."""
-        full = self._resolve(path)
-        return await asyncio.to_thread(self._identify, path, full)
+        return await asyncio.to_thread(self._identify, path)
 
     def _resolve(self, path: str) -> str:
         relative = decode_local_path(path)
@@ -122,12 +121,14 @@ class LocalOrigin:
         identity = f"file:{relpath}:{info.st_mtime_ns}:{size}"
         return SourceInfo(identity=identity, last_modified=info.st_mtime)
 
-    def _identify(self, requested: str, full: str) -> SourceInfo:
+    def _identify(self, requested: str) -> SourceInfo:
+        full = self._resolve(requested)
         fd, info = self._open(requested, full)
         os.close(fd)
         return self._info(full, info, info.st_size)
 
-    def _read(self, requested: str, full: str) -> Source:
+    def _read(self, requested: str) -> Source:
+        full = self._resolve(requested)
         fd, info = self._open(requested, full)
         try:
             data = _read_at_most(fd, self._max_bytes + 1)
