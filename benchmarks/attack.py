@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import json
 import os
 import random
@@ -37,6 +38,7 @@ from benchmarks import harness, hostile
 
 MIB = 1024 * 1024
 SETTLE_S = 10.0
+LOAD_NICENESS = 10
 PHOTOS = ("astronaut.jpg", "coffee.jpg", "grace_hopper.jpg", "chelsea.jpg", "logo.png")
 MIXED_OPTIONS = (
     "width=256",
@@ -59,12 +61,14 @@ class Probe:
     health_ms: list[float] = field(default_factory=list)
     failures: int = 0
     peak: int = 0
+    niceness: int = 0
     _stop: threading.Event = field(default_factory=threading.Event)
     _child: subprocess.Popen[str] | None = None
 
     def start(self) -> None:
         command = [sys.executable, __file__, "--probe", self.base, "--probe-every", str(self.every)]
         self._child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+        self.niceness = os.getpriority(os.PRIO_PROCESS, self._child.pid)
         threading.Thread(target=self._rss, daemon=True).start()
 
     def stop(self) -> None:
@@ -98,6 +102,13 @@ def probe_forever(base: str, every: float) -> int:
                 ok = False
             print(f"{(time.perf_counter() - started) * 1000:.2f},{int(ok)}", flush=True)
             time.sleep(every)
+
+
+def lower_priority(niceness: int) -> None:
+    """Lower the calling thread's priority only (Linux niceness is per thread). The probe
+    processes are started from the main thread, which keeps normal priority, so they do too."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
 
 
 def request(base: str, name: str, options: str) -> tuple[int, float, str]:
@@ -160,7 +171,9 @@ def four_at_once(
     for item in heavy:
         before = harness.rss_bytes(server.pid)
         probe.reset_peak()
-        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        with concurrent.futures.ThreadPoolExecutor(
+            4, initializer=lower_priority, initargs=(LOAD_NICENESS,)
+        ) as pool:
             # four different variants (qualities), so that none is answered from the cache
             futures = [
                 pool.submit(request, server.base, item.name, f"{item.options},quality={80 + i}")
@@ -204,7 +217,9 @@ def mixed_load(
             with lock:
                 statuses[str(status)] = statuses.get(str(status), 0) + 1
 
-    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+    with concurrent.futures.ThreadPoolExecutor(
+        clients, initializer=lower_priority, initargs=(LOAD_NICENESS,)
+    ) as pool:
         list(pool.map(client, range(clients)))
     return {"seconds": seconds, "clients": clients, "statuses": dict(sorted(statuses.items()))}
 
@@ -217,6 +232,7 @@ def health_summary(probe: Probe) -> dict[str, Any]:
         "max_ms": round(max(values), 1),
         "p99_ms": round(harness.percentile(values, 99), 1),
         "median_ms": round(harness.median(values), 1),
+        "probe_niceness": probe.niceness,
     }
 
 
@@ -284,7 +300,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         print(markdown(saved), end="")
         return 0
-    global SETTLE_S
+    global SETTLE_S, LOAD_NICENESS
+    LOAD_NICENESS = args.load_niceness  # the load threads only: the server and probes keep theirs
     files = hostile.family()
     if args.quick:
         files = [
@@ -298,7 +315,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     root = prepare_root(state, files)
     server = harness.focal_server(root, cache=True, tag="attack-focal", extra=args.extra.split())
     with harness.running(server):
-        os.nice(args.load_niceness)  # the server and the probes keep their priority
         request(server.base, "astronaut.jpg", "width=64,gravity=face")  # warm: detector up
         time.sleep(1.0)
         probe = Probe(server.base, server.pid)
