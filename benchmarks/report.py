@@ -389,6 +389,34 @@ def memory_section(data: dict[str, Any]) -> str:
     )
 
 
+def startup_section(data: dict[str, Any]) -> str:
+    rows = [
+        [
+            f"`{r['command']}`",
+            f"{r['median_s']:.3f}",
+            f"{r['min_s']:.3f} / {r['max_s']:.3f}",
+            f"{r['overhead_over_vipsthumbnail_s']:+.3f}",
+        ]
+        for r in data["rows"]
+    ]
+    worst = max(
+        r["overhead_over_vipsthumbnail_s"] for r in data["rows"] if r["command"].startswith("focal")
+    )
+    verdict = "**met**" if worst <= 0.3 else "**missed**"
+    return "\n".join(
+        [
+            "## 6. Start-up of the command line\n",
+            "`.venv/bin/python benchmarks/startup.py`\n",
+            f"Wall time of one command, median of {data['repeat']} interleaved runs, against "
+            "Debian's `vipsthumbnail` doing the same one-file job (fit 256 px, JPEG).\n",
+            table(["command", "median s", "min / max s", "over vipsthumbnail s"], rows),
+            "",
+            f"Goal (at most 0.3 s over vipsthumbnail) {verdict}: focal's largest overhead is "
+            f"{worst:.3f} s.\n",
+        ]
+    )
+
+
 STEP_OF = {"face_crop_breakdown": "breakdown"}
 SECTIONS = (
     ("crop_quality", crop_section),
@@ -396,6 +424,7 @@ SECTIONS = (
     ("floor", floor_section),
     ("face_crop_breakdown", breakdown_section),
     ("memory", memory_section),
+    ("startup", startup_section),
 )
 
 

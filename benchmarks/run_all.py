@@ -42,6 +42,7 @@ STEPS: tuple[tuple[str, str, list[str], list[str], int], ...] = (
     ),
     ("floor", "floor.py", [], ["--repeat", "3", "--cli-repeat", "1"], 600),
     ("breakdown", "breakdown.py", [], ["--repeat", "5"], 600),
+    ("startup", "startup.py", [], ["--repeat", "3"], 300),
     (
         "memory",
         "memory.py",
