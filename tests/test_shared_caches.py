@@ -9,6 +9,7 @@ import socket
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from tests.servers import S3_ENV, Child, free_port, start_moto, start_redis
 from focal.detection import Face, RGBImage
 from focal.errors import ForbiddenError, LimitError, NotFoundError, UpstreamError
 from focal.server.cache import Meta
+from focal.server.detector_pool import CachingDetector
 from focal.server.objectstore import (
     Breaker,
     S3Origin,
@@ -26,7 +28,7 @@ from focal.server.objectstore import (
     is_remote_or_s3,
     parse,
 )
-from focal.server.shared_detection import RedisDetectionCache, decode_faces, encode_faces
+from focal.server.shared_detection import RedisFaces, decode_faces, encode_faces
 
 DEMO = Path(__file__).resolve().parents[1] / "src" / "focal" / "demo"
 
@@ -218,17 +220,39 @@ def test_faces_survive_the_round_trip_exactly() -> None:
     assert decode_faces(b"not json") is None
 
 
+def redis_only(inner: Counting, url: str, **kwargs: Any) -> CachingDetector:
+    """The detection cache with its Redis tier and no in-process LRU."""
+    return CachingDetector(inner, max_entries=0, shared=RedisFaces(url, **kwargs))
+
+
 def test_instances_detect_each_image_once(redis_server: Child) -> None:
     url = f"redis://127.0.0.1:{redis_server.port}/0"
     first_inner, second_inner = Counting(), Counting()
-    first = RedisDetectionCache(first_inner, url)
-    second = RedisDetectionCache(second_inner, url)
+    first = redis_only(first_inner, url)
+    second = redis_only(second_inner, url)
     expected = Counting().detect([image(1), image(2)])
     assert first.detect([image(1), image(2)]) == expected
     third = Counting().detect([image(3)])[0]
     assert second.detect([image(2), image(1), image(3)]) == [expected[1], expected[0], third]
     assert first_inner.images == 2 and second_inner.images == 1  # only image 3 was new
     assert second.hits == 2 and second.misses == 1
+    assert isinstance(second.shared, RedisFaces)
+    assert (second.shared.hits, second.shared.misses) == (2, 1)
+
+
+def test_the_lru_answers_before_redis_and_redis_fills_it(redis_server: Child) -> None:
+    url = f"redis://127.0.0.1:{redis_server.port}/0"
+    first_inner, second_inner = Counting(), Counting()
+    first = CachingDetector(first_inner, shared=RedisFaces(url))
+    second = CachingDetector(second_inner, shared=RedisFaces(url))
+    first.detect([image(11)])
+    assert (
+        second.detect([image(11)]) == second.detect([image(11)]) == Counting().detect([image(11)])
+    )
+    assert first_inner.images == 1 and second_inner.images == 0
+    assert isinstance(second.shared, RedisFaces)
+    assert (second.shared.hits, second.shared.misses) == (1, 0)  # the second came from the LRU
+    assert (second.hits, second.misses) == (2, 0) and len(second) == 1
 
 
 def test_a_dead_redis_is_a_miss_answered_by_the_detector() -> None:
@@ -237,9 +261,9 @@ def test_a_dead_redis_is_a_miss_answered_by_the_detector() -> None:
     with sock:
         for url in (f"redis://127.0.0.1:{free_port()}/0", f"redis://127.0.0.1:{port}/0"):
             breaker = Breaker("detection", pause_s=600)
-            cache = RedisDetectionCache(inner, url, timeout_s=0.3, breaker=breaker)
+            cache = redis_only(inner, url, timeout_s=0.3, breaker=breaker)
             assert cache.detect([image(5)]) == Counting().detect([image(5)])
-            assert cache.breaker.errors == 1
+            assert breaker.errors == 1
             assert cache.detect([image(5)]) == Counting().detect([image(5)])  # skipped now
-            assert cache.breaker.skipped >= 1
+            assert breaker.skipped >= 1
     assert inner.images == 4
