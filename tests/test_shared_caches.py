@@ -7,16 +7,20 @@ import asyncio
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
+import pyvips
 from tests.servers import S3_ENV, Child, free_port, start_moto, start_redis
 
 from focal.detection import Face, RGBImage
 from focal.errors import ForbiddenError, LimitError, NotFoundError, UpstreamError
+from focal.server.app import create_app
 from focal.server.cache import Meta
 from focal.server.detector_pool import CachingDetector
 from focal.server.objectstore import (
@@ -28,6 +32,7 @@ from focal.server.objectstore import (
     is_remote_or_s3,
     parse,
 )
+from focal.server.settings import Settings
 from focal.server.shared_detection import RedisFaces, decode_faces, encode_faces
 
 DEMO = Path(__file__).resolve().parents[1] / "src" / "focal" / "demo"
@@ -267,3 +272,91 @@ def test_a_dead_redis_is_a_miss_answered_by_the_detector() -> None:
             assert cache.detect([image(5)]) == Counting().detect([image(5)])  # skipped now
             assert breaker.skipped >= 1
     assert inner.images == 4
+
+
+# ---- a cached variant of an s3 source, found by the source's HEAD -------------------------------
+
+
+def test_identify_is_a_head_giving_the_identity_a_fetch_gives(moto: Child) -> None:
+    s3 = origin(moto)
+    info = asyncio.run(s3.identify("s3://images/originals/astronaut.jpg"))
+    fetched = asyncio.run(s3.fetch("s3://images/originals/astronaut.jpg"))
+    assert info is not None and info.identity == fetched.identity
+    assert ":etag:" in info.identity and info.last_modified == fetched.last_modified
+    with pytest.raises(NotFoundError):
+        asyncio.run(s3.identify("s3://images/originals/missing.jpg"))
+    with pytest.raises(LimitError):  # the declared size is checked before anything is read
+        asyncio.run(origin(moto, max_bytes=4999).identify("s3://images/originals/big.bin"))
+    with pytest.raises(ForbiddenError):
+        asyncio.run(s3.identify("s3://images/private/secret.jpg"))
+    dead = S3Origin(["s3://images/"], 1000, stores(f"http://127.0.0.1:{free_port()}"))
+    with pytest.raises(UpstreamError):
+        asyncio.run(dead.identify("s3://images/a.jpg"))
+
+
+def test_a_new_write_of_the_object_is_a_new_identity(moto: Child) -> None:
+    import boto3
+
+    admin = boto3.client("s3", endpoint_url=moto.url)
+    s3, url = origin(moto), "s3://images/originals/changing.jpg"
+    admin.put_object(Bucket="images", Key="originals/changing.jpg", Body=b"one")
+    first = asyncio.run(s3.identify(url))
+    admin.put_object(Bucket="images", Key="originals/changing.jpg", Body=b"two")
+    second = asyncio.run(s3.identify(url))
+    assert first is not None and second is not None and first.identity != second.identity
+
+
+def source_gets(moto: Child, key: str) -> int:
+    """GET requests for one object in moto's request log (HEADs are not counted)."""
+    return moto.log.read_text(errors="replace").count(f'"GET /images/{key} HTTP')
+
+
+async def get_twice(app: Any, path: str) -> list[Any]:
+    transport = httpx.ASGITransport(app=app)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            return [await client.get(path), await client.get(path)]
+    finally:
+        app.state.service.workers.shutdown()
+
+
+def s3_server_settings(moto: Child, tmp_path: Path) -> Settings:
+    return Settings(
+        cache_dir=tmp_path,
+        face=False,
+        s3_prefixes=("s3://images/originals/",),
+        s3_endpoint_url=moto.url,
+        s3_region="us-east-1",
+        cache_backend="s3",
+        cache_s3_prefix="s3://cache/head-test/",
+    )
+
+
+def test_a_cached_variant_of_an_s3_source_is_served_without_reading_the_source(
+    moto: Child, tmp_path: Path
+) -> None:
+    app = create_app(s3_server_settings(moto, tmp_path))
+    path = "/cdn-cgi/image/width=96/s3://images/originals/astronaut.jpg"
+    before = source_gets(moto, "originals/astronaut.jpg")
+    miss, hit = asyncio.run(get_twice(app, path))
+    assert miss.status_code == hit.status_code == 200
+    assert (miss.headers["focal-cache"], hit.headers["focal-cache"]) == ("miss", "hit")
+    assert hit.content == miss.content and hit.headers["etag"] == miss.headers["etag"]
+    time.sleep(0.2)  # moto's log line is written after the answer
+    assert source_gets(moto, "originals/astronaut.jpg") - before == 1  # the miss's fetch only
+
+
+def test_a_variant_cache_outage_with_head_identities_is_served_as_misses(
+    moto: Child, tmp_path: Path
+) -> None:
+    app = create_app(s3_server_settings(moto, tmp_path))
+    dead = stores(f"http://127.0.0.1:{free_port()}", timeout=0.3)
+    cache = S3VariantCache("s3://cache/head-test/", dead, Breaker("variant", pause_s=600))
+    app.state.service.cache = cache
+    path = "/cdn-cgi/image/width=80/s3://images/originals/astronaut.jpg"
+    first, second = asyncio.run(get_twice(app, path))
+    for response in (first, second):
+        assert response.status_code == 200 and response.headers["focal-cache"] == "miss"
+        image = pyvips.Image.new_from_buffer(response.content, "")
+        assert image.width == 80
+    assert cache.breaker.errors == 1 and cache.breaker.skipped >= 1
