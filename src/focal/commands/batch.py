@@ -156,7 +156,7 @@ def store_settings(args: argparse.Namespace) -> StoreSettings:
 def safe_relative(relative: str) -> bool:
     """A relative name that stays inside the folder or prefix it is joined to (object keys are
     any text: ``a/../../etc/x.jpg`` is a valid key, but never a path to write)."""
-    if not relative or "\x00" in relative or "\\" in relative or relative.startswith("/"):
+    if not relative or "\x00" in relative or relative.startswith("/"):
         return False
     return all(part not in ("", ".", "..") for part in relative.split("/"))
 
