@@ -108,3 +108,31 @@ def test_folder_run_lists_failures_goes_on_and_skips_done_work(tmp_path: Path) -
     second = focal("transform", src, "-o", out, "--options", "width=64,format=webp")
     assert second.returncode == 0
     assert "0 done, 2 skipped (already there), 0 failed" in second.stderr
+
+
+def test_transform_refuses_a_file_over_max_bytes_before_reading_it(tmp_path: Path) -> None:
+    out = tmp_path / "a.jpg"
+    done = focal("transform", images.DEMO / "astronaut.jpg", "-o", out, "--max-bytes", "1000")
+    assert done.returncode == 1 and "(status 413)" in done.stderr
+    assert not out.exists()
+
+
+def test_batch_reaches_object_storage_with_the_servers_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from focal.cli import build_parser
+    from focal.commands import batch
+    from focal.server.objectstore import StoreSettings
+
+    config = tmp_path / "focal.toml"
+    config.write_text('s3_region = "eu-west-1"\ns3_read_timeout_s = 3.0\n')
+    monkeypatch.setenv("FOCAL_S3_ENDPOINT_URL", "http://127.0.0.1:9")
+    argv = ["batch", "s3://b/in/", "out", "--config", str(config), "--s3-credentials", "boto3"]
+    settings = batch.store_settings(build_parser().parse_args(argv))
+    assert settings == StoreSettings("http://127.0.0.1:9", "eu-west-1", 2.0, 3.0, "boto3")
+
+
+def test_batch_refuses_a_malformed_prefix(tmp_path: Path) -> None:
+    done = focal("batch", "s3://Bad_Bucket/in/", tmp_path / "out")
+    assert done.returncode == 2 and "not allowed" in done.stderr
+    assert not (tmp_path / "out").exists()

@@ -7,16 +7,22 @@ import asyncio
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
+import httpx
 import numpy as np
 import pytest
+import pyvips
 from tests.servers import S3_ENV, Child, free_port, start_moto, start_redis
 
 from focal.detection import Face, RGBImage
 from focal.errors import ForbiddenError, LimitError, NotFoundError, UpstreamError
+from focal.server.app import create_app
 from focal.server.cache import Meta
+from focal.server.detector_pool import CachingDetector
 from focal.server.objectstore import (
     Breaker,
     S3Origin,
@@ -26,7 +32,8 @@ from focal.server.objectstore import (
     is_remote_or_s3,
     parse,
 )
-from focal.server.shared_detection import RedisDetectionCache, decode_faces, encode_faces
+from focal.server.settings import Settings
+from focal.server.shared_detection import RedisFaces, decode_faces, encode_faces
 
 DEMO = Path(__file__).resolve().parents[1] / "src" / "focal" / "demo"
 
@@ -218,17 +225,39 @@ def test_faces_survive_the_round_trip_exactly() -> None:
     assert decode_faces(b"not json") is None
 
 
+def redis_only(inner: Counting, url: str, **kwargs: Any) -> CachingDetector:
+    """The detection cache with its Redis tier and no in-process LRU."""
+    return CachingDetector(inner, max_entries=0, shared=RedisFaces(url, **kwargs))
+
+
 def test_instances_detect_each_image_once(redis_server: Child) -> None:
     url = f"redis://127.0.0.1:{redis_server.port}/0"
     first_inner, second_inner = Counting(), Counting()
-    first = RedisDetectionCache(first_inner, url)
-    second = RedisDetectionCache(second_inner, url)
+    first = redis_only(first_inner, url)
+    second = redis_only(second_inner, url)
     expected = Counting().detect([image(1), image(2)])
     assert first.detect([image(1), image(2)]) == expected
     third = Counting().detect([image(3)])[0]
     assert second.detect([image(2), image(1), image(3)]) == [expected[1], expected[0], third]
     assert first_inner.images == 2 and second_inner.images == 1  # only image 3 was new
     assert second.hits == 2 and second.misses == 1
+    assert isinstance(second.shared, RedisFaces)
+    assert (second.shared.hits, second.shared.misses) == (2, 1)
+
+
+def test_the_lru_answers_before_redis_and_redis_fills_it(redis_server: Child) -> None:
+    url = f"redis://127.0.0.1:{redis_server.port}/0"
+    first_inner, second_inner = Counting(), Counting()
+    first = CachingDetector(first_inner, shared=RedisFaces(url))
+    second = CachingDetector(second_inner, shared=RedisFaces(url))
+    first.detect([image(11)])
+    assert (
+        second.detect([image(11)]) == second.detect([image(11)]) == Counting().detect([image(11)])
+    )
+    assert first_inner.images == 1 and second_inner.images == 0
+    assert isinstance(second.shared, RedisFaces)
+    assert (second.shared.hits, second.shared.misses) == (1, 0)  # the second came from the LRU
+    assert (second.hits, second.misses) == (2, 0) and len(second) == 1
 
 
 def test_a_dead_redis_is_a_miss_answered_by_the_detector() -> None:
@@ -237,9 +266,97 @@ def test_a_dead_redis_is_a_miss_answered_by_the_detector() -> None:
     with sock:
         for url in (f"redis://127.0.0.1:{free_port()}/0", f"redis://127.0.0.1:{port}/0"):
             breaker = Breaker("detection", pause_s=600)
-            cache = RedisDetectionCache(inner, url, timeout_s=0.3, breaker=breaker)
+            cache = redis_only(inner, url, timeout_s=0.3, breaker=breaker)
             assert cache.detect([image(5)]) == Counting().detect([image(5)])
-            assert cache.breaker.errors == 1
+            assert breaker.errors == 1
             assert cache.detect([image(5)]) == Counting().detect([image(5)])  # skipped now
-            assert cache.breaker.skipped >= 1
+            assert breaker.skipped >= 1
     assert inner.images == 4
+
+
+# ---- a cached variant of an s3 source, found by the source's HEAD -------------------------------
+
+
+def test_identify_is_a_head_giving_the_identity_a_fetch_gives(moto: Child) -> None:
+    s3 = origin(moto)
+    info = asyncio.run(s3.identify("s3://images/originals/astronaut.jpg"))
+    fetched = asyncio.run(s3.fetch("s3://images/originals/astronaut.jpg"))
+    assert info is not None and info.identity == fetched.identity
+    assert ":etag:" in info.identity and info.last_modified == fetched.last_modified
+    with pytest.raises(NotFoundError):
+        asyncio.run(s3.identify("s3://images/originals/missing.jpg"))
+    with pytest.raises(LimitError):  # the declared size is checked before anything is read
+        asyncio.run(origin(moto, max_bytes=4999).identify("s3://images/originals/big.bin"))
+    with pytest.raises(ForbiddenError):
+        asyncio.run(s3.identify("s3://images/private/secret.jpg"))
+    dead = S3Origin(["s3://images/"], 1000, stores(f"http://127.0.0.1:{free_port()}"))
+    with pytest.raises(UpstreamError):
+        asyncio.run(dead.identify("s3://images/a.jpg"))
+
+
+def test_a_new_write_of_the_object_is_a_new_identity(moto: Child) -> None:
+    import boto3
+
+    admin = boto3.client("s3", endpoint_url=moto.url)
+    s3, url = origin(moto), "s3://images/originals/changing.jpg"
+    admin.put_object(Bucket="images", Key="originals/changing.jpg", Body=b"one")
+    first = asyncio.run(s3.identify(url))
+    admin.put_object(Bucket="images", Key="originals/changing.jpg", Body=b"two")
+    second = asyncio.run(s3.identify(url))
+    assert first is not None and second is not None and first.identity != second.identity
+
+
+def source_gets(moto: Child, key: str) -> int:
+    """GET requests for one object in moto's request log (HEADs are not counted)."""
+    return moto.log.read_text(errors="replace").count(f'"GET /images/{key} HTTP')
+
+
+async def get_twice(app: Any, path: str) -> list[Any]:
+    transport = httpx.ASGITransport(app=app)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            return [await client.get(path), await client.get(path)]
+    finally:
+        app.state.service.workers.shutdown()
+
+
+def s3_server_settings(moto: Child, tmp_path: Path) -> Settings:
+    return Settings(
+        cache_dir=tmp_path,
+        face=False,
+        s3_prefixes=("s3://images/originals/",),
+        s3_endpoint_url=moto.url,
+        s3_region="us-east-1",
+        cache_backend="s3",
+        cache_s3_prefix="s3://cache/head-test/",
+    )
+
+
+def test_a_cached_variant_of_an_s3_source_is_served_without_reading_the_source(
+    moto: Child, tmp_path: Path
+) -> None:
+    app = create_app(s3_server_settings(moto, tmp_path))
+    path = "/cdn-cgi/image/width=96/s3://images/originals/astronaut.jpg"
+    before = source_gets(moto, "originals/astronaut.jpg")
+    miss, hit = asyncio.run(get_twice(app, path))
+    assert miss.status_code == hit.status_code == 200
+    assert (miss.headers["focal-cache"], hit.headers["focal-cache"]) == ("miss", "hit")
+    assert hit.content == miss.content and hit.headers["etag"] == miss.headers["etag"]
+    time.sleep(0.2)  # moto's log line is written after the answer
+    assert source_gets(moto, "originals/astronaut.jpg") - before == 1  # the miss's fetch only
+
+
+def test_a_variant_cache_outage_with_head_identities_is_served_as_misses(
+    moto: Child, tmp_path: Path
+) -> None:
+    app = create_app(s3_server_settings(moto, tmp_path))
+    dead = stores(f"http://127.0.0.1:{free_port()}", timeout=0.3)
+    cache = S3VariantCache("s3://cache/head-test/", dead, Breaker("variant", pause_s=600))
+    app.state.service.cache = cache
+    path = "/cdn-cgi/image/width=80/s3://images/originals/astronaut.jpg"
+    first, second = asyncio.run(get_twice(app, path))
+    for response in (first, second):
+        assert response.status_code == 200 and response.headers["focal-cache"] == "miss"
+        image = pyvips.Image.new_from_buffer(response.content, "")
+        assert image.width == 80
+    assert cache.breaker.errors == 1 and cache.breaker.skipped >= 1

@@ -1,4 +1,5 @@
-"""`focal batch SRC DEST --options ...`: a folder of images on Ray Data (the ``batch`` extra).
+"""`focal batch SRC DEST --options ...`: a folder of images, or an object-storage prefix
+(``s3://bucket/prefix/``), on Ray Data (the ``batch`` extra; ``s3`` too for a prefix).
 
 Stages, streamed (Ray Data's backpressure bounds what waits between them):
 
@@ -10,17 +11,24 @@ The crop stage runs focal's own pipeline with the faces found by the actors, so 
 those of `focal transform` for the same options. Images are detected grouped by padded canvas,
 as `focal transform` groups them, so an image's faces never depend on its batch neighbours.
 Outputs are named as `focal transform` names them; one already there and newer than its source
-is skipped (resumable; --force redoes it). DEST/manifest.jsonl gets one JSON line per image
-produced or failed in this run. Without --address a local Ray is started with --num-cpus.
+is skipped (resumable; --force redoes it): for an s3 DEST the prefix is listed once, no object is
+read. DEST/manifest.jsonl gets one JSON line per image produced or failed in this run, written
+after every output (on object storage: the manifest object is read, extended and put again).
+An output on object storage is one PUT, so it is either whole or absent. Object storage is
+reached as `focal serve` reaches it: the s3_* settings (--config, FOCAL_S3_*, or the --s3-*
+flags below) and the standard credential chain. Without --address a local Ray is started with
+--num-cpus.
 
-Exit codes: 0 all done; 1 an input failed (listed with its reason); 2 usage or option error;
-3 the face model is not installed; 4 Ray is not installed.
+Exit codes: 0 all done; 1 an input failed (listed with its reason), SRC or DEST could not be
+listed, or the manifest could not be written; 2 usage or option error; 3 the face model is not
+installed; 4 Ray (or, for an s3:// SRC or DEST, obstore) is not installed.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -33,14 +41,21 @@ from typing import Any
 
 import numpy as np
 
-from focal.commands.transform import IMAGE_SUFFIXES, _output_path, _positive_int, _reason
+from focal.commands.common import (
+    add_job_arguments,
+    is_image_name,
+    output_name,
+    positive_int,
+    reason,
+)
 from focal.detection import DetectionFailed, Detector, Face, RGBImage
 from focal.errors import FocalError, ModelMissingError, OptionError
 from focal.face.retinaface import PAD_MULTIPLE
-from focal.face.sessions import PRECISIONS, RUNTIMES
 from focal.files import write_atomic
 from focal.options import Options, parse_options
 from focal.pipeline import Limits
+from focal.server import objectstore
+from focal.server.objectstore import Location, StoreSettings
 
 CANVAS_MULTIPLE = PAD_MULTIPLE  # images are grouped by their padded network input size
 
@@ -64,24 +79,33 @@ MANIFEST = "manifest.jsonl"
 CPU_STAGE_MEMORY = 256 * 1024 * 1024  # bytes reserved by each decode or encode task
 
 
+S3_SETTINGS = (
+    "s3_endpoint_url",
+    "s3_region",
+    "s3_credentials",
+    "s3_connect_timeout_s",
+    "s3_read_timeout_s",
+)
+
+
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "batch",
-        help="transform a folder of images on Ray (local or a cluster)",
+        help="transform a folder or s3:// prefix of images on Ray (local or a cluster)",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("src", type=Path, help="a folder of images")
-    p.add_argument("dest", type=Path, help="the output folder")
-    p.add_argument("--options", default="", help="Cloudflare-style options, e.g. width=256")
+    p.add_argument("src", help="a folder of images, or s3://bucket/prefix/")
+    p.add_argument("dest", help="the output folder, or s3://bucket/prefix/")
+    add_job_arguments(p)
     p.add_argument("--address", default=None, help="an existing Ray cluster (default: local)")
     p.add_argument(
         "--num-cpus",
-        type=_positive_int,
+        type=positive_int,
         default=os.cpu_count() or 1,
         help="CPUs of the local Ray (default: CPU count)",
     )
-    p.add_argument("--detectors", type=_positive_int, default=1, help="detector actors")
+    p.add_argument("--detectors", type=positive_int, default=1, help="detector actors")
     p.add_argument(
         "--gpus",
         type=float,
@@ -97,15 +121,123 @@ def register(sub: Any) -> None:
         "its own threads, and a reservation would only keep decode and encode tasks waiting; "
         "benchmarks/batch.py)",
     )
-    p.add_argument("--batch", type=_positive_int, default=16, help="images per detector call")
-    p.add_argument("--model-dir", type=Path, default=None, help="face model cache directory")
-    p.add_argument("--runtime", choices=RUNTIMES, default="auto", help="face detector runtime")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="detector precision")
-    p.add_argument("--device", default="auto", help="torch runtime only: auto, cuda or cpu")
-    p.add_argument("--max-pixels", type=int, default=Limits.max_pixels, help="larger: refused")
-    p.add_argument("--force", action="store_true", help="redo outputs that already exist")
     p.add_argument("--stats", type=Path, default=None, help="write Ray Data's stage times here")
+    add_store_arguments(p.add_argument_group("object storage (an s3:// SRC or DEST)"))
     p.set_defaults(func=run)
+
+
+def add_store_arguments(group: Any) -> None:
+    """The server's s3_* settings as flags; unset ones come from --config or FOCAL_S3_*."""
+    from focal.server import settings
+
+    group.add_argument("--config", type=Path, default=None, help="TOML config (FOCAL_CONFIG)")
+    for name in S3_SETTINGS:
+        setting = settings.BY_NAME[name]
+        group.add_argument(
+            setting.flag,
+            default=argparse.SUPPRESS,
+            metavar=setting.kind.upper(),
+            help=f"{setting.help} Default: {setting.shown_default()}. Env {setting.env}.",
+        )
+
+
+def store_settings(args: argparse.Namespace) -> StoreSettings:
+    """How `focal serve` with the same config and environment would reach the store."""
+    from focal.server import settings
+
+    given = {name: getattr(args, name) for name in S3_SETTINGS if hasattr(args, name)}
+    loaded = settings.load(config=args.config, args=argparse.Namespace(**given))
+    return objectstore.store_settings(loaded)
+
+
+# ---- where sources are read and outputs written -------------------------------------------------
+
+
+def safe_relative(relative: str) -> bool:
+    """A relative name that stays inside the folder or prefix it is joined to (object keys are
+    any text: ``a/../../etc/x.jpg`` is a valid key, but never a path to write)."""
+    if not relative or "\x00" in relative or relative.startswith("/"):
+        return False
+    return all(part not in ("", ".", "..") for part in relative.split("/"))
+
+
+@dataclass(frozen=True)
+class Tree:
+    """A folder, or a prefix in object storage: the SRC or DEST of a batch (picklable: each Ray
+    worker process reaches the store through its own clients)."""
+
+    folder: str = ""
+    prefix: Location | None = None
+    store_settings: StoreSettings | None = None
+
+    @classmethod
+    def of(cls, text: str, store: StoreSettings | None) -> Tree:
+        if objectstore.is_s3(text):
+            return cls(prefix=objectstore.parse_prefix(text), store_settings=store)
+        return cls(folder=text)
+
+    @property
+    def in_store(self) -> bool:
+        return self.prefix is not None
+
+    def _store(self) -> Any:
+        assert self.prefix is not None and self.store_settings is not None
+        return objectstore.process_stores(self.store_settings).store(self.prefix.bucket)
+
+    def _location(self, relative: str) -> Location:
+        assert self.prefix is not None
+        return Location(self.prefix.bucket, self.prefix.key + relative)
+
+    def name(self, relative: str) -> str:
+        """The path or s3:// URL of a relative name, as the summary and manifest show it."""
+        if self.prefix is not None:
+            return str(self._location(relative))
+        return str(Path(self.folder) / relative)
+
+    def listing(self) -> dict[str, float]:
+        """Every file or object below: relative name (``/``-separated) -> modification time."""
+        if self.prefix is None:
+            root = Path(self.folder)
+            return {
+                p.relative_to(root).as_posix(): p.stat().st_mtime
+                for p in root.rglob("*")
+                if p.is_file()
+            }
+        start = len(self.prefix.key)
+        found = objectstore.list_prefix(self._store(), self.prefix)
+        return {info.key[start:]: info.modified for info in found}
+
+    def read(self, relative: str, max_bytes: int) -> bytes:
+        """The bytes, refused (413) past ``max_bytes`` before they are read whole."""
+        if self.prefix is not None:
+            return objectstore.read_object(self._store(), self._location(relative), max_bytes)
+        path = Path(self.folder) / relative
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise FocalError(
+                f"The source is {size} bytes: expected at most {max_bytes}", status=413
+            )
+        return path.read_bytes()
+
+    def write(self, relative: str, data: bytes, content_type: str = "") -> None:
+        """Whole or not at all: a rename into place, or one PUT."""
+        if self.prefix is not None:
+            objectstore.write_object(self._store(), self._location(relative), data, content_type)
+        else:
+            write_atomic(Path(self.folder) / relative, data)
+
+    def append_manifest(self, lines: list[str]) -> None:
+        if self.prefix is None:
+            folder = Path(self.folder)
+            folder.mkdir(parents=True, exist_ok=True)
+            with open(folder / MANIFEST, "a", encoding="utf-8") as manifest:
+                manifest.writelines(lines)
+            return
+        before = objectstore.read_optional(self._store(), self._location(MANIFEST)) or b""
+        if before and not before.endswith(b"\n"):
+            before += b"\n"
+        body = before + "".join(lines).encode("utf-8")
+        self.write(MANIFEST, body, "application/x-ndjson")
 
 
 @dataclass(frozen=True)
@@ -113,9 +245,10 @@ class Job:
     """What every stage needs, sent to the Ray workers (picklable)."""
 
     options_text: str
-    src_root: str
-    dest_root: str
+    src: Tree
+    dest: Tree
     max_pixels: int
+    max_bytes: int = Limits.max_bytes
     detector_kwargs: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -124,7 +257,7 @@ class Job:
 
     @property
     def limits(self) -> Limits:
-        return Limits(max_pixels=self.max_pixels)
+        return Limits(max_pixels=self.max_pixels, max_bytes=self.max_bytes)
 
 
 # ---- stage 1: read, decode and cap (CPU) ------------------------------------------------------
@@ -133,17 +266,15 @@ class Job:
 def prepare(row: dict[str, Any], job: Job) -> dict[str, Any]:
     """The source's bytes and, with gravity=face, the capped RGB copy the detector sees (exactly
     the pipeline's: focal.pipeline._detect)."""
-    out = {"src": row["src"], "data": b"", "pixels": b"", "height": 0, "width": 0}
-    out |= {"error": "", "digest": ""}
+    out = {"src": row["src"], "rel": row["rel"], "data": b"", "pixels": b"", "height": 0}
+    out |= {"width": 0, "error": "", "digest": ""}
     try:
-        data = Path(row["src"]).read_bytes()
         limits = job.limits
-        if len(data) > limits.max_bytes:
-            raise FocalError(f"The source is {len(data)} bytes", status=413)
+        data = job.src.read(row["rel"], limits.max_bytes)
         out["data"] = data
         array = inference_array(data, job.options, limits)
     except (FocalError, OSError) as error:
-        out["error"] = _reason(error)
+        out["error"] = reason(error)
         return out
     if array is not None:
         out |= {"pixels": array.tobytes(), "height": array.shape[0], "width": array.shape[1]}
@@ -238,22 +369,21 @@ class Found:
 def finish(row: dict[str, Any], job: Job) -> dict[str, Any]:
     from focal.pipeline import transform
 
-    src = Path(row["src"])
-    record: dict[str, Any] = {"source": str(src)}
+    record: dict[str, Any] = {"source": row["src"]}
     if row["error"]:
         return record | {"status": "failed", "reason": row["error"]}
     options = job.options
-    out = _output_path(src, Path(job.src_root), Path(job.dest_root), options)
+    out = output_name(row["rel"], options)
     detector = Found(row.get("faces", ""), row["digest"]) if options.needs_faces else None
     try:
         result = transform(row["data"], options, detector=detector, limits=job.limits)
-        write_atomic(out, result.data)
+        job.dest.write(out, result.data, result.content_type)
     except (FocalError, OSError) as error:
-        return record | {"status": "failed", "reason": _reason(error)}
+        return record | {"status": "failed", "reason": reason(error)}
     description = result.description
     return record | {
         "status": "done",
-        "output": str(out),
+        "output": job.dest.name(out),
         "width": result.width,
         "height": result.height,
         "bytes": len(result.data),
@@ -267,20 +397,32 @@ def finish(row: dict[str, Any], job: Job) -> dict[str, Any]:
 # ---- the driver ---------------------------------------------------------------------------------
 
 
-def pending(
-    src_root: Path, dest_root: Path, options: Options, force: bool
-) -> tuple[list[Path], int]:
-    """(sources to do, count of those already done)."""
-    sources = sorted(
-        p for p in src_root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-    )
-    todo: list[Path] = []
-    for src in sources:
-        out = _output_path(src, src_root, dest_root, options)
-        if not force and out.exists() and out.stat().st_mtime >= src.stat().st_mtime:
+@dataclass
+class Plan:
+    todo: list[str]  # relative names of the sources to transform
+    skipped: int  # sources whose output is there and newer
+    refused: list[dict[str, Any]]  # manifest records of sources that are never read
+
+
+def pending(src: Tree, dest: Tree, options: Options, force: bool) -> Plan:
+    """What to do, from one listing of SRC and one of DEST (no source or output is read). A
+    time on object storage has whole seconds, so with one there both are compared so."""
+    sources = {rel: t for rel, t in src.listing().items() if is_image_name(rel)}
+    outputs = {} if force else dest.listing()
+    whole_seconds = src.in_store or dest.in_store
+    plan = Plan([], 0, [])
+    for relative in sorted(sources):
+        if not safe_relative(relative):
+            why = "the object name leaves the prefix (empty, . or .. segments)"
+            plan.refused.append({"source": src.name(relative), "status": "failed", "reason": why})
             continue
-        todo.append(src)
-    return todo, len(sources) - len(todo)
+        done_at = outputs.get(output_name(relative, options))
+        since = math.floor(sources[relative]) if whole_seconds else sources[relative]
+        if done_at is not None and done_at >= since:
+            plan.skipped += 1
+        else:
+            plan.todo.append(relative)
+    return plan
 
 
 def run(args: argparse.Namespace) -> int:
@@ -289,9 +431,23 @@ def run(args: argparse.Namespace) -> int:
     except OptionError as error:
         print(f"focal: {error.public}", file=sys.stderr)
         return 2
-    if not args.src.is_dir():
+    in_store = objectstore.is_s3(args.src) or objectstore.is_s3(args.dest)
+    try:
+        store = store_settings(args) if in_store else None
+        src, dest = Tree.of(args.src, store), Tree.of(args.dest, store)
+    except FocalError as error:  # a malformed s3:// prefix, or a bad s3_* setting
+        print(f"focal batch: {error.public}", file=sys.stderr)
+        return 2
+    if not src.in_store and not Path(args.src).is_dir():
         print(f"focal batch: {args.src} is not a folder", file=sys.stderr)
         return 2
+    if in_store:
+        try:
+            import obstore  # noqa: F401
+        except ImportError:
+            message = "focal batch: obstore is not installed (pip install 'focal-images[s3]')"
+            print(message, file=sys.stderr)
+            return 4
     try:
         import ray
     except ImportError:
@@ -304,32 +460,21 @@ def run(args: argparse.Namespace) -> int:
         except ModelMissingError as error:
             print(f"focal: {error.public}", file=sys.stderr)
             return 3
-    todo, skipped = pending(args.src, args.dest, options, args.force)
-    started_here = not ray.is_initialized()
-    if started_here:
-        if args.address:
-            ray.init(address=args.address, log_to_driver=False)
-        else:
-            ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
     try:
-        records = execute(todo, args, options) if todo else []
-    finally:
-        if started_here:
-            ray.shutdown()
-    return report(records, skipped, args.dest)
-
-
-def execute(todo: list[Path], args: argparse.Namespace, options: Options) -> list[dict[str, Any]]:
-    import ray.data
-
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False
-    context.print_on_execution_start = False
+        plan = pending(src, dest, options, args.force)
+    except (FocalError, OSError) as error:
+        message = f"focal batch: cannot list {args.src} or {args.dest}: {reason(error)}"
+        detail = getattr(error, "detail", "") or ""
+        if detail and detail != getattr(error, "public", ""):  # the store's own words
+            message += "\n  " + detail.splitlines()[0][:500]
+        print(message, file=sys.stderr)
+        return 1
     job = Job(
         options_text=args.options,
-        src_root=str(args.src),
-        dest_root=str(args.dest),
+        src=src,
+        dest=dest,
         max_pixels=args.max_pixels,
+        max_bytes=args.max_bytes,
         detector_kwargs={
             "model_dir": args.model_dir,
             "runtime": args.runtime,
@@ -338,8 +483,31 @@ def execute(todo: list[Path], args: argparse.Namespace, options: Options) -> lis
             "max_batch": args.batch,
         },
     )
+    started_here = not ray.is_initialized() and bool(plan.todo)
+    if started_here:
+        if args.address:
+            ray.init(address=args.address, log_to_driver=False)
+        else:
+            ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
+    try:
+        records = execute(plan.todo, job, args, options) if plan.todo else []
+    finally:
+        if started_here:
+            ray.shutdown()
+    return report(records + plan.refused, plan.skipped, dest)
+
+
+def execute(
+    todo: list[str], job: Job, args: argparse.Namespace, options: Options
+) -> list[dict[str, Any]]:
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
     blocks = max(1, min(len(todo), 4 * int(args.num_cpus)))
-    ds: Any = ray.data.from_items([{"src": str(p)} for p in todo], override_num_blocks=blocks)
+    items = [{"src": job.src.name(rel), "rel": rel} for rel in todo]
+    ds: Any = ray.data.from_items(items, override_num_blocks=blocks)
     # the CPU stages reserve memory for a decoded image; that also keeps Ray from fusing them
     # into the detector actors (decoding and encoding would then wait on detection)
     ds = ds.map(partial(prepare, job=job), memory=CPU_STAGE_MEMORY)
@@ -378,23 +546,29 @@ def gpus_per_detector(args: argparse.Namespace) -> float:
     return 1.0 if has_gpus and args.runtime == "torch" else 0.0
 
 
-def report(records: list[dict[str, Any]], skipped: int, dest: Path) -> int:
-    dest.mkdir(parents=True, exist_ok=True)
-    with open(dest / MANIFEST, "a", encoding="utf-8") as manifest:
-        for record in sorted(records, key=lambda r: r["source"]):
-            manifest.write(json.dumps(record, sort_keys=True, default=_plain) + "\n")
+def report(records: list[dict[str, Any]], skipped: int, dest: Tree) -> int:
+    """The manifest (after every output is written), then the summary; the exit code."""
+    ordered = sorted(records, key=lambda r: r["source"])
+    lines = [json.dumps(r, sort_keys=True, default=_plain) + "\n" for r in ordered]
+    manifest = dest.name(MANIFEST)
+    try:
+        if lines:
+            dest.append_manifest(lines)
+    except (FocalError, OSError) as error:
+        print(f"focal batch: the manifest was not written: {reason(error)}", file=sys.stderr)
+        manifest = "not written"
     done = sum(1 for r in records if r["status"] == "done")
-    failed = [r for r in records if r["status"] != "done"]
+    failed = [r for r in ordered if r["status"] != "done"]
     if sys.stderr.isatty():
         print(file=sys.stderr)
     print(
         f"{done} done, {skipped} skipped (already there), {len(failed)} failed; "
-        f"manifest: {dest / MANIFEST}",
+        f"manifest: {manifest}",
         file=sys.stderr,
     )
-    for record in sorted(failed, key=lambda r: r["source"]):
+    for record in failed:
         print(f"  failed: {record['source']}: {record['reason']}", file=sys.stderr)
-    return 1 if failed else 0
+    return 1 if failed or manifest == "not written" else 0
 
 
 def _plain(value: Any) -> Any:

@@ -22,15 +22,22 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from focal.commands.common import (
+    IMAGE_SUFFIXES,
+    add_job_arguments,
+    non_negative_float,
+    output_name,
+    positive_int,
+    reason,
+)
 from focal.detection import Detector
 from focal.errors import FocalError, ModelMissingError, OptionError
 from focal.face.batching import BatchingDetector
-from focal.face.sessions import PRECISIONS, RUNTIMES, DetectorConfig, open_detector
+from focal.face.sessions import DetectorConfig, open_detector
 from focal.files import write_atomic
 from focal.options import Format, Options, parse_options
 from focal.pipeline import Limits, Result, transform
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".avif", ".tif", ".tiff"}
 SUFFIX_FORMATS = {
     ".jpg": Format.JPEG,
     ".jpeg": Format.JPEG,
@@ -39,15 +46,6 @@ SUFFIX_FORMATS = {
     ".avif": Format.AVIF,
     ".gif": Format.GIF,
     ".json": Format.JSON,
-}
-FORMAT_SUFFIXES = {
-    "jpeg": ".jpg",
-    "baseline-jpeg": ".jpg",
-    "png": ".png",
-    "webp": ".webp",
-    "avif": ".avif",
-    "gif": ".gif",
-    "json": ".json",
 }
 
 
@@ -60,64 +58,21 @@ def register(sub: Any) -> None:
     )
     p.add_argument("src", type=Path, help="an image file or a folder of images")
     p.add_argument("-o", "--out", type=Path, required=True, help="output file (or folder)")
-    p.add_argument(
-        "--options", default="", help="Cloudflare-style options, e.g. width=256,fit=cover"
-    )
     p.add_argument("--json", action="store_true", help="print the JSON description of each result")
-    p.add_argument("--model-dir", type=Path, default=None, help="face model cache directory")
-    p.add_argument(
-        "--max-pixels", type=int, default=Limits.max_pixels, help="refuse larger sources"
-    )
-    p.add_argument("--force", action="store_true", help="folder: redo outputs that already exist")
+    add_job_arguments(p, folder="folder: ")
     p.add_argument(
         "--workers",
-        type=_positive_int,
+        type=positive_int,
         default=os.cpu_count() or 1,
         help="folder: threads that read, decode, transform and write (default: CPU count)",
     )
     p.add_argument(
-        "--runtime",
-        choices=RUNTIMES,
-        default="auto",
-        help="face detector runtime; torch runs on a GPU (needs the gpu extra)",
-    )
-    p.add_argument(
-        "--precision", choices=PRECISIONS, default="fp32", help="face detector precision"
-    )
-    p.add_argument("--device", default="auto", help="torch runtime only: auto, cuda, cuda:N or cpu")
-    p.add_argument(
-        "--batch",
-        type=_positive_int,
-        default=16,
-        help="folder: most images in one face detector call",
-    )
-    p.add_argument(
         "--batch-window-ms",
-        type=_non_negative_float,
+        type=non_negative_float,
         default=20.0,
         help="folder: longest wait for a detector batch to fill, in milliseconds",
     )
     p.set_defaults(func=run)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, received {text!r}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number of at least 0, received {text!r}")
-    return value
 
 
 def run(args: argparse.Namespace) -> int:
@@ -126,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     except OptionError as error:
         print(f"focal: {error.public}", file=sys.stderr)
         return 2
-    limits = Limits(max_pixels=args.max_pixels)
+    limits = Limits(max_pixels=args.max_pixels, max_bytes=args.max_bytes)
     try:
         detector = _detector(options, args)
     except ModelMissingError as error:
@@ -164,7 +119,7 @@ def _single(
     try:
         result = _one(args.src, args.out, options, detector, limits)
     except (FocalError, OSError) as error:
-        print(f"focal: {args.src}: {_reason(error)}", file=sys.stderr)
+        print(f"focal: {args.src}: {reason(error)}", file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps(result.description, indent=2))
@@ -224,8 +179,8 @@ def _folder(
         f"in {seconds:.1f} s",
         file=sys.stderr,
     )
-    for src, reason in failed:
-        print(f"  failed: {src}: {reason}", file=sys.stderr)
+    for src, why in failed:
+        print(f"  failed: {src}: {why}", file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -243,15 +198,12 @@ def _job(
             return Outcome(skipped=True)
         result = _one(src, out, options, detector, limits)
     except (FocalError, OSError) as error:
-        return Outcome(failure=_reason(error))
+        return Outcome(failure=reason(error))
     return Outcome(description=result.description)
 
 
 def _output_path(src: Path, root: Path, out_root: Path, options: Options) -> Path:
-    relative = src.relative_to(root)
-    if options.format is None or options.format is Format.AUTO:
-        return out_root / relative
-    return (out_root / relative).with_suffix(FORMAT_SUFFIXES[options.format.value])
+    return out_root / output_name(src.relative_to(root).as_posix(), options)
 
 
 def _progress(index: int, total: int, name: str) -> None:
@@ -260,12 +212,6 @@ def _progress(index: int, total: int, name: str) -> None:
         filled = width * index // max(total, 1)
         bar = "#" * filled + "-" * (width - filled)
         print(f"\r[{bar}] {index}/{total} {name[:40]:<40}", end="", file=sys.stderr, flush=True)
-
-
-def _reason(error: Exception) -> str:
-    if isinstance(error, FocalError):
-        return f"{error.public} (status {error.status})"
-    return f"{type(error).__name__}: {error}"
 
 
 def _one(

@@ -106,7 +106,7 @@ class Origin(Protocol):
 
 
 class IdentifyingOrigin(Origin, Protocol):
-    async def identify(self, source: str) -> SourceInfoLike: ...
+    async def identify(self, source: str) -> SourceInfoLike | None: ...
 
 
 @dataclass(frozen=True)
@@ -383,14 +383,15 @@ async def fetch(service: Service, source: str, trace: Trace) -> SourceLike:
 
 
 async def identify(service: Service, source: str, trace: Trace) -> SourceInfoLike | None:
-    """The identity of a local source from its metadata, when a variant cache can use it."""
+    """A source's identity from its metadata (a local file's, an s3 object's HEAD), when a
+    variant cache can use it; None when the origin can only tell it by reading the source."""
     origins = service.origins
-    local = origins.local
-    if service.cache is None or origins.is_remote(source) or not hasattr(local, "identify"):
+    origin = origins.remote if origins.is_remote(source) else origins.local
+    if service.cache is None or origin is None or not hasattr(origin, "identify"):
         return None
     start = time.perf_counter()
     try:
-        info: SourceInfoLike = await cast(IdentifyingOrigin, local).identify(source)
+        info: SourceInfoLike | None = await cast(IdentifyingOrigin, origin).identify(source)
         return info
     finally:
         trace.timings["fetch"] = logs.now_ms(start)

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from hashlib import blake2b
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -470,16 +471,31 @@ def _kill_quietly(worker: _Worker) -> None:
 # -- caching --------------------------------------------------------------------------------
 
 
-class CachingDetector:
-    """Wraps any Detector with an in-memory LRU of its answers.
+class SharedFaces(Protocol):
+    """A second tier behind CachingDetector's LRU that other processes or instances share
+    (focal.server.shared_detection.RedisFaces). It must never raise: a tier that is down answers
+    None for every key and drops stores."""
 
-    Keyed by blake2b of the model id and each image's shape and bytes. Only the faces (boxes,
-    scores, landmarks) are kept, never pixels. Failures are not cached.
+    def get_many(self, keys: Sequence[bytes]) -> list[list[Face] | None]: ...
+    def put_many(self, items: Sequence[tuple[bytes, Sequence[Face]]]) -> None: ...
+
+
+class CachingDetector:
+    """Wraps any Detector with an in-memory LRU of its answers, and optionally a shared tier.
+
+    Keyed by blake2b of the model id and each image's shape and bytes (:func:`image_key`,
+    computed once per image for both tiers). Only the faces (boxes, scores, landmarks) are kept,
+    never pixels. Failures are not cached. Lookup order: the LRU, then ``shared`` (its answers
+    fill the LRU), then ``inner`` (its answers go to both). ``max_entries=0`` keeps no LRU.
+    ``hits`` counts images answered without ``inner``, ``misses`` those ``inner`` detected.
     """
 
-    def __init__(self, inner: Detector, max_entries: int = 1024) -> None:
+    def __init__(
+        self, inner: Detector, max_entries: int = 1024, shared: SharedFaces | None = None
+    ) -> None:
         self._inner = inner
         self._max_entries = max_entries
+        self.shared = shared
         self._entries: OrderedDict[bytes, tuple[Face, ...]] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = 0
@@ -494,11 +510,23 @@ class CachingDetector:
         keys = [image_key(model_id, image) for image in images]
         found: list[tuple[Face, ...] | None] = [self._lookup(key) for key in keys]
         missing = [i for i, faces in enumerate(found) if faces is None]
+        if missing and self.shared is not None:
+            answers = self.shared.get_many([keys[i] for i in missing])
+            for i, shared_faces in zip(missing, answers, strict=True):
+                if shared_faces is not None:
+                    found[i] = tuple(shared_faces)
+                    self._store(keys[i], found[i] or ())
+            missing = [i for i in missing if found[i] is None]
+        with self._lock:
+            self.hits += len(images) - len(missing)
+            self.misses += len(missing)
         if missing:
-            answers = self._inner.detect([images[i] for i in missing])
-            for i, faces in zip(missing, answers, strict=True):
+            detected = self._inner.detect([images[i] for i in missing])
+            for i, faces in zip(missing, detected, strict=True):
                 found[i] = tuple(faces)
                 self._store(keys[i], found[i] or ())
+            if self.shared is not None:
+                self.shared.put_many([(keys[i], found[i] or ()) for i in missing])
         return [list(faces or ()) for faces in found]
 
     def __len__(self) -> int:
@@ -507,14 +535,13 @@ class CachingDetector:
     def _lookup(self, key: bytes) -> tuple[Face, ...] | None:
         with self._lock:
             faces = self._entries.get(key)
-            if faces is None:
-                self.misses += 1
-                return None
-            self._entries.move_to_end(key)
-            self.hits += 1
+            if faces is not None:
+                self._entries.move_to_end(key)
             return faces
 
     def _store(self, key: bytes, faces: tuple[Face, ...]) -> None:
+        if self._max_entries < 1:
+            return
         with self._lock:
             self._entries[key] = faces
             self._entries.move_to_end(key)

@@ -8,7 +8,13 @@ user info in the URL are refused (403) before any request. Credentials never com
 obstore reads the standard environment (``AWS_ACCESS_KEY_ID``..., web identity, ECS, EC2 instance
 metadata), or, with ``s3_credentials = "boto3"``, botocore's whole chain (``~/.aws`` profiles,
 SSO). The body is streamed and cut off past ``max_bytes`` (413), after a check of the size the
-store declares; each request is bounded by the connect and read timeouts, and not retried.
+store declares; each request is bounded by the connect and read timeouts, and not retried. A
+source's identity is its ETag and size: ``identify`` learns it with one HEAD, so a cached
+variant is served without downloading the source.
+
+``list_prefix``, ``read_object`` and ``write_object`` are the same client's blocking calls for
+``focal batch`` over ``s3://bucket/prefix/`` (one listing; reads with the same byte limit;
+single-PUT writes).
 
 S3VariantCache keeps variants at ``<prefix><key[:2]>/<key>`` (the variant key is content
 addressed). Writes are single PUTs with ``If-None-Match: *``: a key is written once, by whichever
@@ -18,12 +24,13 @@ of the store is a miss (a log line, a metric), never an error: see :class:`Break
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -31,7 +38,7 @@ from urllib.parse import unquote
 
 from focal.errors import ForbiddenError, LimitError, NotFoundError, UpstreamError
 from focal.server.cache import Entry, Meta, decode, encode
-from focal.server.origins import Source, is_remote
+from focal.server.origins import Source, SourceInfo, is_remote
 
 log = logging.getLogger("focal.objectstore")
 
@@ -80,6 +87,65 @@ def parse(url: str, *, prefix: bool = False) -> Location:
     if not prefix and (not key or key.endswith("/")):
         raise NotFoundError(f"source not found: {url}")
     return Location(bucket, key)
+
+
+def parse_prefix(url: str) -> Location:
+    """An ``s3://bucket/prefix/`` of many objects; a key that does not end with ``/`` gets one."""
+    location = parse(url, prefix=True)
+    if location.key and not location.key.endswith("/"):
+        location = Location(location.bucket, location.key + "/")
+    return location
+
+
+class Limited:
+    """A body read up to ``max_bytes``: LimitError (413) as soon as the size the store declares,
+    or the bytes received, pass it."""
+
+    def __init__(self, url: str, max_bytes: int, declared: int) -> None:
+        self.url = url
+        self.max_bytes = max_bytes
+        self._chunks: list[bytes] = []
+        self._total = 0
+        if declared > max_bytes:
+            raise self._over()
+
+    def _over(self) -> LimitError:
+        return LimitError(f"source is over the {self.max_bytes} byte limit: {self.url}")
+
+    def add(self, chunk: Any) -> None:
+        self._total += len(chunk)
+        if self._total > self.max_bytes:
+            raise self._over()
+        self._chunks.append(bytes(chunk))
+
+    def data(self) -> bytes:
+        return b"".join(self._chunks)
+
+
+@contextlib.contextmanager
+def store_errors(url: str, bucket: str) -> Iterator[None]:
+    """obstore's errors as focal's: a missing key NotFoundError (404), anything else the store
+    does (network, timeout, permission, throttling) UpstreamError (502)."""
+    try:
+        yield
+    except FileNotFoundError as exc:
+        raise NotFoundError(f"source not found in the store: {url}") from exc
+    except (LimitError, NotFoundError):
+        raise
+    except Exception as exc:
+        raise UpstreamError(f"the object store failed: {bucket}", detail=repr(exc)) from exc
+
+
+def _identity(location: Location, meta: Any) -> str | None:
+    """An identity that changes with the object's content: its ETag and size (a new write of
+    other bytes gets another ETag), None when the store sends no ETag."""
+    etag = meta.get("e_tag")
+    return f"s3:{location}:etag:{etag}:{int(meta['size'])}" if etag else None
+
+
+def _timestamp(meta: Any) -> float | None:
+    modified = meta.get("last_modified")
+    return modified.timestamp() if modified is not None else None
 
 
 @dataclass(frozen=True)
@@ -184,33 +250,29 @@ class S3Origin:
         import obstore
 
         store = self._stores.store(location.bucket)
-        try:
+        with store_errors(url, location.bucket):
             result = await obstore.get_async(store, location.key)
-            size = int(result.meta["size"])
-            if size > self._max_bytes:
-                raise LimitError(f"source is over the {self._max_bytes} byte limit: {url}")
-            data = await self._read(url, result)
-            modified = result.meta["last_modified"]
-        except FileNotFoundError as exc:
-            raise NotFoundError(f"source not found in the store: {url}") from exc
-        except (LimitError, NotFoundError):
-            raise
-        except Exception as exc:  # obstore's errors: network, timeout, permission, throttling
-            raise UpstreamError(
-                f"the object store failed: {location.bucket}", detail=repr(exc)
-            ) from exc
-        identity = f"s3:{location}:{hashlib.sha256(data).hexdigest()}"
-        return Source(data, identity, modified.timestamp() if modified is not None else None)
+            body = Limited(url, self._max_bytes, int(result.meta["size"]))
+            async for chunk in result.stream(min_chunk_size=STREAM_CHUNK):
+                body.add(chunk)
+        data = body.data()
+        meta = result.meta
+        identity = _identity(location, meta) or f"s3:{location}:{hashlib.sha256(data).hexdigest()}"
+        return Source(data, identity, _timestamp(meta))
 
-    async def _read(self, url: str, result: Any) -> bytes:
-        chunks: list[bytes] = []
-        total = 0
-        async for chunk in result.stream(min_chunk_size=STREAM_CHUNK):
-            total += len(chunk)
-            if total > self._max_bytes:
-                raise LimitError(f"source is over the {self._max_bytes} byte limit: {url}")
-            chunks.append(bytes(chunk))
-        return b"".join(chunks)
+    async def identify(self, url: str) -> SourceInfo | None:
+        """The source's identity from a HEAD request (its ETag and size), so that a cached
+        variant is answered without downloading the source; None when the store gives no ETag
+        (the identity is then the hash of the bytes, known only after the fetch)."""
+        location = self.checked(url)
+        import obstore
+
+        store = self._stores.store(location.bucket)
+        with store_errors(url, location.bucket):
+            meta = await obstore.head_async(store, location.key)
+            Limited(url, self._max_bytes, int(meta["size"]))
+        identity = _identity(location, meta)
+        return None if identity is None else SourceInfo(identity, _timestamp(meta))
 
     def location(self, url: str) -> str:
         """Never a redirect target: clients cannot fetch s3:// URLs."""
@@ -234,6 +296,12 @@ class SchemeOrigin:
     async def fetch(self, source: str) -> Any:
         return await self._for(source).fetch(source)
 
+    async def identify(self, source: str) -> SourceInfo | None:
+        """An s3 source's identity without reading it; None for http(s) ones (they are fetched)."""
+        if is_s3(source):
+            return await self.s3.identify(source)
+        return None
+
     def location(self, source: str) -> str:
         target: str = self._for(source).location(source)
         return target
@@ -243,6 +311,82 @@ def add_s3(settings: Any, http: Any) -> tuple[SchemeOrigin, Callable[[str], bool
     """The remote origin and remote/local decision of a server with ``s3_prefixes`` set."""
     s3 = S3Origin(settings.s3_prefixes, settings.max_bytes, Stores(store_settings(settings)))
     return SchemeOrigin(http, s3), is_remote_or_s3
+
+
+# ---- prefixes of many objects (focal batch) -----------------------------------------------------
+
+
+_PROCESS_STORES: dict[StoreSettings, Stores] = {}
+_PROCESS_LOCK = threading.Lock()
+
+
+def process_stores(settings: StoreSettings) -> Stores:
+    """One Stores per settings in this process: batch tasks that run in the same worker process
+    reuse its connection pools."""
+    with _PROCESS_LOCK:
+        if settings not in _PROCESS_STORES:
+            _PROCESS_STORES[settings] = Stores(settings)
+        return _PROCESS_STORES[settings]
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    modified: float  # seconds since the epoch (the store's clock)
+
+
+def list_prefix(store: Any, location: Location) -> list[ObjectInfo]:
+    """Every object under the prefix, from the store's listing (no object is read)."""
+    import obstore
+
+    found: list[ObjectInfo] = []
+    url = str(location)
+    with store_errors(url, location.bucket):
+        for chunk in obstore.list(store, location.key or None, chunk_size=1000):
+            for meta in chunk:
+                found.append(ObjectInfo(meta["path"], int(meta["size"]), _timestamp(meta) or 0.0))
+    return found
+
+
+def read_object(store: Any, location: Location, max_bytes: int) -> bytes:
+    """An object's bytes, streamed and cut at ``max_bytes`` as a source's are (blocking)."""
+    import obstore
+
+    url = str(location)
+    with store_errors(url, location.bucket):
+        result = obstore.get(store, location.key)
+        body = Limited(url, max_bytes, int(result.meta["size"]))
+        for chunk in result.stream(min_chunk_size=STREAM_CHUNK):
+            body.add(chunk)
+    return body.data()
+
+
+def read_optional(store: Any, location: Location) -> bytes | None:
+    """A small object's bytes (a manifest), None if there is none."""
+    import obstore
+
+    try:
+        with store_errors(str(location), location.bucket):
+            return bytes(obstore.get(store, location.key).bytes())
+    except NotFoundError:
+        return None
+
+
+def write_object(store: Any, location: Location, data: bytes, content_type: str = "") -> None:
+    """One PUT (atomic: readers see the whole object or the one before). UpstreamError if the
+    store refuses it."""
+    import obstore
+
+    attributes: dict[str, str] = {"Content-Type": content_type} if content_type else {}
+    with store_errors(str(location), location.bucket):
+        obstore.put(
+            store,
+            location.key,
+            data,
+            attributes=attributes or None,
+            use_multipart=False,
+        )
 
 
 # ---- failures become misses ---------------------------------------------------------------------

@@ -105,8 +105,8 @@ SETTINGS: tuple[Setting, ...] = (
         "str",
         "",
         "origin",
-        "S3 API endpoint of a non-AWS store (R2, MinIO, GCS), for sources and the s3 variant "
-        "cache. Empty: AWS.",
+        "S3 API endpoint of a non-AWS store (R2, MinIO, GCS), for sources, the s3 variant "
+        "cache and focal batch's s3:// SRC and DEST. Empty: AWS.",
     ),
     _s("s3_region", "str", "", "origin", "S3 region. Empty: from AWS_REGION / AWS_DEFAULT_REGION."),
     _s(

@@ -8,8 +8,8 @@ answer. Values are the faces as JSON (boxes, scores, landmarks: never pixels), w
 Lookups of a batch are one MGET, stores one pipeline of SETs. Every Redis call is bounded by
 ``timeout_s`` (connect and read); any failure is a miss, answered by the detector behind, with a
 log line and a metric (:class:`focal.server.objectstore.Breaker` then skips Redis for a moment,
-so a dead Redis costs one timeout per pause, not one per request). Order of lookups in a server:
-the in-process LRU (CachingDetector), then Redis, then the detector pool.
+so a dead Redis costs one timeout per pause, not one per request). It is the shared tier of the
+server's one detection cache, CachingDetector: the in-process LRU, then Redis, then the pool.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ import threading
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from focal.detection import Detector, Face, RGBImage
+from focal.detection import Face
+from focal.server.detector_pool import CachingDetector
 from focal.server.objectstore import Breaker, register
 
 KEY_PREFIX = "focal:faces:"
@@ -45,13 +46,12 @@ def decode_faces(raw: bytes) -> list[Face] | None:
         return None
 
 
-class RedisDetectionCache:
-    """A Detector that answers from Redis what any instance detected before, and asks ``inner``
-    for the rest (storing its answers)."""
+class RedisFaces:
+    """The Redis tier of :class:`focal.server.detector_pool.CachingDetector` (SharedFaces): one
+    MGET per batch of lookups, one pipeline of SETs per batch of stores, every failure a miss."""
 
     def __init__(
         self,
-        inner: Detector,
         url: str,
         *,
         ttl_s: int = 30 * 86400,
@@ -59,7 +59,6 @@ class RedisDetectionCache:
         breaker: Breaker | None = None,
         client: Any = None,
     ) -> None:
-        self._inner = inner
         self._ttl_s = max(1, int(ttl_s))
         self.breaker = breaker or Breaker("detection")
         if client is None:
@@ -77,26 +76,26 @@ class RedisDetectionCache:
         self.hits = 0
         self.misses = 0
 
-    @property
-    def model_id(self) -> str:
-        return self._inner.model_id
-
-    def detect(self, images: Sequence[RGBImage]) -> list[list[Face]]:
-        from focal.server.detector_pool import image_key
-
-        model_id = self._inner.model_id
-        keys = [KEY_PREFIX + image_key(model_id, image).hex() for image in images]
-        found = self._lookup(keys)
-        missing = [i for i, faces in enumerate(found) if faces is None]
+    def get_many(self, keys: Sequence[bytes]) -> list[list[Face] | None]:
+        found = self._lookup([KEY_PREFIX + key.hex() for key in keys])
+        hits = sum(1 for faces in found if faces is not None)
         with self._lock:
-            self.hits += len(images) - len(missing)
-            self.misses += len(missing)
-        if missing:
-            answers = self._inner.detect([images[i] for i in missing])
-            for i, faces in zip(missing, answers, strict=True):
-                found[i] = list(faces)
-            self._store([(keys[i], found[i] or []) for i in missing])
-        return [faces or [] for faces in found]
+            self.hits += hits
+            self.misses += len(found) - hits
+        return found
+
+    def put_many(self, items: Sequence[tuple[bytes, Sequence[Face]]]) -> None:
+        if not items or not self.breaker.allow():
+            return
+        try:
+            pipe = self._redis.pipeline(transaction=False)
+            for key, faces in items:
+                pipe.set(KEY_PREFIX + key.hex(), encode_faces(faces), ex=self._ttl_s)
+            pipe.execute()
+        except Exception as error:
+            self.breaker.failed("set", error)
+            return
+        self.breaker.succeeded()
 
     def _lookup(self, keys: list[str]) -> list[list[Face] | None]:
         if not self.breaker.allow():
@@ -109,19 +108,6 @@ class RedisDetectionCache:
         self.breaker.succeeded()
         return [None if raw is None else decode_faces(raw) for raw in values]
 
-    def _store(self, items: list[tuple[str, list[Face]]]) -> None:
-        if not self.breaker.allow():
-            return
-        try:
-            pipe = self._redis.pipeline(transaction=False)
-            for key, faces in items:
-                pipe.set(key, encode_faces(faces), ex=self._ttl_s)
-            pipe.execute()
-        except Exception as error:
-            self.breaker.failed("set", error)
-            return
-        self.breaker.succeeded()
-
     def metric_lines(self) -> Iterable[str]:
         with self._lock:
             hits, misses = self.hits, self.misses
@@ -132,20 +118,19 @@ class RedisDetectionCache:
 
 
 def share_detection(service: Any) -> None:
-    """Put the shared cache between a started server's in-process detection cache and its pool
-    (no-op when face detection is off or unavailable)."""
+    """Give a started server's detection cache its Redis tier (no-op when face detection is off
+    or unavailable)."""
     settings = service.settings
     detection = service.detection
     if not settings.detection_cache_url or detection.pool is None:
         return
-    from focal.server.detector_pool import CachingDetector
-
-    shared = RedisDetectionCache(
-        detection.pool,
+    shared = RedisFaces(
         settings.detection_cache_url,
         ttl_s=settings.detection_cache_ttl_s,
         timeout_s=settings.shared_cache_timeout_s,
     )
-    detection.detector = CachingDetector(shared, max_entries=settings.detection_cache_entries)
+    detection.detector = CachingDetector(
+        detection.pool, max_entries=settings.detection_cache_entries, shared=shared
+    )
     service.metrics.extra.append(shared.metric_lines)
     register(service.metrics, shared.breaker)
