@@ -25,6 +25,7 @@ from typing import Any
 from focal.detection import Detector
 from focal.errors import FocalError, ModelMissingError, OptionError
 from focal.face.batching import BatchingDetector
+from focal.face.retinaface import CROP_THRESHOLD
 from focal.face.sessions import PRECISIONS, RUNTIMES, DetectorConfig, open_detector
 from focal.files import write_atomic
 from focal.options import Format, Options, parse_options
@@ -86,6 +87,18 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--device", default="auto", help="torch runtime only: auto, cuda, cuda:N or cpu")
     p.add_argument(
+        "--face-crop-threshold",
+        type=_unit_float,
+        default=CROP_THRESHOLD,
+        help="CPU runtimes: what scores as a face for gravity=face (weak candidates below it "
+        "only steer the crop; docs/cropping.md)",
+    )
+    p.add_argument(
+        "--detector-flip",
+        action="store_true",
+        help="CPU runtimes: also detect on the mirrored image (about twice the detector time)",
+    )
+    p.add_argument(
         "--batch",
         type=_positive_int,
         default=16,
@@ -107,6 +120,16 @@ def _positive_int(text: str) -> int:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, received {text!r}")
+    return value
+
+
+def _unit_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to below 1, received {text!r}")
     return value
 
 
@@ -152,6 +175,8 @@ def _detector(options: Options, args: argparse.Namespace) -> Detector | None:
         precision=args.precision,
         device=args.device,
         max_batch=args.batch,
+        crop_threshold=args.face_crop_threshold,
+        flip=args.detector_flip,
     )
     return open_detector(config)
 

@@ -100,28 +100,31 @@ class RetinaFace:
 
     def detect(self, images: Sequence[RGBImage]) -> list[list[Face]]:
         """Faces for each RGB image (H x W x 3 uint8), in that image's own coordinates."""
-        return [faces for faces, _ in self._detect(images, self.settings.score_threshold)]
+        limit = self.settings.score_threshold
+        return [faces for faces, _ in self._detect(images, limit, limit)]
 
     def detect_with_candidates(
         self, images: Sequence[RGBImage]
     ) -> list[tuple[list[Face], list[Face]]]:
-        """For each image, from one pass: its faces (as :meth:`detect` finds them) and its weak
-        candidates (scoring above ``settings.candidate_threshold``, not above the face threshold;
-        what NMS leaves of them once the faces are kept, which it never changes: a lower score
-        never suppresses a higher one)."""
-        floor = min(self.settings.candidate_threshold, self.settings.score_threshold)
-        return self._detect(images, floor)
+        """For each image, from one pass, what a face crop uses: its faces (scoring above
+        ``settings.crop_threshold``) and its weak candidates (above
+        ``settings.candidate_threshold``, not above the crop threshold; what NMS leaves of them
+        once the faces are kept, which it never changes: a lower score never suppresses a higher
+        one)."""
+        s = self.settings
+        return self._detect(images, min(s.candidate_threshold, s.crop_threshold), s.crop_threshold)
 
     def _detect(
-        self, images: Sequence[RGBImage], threshold: float
+        self, images: Sequence[RGBImage], floor: float, face_threshold: float
     ) -> list[tuple[list[Face], list[Face]]]:
+        """(faces above face_threshold, the rest above floor) for each image."""
         prepared = [fit_to_cap(image) for image in images]
-        found = self.detect_prepared(prepared, threshold)
+        found = self.detect_prepared(prepared, floor)
         results = []
         for d, i, p in zip(found, images, prepared, strict=True):
             faces = rf.to_faces(d, i.shape[1] / p.shape[1], i.shape[0] / p.shape[0])
-            strong = [f for f in faces if f.score > self.settings.score_threshold]
-            results.append((strong, [f for f in faces if f.score <= self.settings.score_threshold]))
+            strong = [f for f in faces if f.score > face_threshold]
+            results.append((strong, [f for f in faces if f.score <= face_threshold]))
         return results
 
 

@@ -32,17 +32,20 @@ MODEL_NAME = "retinaface-mnv2"
 
 
 CANDIDATE_THRESHOLD = 0.05  # weak candidates: detections scoring above this, below a face
+CROP_THRESHOLD = 0.3  # the crop-time threshold chosen by the rule in docs/cropping.md
 
 
 @dataclass(frozen=True)
 class Settings:
     """Detection thresholds: a face scores above score_threshold; overlapping boxes (IoU above
-    nms_iou) keep only the highest-scoring one. A weak candidate scores above
-    candidate_threshold but not above score_threshold (asked for apart: it is never a face).
-    flip: a second pass on the mirrored image, merged with the first by the same NMS."""
+    nms_iou) keep only the highest-scoring one. For a face crop (asked for apart), a face scores
+    above crop_threshold, and a weak candidate above candidate_threshold but not above
+    crop_threshold (it is never a face). flip: a second pass on the mirrored image, merged with
+    the first by the same NMS."""
 
     score_threshold: float = 0.5
     nms_iou: float = 0.4
+    crop_threshold: float = CROP_THRESHOLD
     candidate_threshold: float = CANDIDATE_THRESHOLD
     flip: bool = False
 

@@ -249,6 +249,7 @@ class DetectorConfig:
     idle_offload_s   torch only: release the model after this long idle (0: keep it)
     max_batch        torch only: most images in one forward pass
     score_threshold / nms_iou   focal.face.retinaface.Settings
+    crop_threshold   CPU runtimes only: what counts as a face for a face crop (docs/cropping.md)
     flip             CPU runtimes only: also detect on the mirrored image (docs/detector.md)"""
 
     model_dir: Path | None = None
@@ -259,6 +260,7 @@ class DetectorConfig:
     max_batch: int = 32
     score_threshold: float = Settings.score_threshold
     nms_iou: float = Settings.nms_iou
+    crop_threshold: float = Settings.crop_threshold
     flip: bool = Settings.flip
 
     def factory_args(self) -> tuple[tuple[str, object], ...]:
@@ -281,16 +283,20 @@ def load_detector(
     score_threshold: float = Settings.score_threshold,
     nms_iou: float = Settings.nms_iou,
     flip: bool = Settings.flip,
+    crop_threshold: float = Settings.crop_threshold,
 ) -> RetinaFace:
     """The CPU detector over the installed model (ModelMissingError when `focal models fetch`
     has not been run). runtime: auto, onnxruntime or openvino; precision: fp32, bf16 or f16
-    (openvino only); flip: a second, mirrored pass merged by NMS."""
+    (openvino only); flip: a second, mirrored pass merged by NMS; crop_threshold: what counts
+    as a face for a face crop (weak candidates below it, docs/cropping.md)."""
     from focal.face import models
     from focal.face.detector import RetinaFace
 
     installed = models.require(model_dir)
     session = open_session(installed.model_path, runtime, precision)
-    settings = Settings(score_threshold=score_threshold, nms_iou=nms_iou, flip=flip)
+    settings = Settings(
+        score_threshold=score_threshold, nms_iou=nms_iou, crop_threshold=crop_threshold, flip=flip
+    )
     return RetinaFace(session, installed.manifest.model_sha256, settings)
 
 
@@ -307,6 +313,7 @@ def open_detector(config: DetectorConfig = DetectorConfig()) -> Detector:
             config.score_threshold,
             config.nms_iou,
             config.flip,
+            config.crop_threshold,
         )
     if config.flip:
         raise RuntimeChoiceError("the mirrored pass (flip) runs on the CPU runtimes only")
