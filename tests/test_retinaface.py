@@ -468,3 +468,8 @@ def test_the_mirrored_pass_finds_each_labelled_portrait_once(
     (plain,) = detector.detect([image])
     assert len(faces) == len(plain) == 1
     assert box_iou(faces[0].box, plain[0].box) > 0.8
+
+
+def test_model_id_names_a_crop_threshold_other_than_the_default() -> None:
+    assert rf.model_id("ab" * 32, rf.Settings(crop_threshold=0.4)).endswith(":s0.5:n0.4:c0.4")
+    assert rf.model_id("ab" * 32, rf.Settings()).endswith(":s0.5:n0.4")

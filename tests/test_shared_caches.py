@@ -26,7 +26,13 @@ from focal.server.objectstore import (
     is_remote_or_s3,
     parse,
 )
-from focal.server.shared_detection import RedisDetectionCache, decode_faces, encode_faces
+from focal.server.shared_detection import (
+    RedisDetectionCache,
+    decode_faces,
+    decode_pair,
+    encode_faces,
+    encode_pair,
+)
 
 DEMO = Path(__file__).resolve().parents[1] / "src" / "focal" / "demo"
 
@@ -229,6 +235,37 @@ def test_instances_detect_each_image_once(redis_server: Child) -> None:
     assert second.detect([image(2), image(1), image(3)]) == [expected[1], expected[0], third]
     assert first_inner.images == 2 and second_inner.images == 1  # only image 3 was new
     assert second.hits == 2 and second.misses == 1
+
+
+class CountingWeak(Counting):
+    """Counting that also answers one weak candidate per image."""
+
+    def detect_with_candidates(
+        self, images: Sequence[RGBImage]
+    ) -> list[tuple[list[Face], list[Face]]]:
+        weak = [[Face((float(i[0, 0, 0]), 0.0, 1.0, 1.0), 0.125)] for i in images]
+        return list(zip(self.detect(images), weak, strict=True))
+
+
+def test_faces_and_candidates_survive_the_round_trip_exactly() -> None:
+    ((faces, weak),) = CountingWeak().detect_with_candidates([image(7)])
+    assert decode_pair(encode_pair(faces, weak)) == (faces, weak)
+    assert decode_pair(b"[1]") is None
+
+
+def test_instances_share_faces_and_candidates_under_keys_of_their_own(
+    redis_server: Child,
+) -> None:
+    url = f"redis://127.0.0.1:{redis_server.port}/0"
+    first_inner, second_inner = CountingWeak(), CountingWeak()
+    first = RedisDetectionCache(first_inner, url)
+    second = RedisDetectionCache(second_inner, url)
+    expected = CountingWeak().detect_with_candidates([image(11)])
+    assert first.detect_with_candidates([image(11)]) == expected
+    assert second.detect_with_candidates([image(11)]) == expected
+    assert second_inner.images == 0 and second.hits == 1
+    second.detect([image(11)])  # faces alone are not the pair: asked for again
+    assert second_inner.images == 1
 
 
 def test_a_dead_redis_is_a_miss_answered_by_the_detector() -> None:

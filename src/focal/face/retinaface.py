@@ -51,11 +51,12 @@ class Settings:
 
 
 def model_id(model_sha256: str, settings: Settings, tag: str = "") -> str:
-    """The detector's identity (cache keys hold it): model file, thresholds, ``flip`` when the
-    mirrored pass is on, and a tag for any runtime or precision whose faces may differ from the
-    fp32 reference ("" for those)."""
+    """The detector's identity (cache keys hold it): model file, thresholds (the crop-time one
+    when it is not the default), ``flip`` when the mirrored pass is on, and a tag for any runtime
+    or precision whose faces may differ from the fp32 reference ("" for those)."""
     s = settings
-    suffix = (":flip" if s.flip else "") + (f":{tag}" if tag else "")
+    crop = f":c{s.crop_threshold}" if s.crop_threshold != CROP_THRESHOLD else ""
+    suffix = crop + (":flip" if s.flip else "") + (f":{tag}" if tag else "")
     return f"{MODEL_NAME}:{model_sha256[:16]}:s{s.score_threshold}:n{s.nms_iou}{suffix}"
 
 

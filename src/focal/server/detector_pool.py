@@ -40,12 +40,13 @@ from dataclasses import dataclass
 from hashlib import blake2b
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 import focal
 from focal import errors
-from focal.detection import DetectionFailed, Detector, Face, RGBImage
+from focal.detection import CandidateDetector, DetectionFailed, Detector, Face, RGBImage
 from focal.face import sessions
 from focal.server import detector_worker as proto
 
@@ -87,8 +88,9 @@ class PoolStats:
 @dataclass(eq=False)
 class _Request:
     images: list[RGBImage]
-    future: Future[list[list[Face]]]
+    future: Future[list[Any]]  # per image: faces, or (faces, candidates) with ``candidates``
     deadline: float
+    candidates: bool = False
 
 
 class _Worker:
@@ -132,8 +134,9 @@ class _Worker:
     def alive(self) -> bool:
         return self.process.poll() is None
 
-    def send(self, batch_id: int, images: Sequence[RGBImage]) -> None:
-        self.conn.send(proto.DetectBatch(batch_id, tuple(image.shape for image in images)))
+    def send(self, batch_id: int, images: Sequence[RGBImage], candidates: bool = False) -> None:
+        shapes = tuple(image.shape for image in images)
+        self.conn.send(proto.DetectBatch(batch_id, shapes, candidates))
         for image in images:
             self.conn.send_bytes(image.data.cast("B"))
 
@@ -268,12 +271,25 @@ class DetectorPool:
         return self._model_id
 
     def detect(self, images: Sequence[RGBImage]) -> list[list[Face]]:
+        found: list[list[Face]] = self._ask(images, candidates=False)
+        return found
+
+    def detect_with_candidates(
+        self, images: Sequence[RGBImage]
+    ) -> list[tuple[list[Face], list[Face]]]:
+        """(faces, weak candidates) for each image, from the workers' detector (no candidates
+        when it has none); such requests are batched apart from face-only ones."""
+        pairs = self._ask(images, candidates=True)
+        return [(list(faces), list(weak)) for faces, weak in pairs]
+
+    def _ask(self, images: Sequence[RGBImage], candidates: bool) -> list[Any]:
         if len(images) == 0:
             return []
         request = _Request(
             images=[np.ascontiguousarray(image, dtype=np.uint8) for image in images],
             future=Future(),
             deadline=time.monotonic() + self._settings.deadline_s,
+            candidates=candidates,
         )
         self._enqueue(request)
         try:
@@ -342,6 +358,8 @@ class DetectorPool:
                 following = self._pending[0]
                 if size + len(following.images) > self._settings.max_batch:
                     break
+                if following.candidates != first.candidates:  # one kind of answer per batch
+                    break
                 self._pending.popleft()
                 if following.future.set_running_or_notify_cancel():
                     batch.append(following)
@@ -391,7 +409,7 @@ class DetectorPool:
         batch_id = next(self._batch_ids)
         started = time.monotonic()
         try:
-            worker.send(batch_id, images)
+            worker.send(batch_id, images, batch[0].candidates)
         except (OSError, ValueError):
             _fail(batch, "the face detector worker died")
             return self._replace(slot, worker, "the worker could not be reached")
@@ -409,7 +427,7 @@ class DetectorPool:
         return self._replace(slot, worker, "the worker died during a batch")
 
     def _complete(
-        self, batch: list[_Request], results: Sequence[tuple[Face, ...] | str], seconds: float
+        self, batch: list[_Request], results: Sequence[proto.Answer], seconds: float
     ) -> None:
         with self._cond:
             self._batches += 1
@@ -426,7 +444,11 @@ class DetectorPool:
                 request.future.set_exception(DetectionFailed(failures[0]))
             else:
                 request.future.set_result(
-                    [list(faces) for faces in mine if not isinstance(faces, str)]
+                    [
+                        answer if request.candidates else list(answer)
+                        for answer in mine
+                        if not isinstance(answer, str)
+                    ]
                 )
 
     def _replace(self, slot: int, old: _Worker | None, reason: str) -> _Worker | None:
@@ -474,13 +496,14 @@ class CachingDetector:
     """Wraps any Detector with an in-memory LRU of its answers.
 
     Keyed by blake2b of the model id and each image's shape and bytes. Only the faces (boxes,
-    scores, landmarks) are kept, never pixels. Failures are not cached.
+    scores, landmarks) are kept, never pixels. Failures are not cached. Answers with weak
+    candidates (``detect_with_candidates``) are kept under keys of their own.
     """
 
     def __init__(self, inner: Detector, max_entries: int = 1024) -> None:
         self._inner = inner
         self._max_entries = max_entries
-        self._entries: OrderedDict[bytes, tuple[Face, ...]] = OrderedDict()
+        self._entries: OrderedDict[bytes, Any] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
@@ -501,10 +524,30 @@ class CachingDetector:
                 self._store(keys[i], found[i] or ())
         return [list(faces or ()) for faces in found]
 
+    def detect_with_candidates(
+        self, images: Sequence[RGBImage]
+    ) -> list[tuple[list[Face], list[Face]]]:
+        """(faces, weak candidates) for each image; faces and no candidates from an inner
+        detector that has none."""
+        inner = self._inner
+        if not isinstance(inner, CandidateDetector):
+            return [(faces, []) for faces in self.detect(images)]
+        model_id = inner.model_id + "|candidates"
+        keys = [image_key(model_id, image) for image in images]
+        found: list[tuple[tuple[Face, ...], tuple[Face, ...]] | None]
+        found = [self._lookup(key) for key in keys]
+        missing = [i for i, pair in enumerate(found) if pair is None]
+        if missing:
+            answers = inner.detect_with_candidates([images[i] for i in missing])
+            for i, (faces, weak) in zip(missing, answers, strict=True):
+                found[i] = (tuple(faces), tuple(weak))
+                self._store(keys[i], found[i])
+        return [(list(pair[0]), list(pair[1])) if pair else ([], []) for pair in found]
+
     def __len__(self) -> int:
         return len(self._entries)
 
-    def _lookup(self, key: bytes) -> tuple[Face, ...] | None:
+    def _lookup(self, key: bytes) -> Any:
         with self._lock:
             faces = self._entries.get(key)
             if faces is None:
@@ -514,7 +557,7 @@ class CachingDetector:
             self.hits += 1
             return faces
 
-    def _store(self, key: bytes, faces: tuple[Face, ...]) -> None:
+    def _store(self, key: bytes, faces: Any) -> None:
         with self._lock:
             self._entries[key] = faces
             self._entries.move_to_end(key)

@@ -224,6 +224,14 @@ SETTINGS: tuple[Setting, ...] = (
         "torch only: release the model (and GPU memory) after this many idle seconds; 0 never.",
     ),
     _s(
+        "face_crop_threshold",
+        "float",
+        sessions.DetectorConfig.crop_threshold,
+        "detector",
+        "CPU runtimes: a face crop counts detections scoring above this as faces; weaker ones "
+        "(down to 0.05) only steer the crop (docs/cropping.md).",
+    ),
+    _s(
         "detector_flip",
         "bool",
         False,
@@ -354,6 +362,7 @@ class Settings:
     detector_precision: str = DEFAULTS["detector_precision"]
     detector_device: str = DEFAULTS["detector_device"]
     detector_idle_offload_s: float = DEFAULTS["detector_idle_offload_s"]
+    face_crop_threshold: float = DEFAULTS["face_crop_threshold"]
     detector_flip: bool = DEFAULTS["detector_flip"]
     detection_cache_entries: int = DEFAULTS["detection_cache_entries"]
     presets: tuple[tuple[str, str], ...] = DEFAULTS["presets"]

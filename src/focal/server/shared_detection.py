@@ -19,10 +19,11 @@ import threading
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from focal.detection import Detector, Face, RGBImage
+from focal.detection import CandidateDetector, Detector, Face, RGBImage
 from focal.server.objectstore import Breaker, register
 
 KEY_PREFIX = "focal:faces:"
+CANDIDATES_PREFIX = "focal:crop:"  # (faces, weak candidates) of a face crop (docs/cropping.md)
 
 
 def encode_faces(faces: Sequence[Face]) -> bytes:
@@ -43,6 +44,20 @@ def decode_faces(raw: bytes) -> list[Face] | None:
         ]
     except (ValueError, TypeError, IndexError):
         return None
+
+
+def encode_pair(faces: Sequence[Face], candidates: Sequence[Face]) -> bytes:
+    return b"[" + encode_faces(faces) + b"," + encode_faces(candidates) + b"]"
+
+
+def decode_pair(raw: bytes) -> tuple[list[Face], list[Face]] | None:
+    try:
+        faces, candidates = json.loads(raw)
+    except (ValueError, TypeError):
+        return None
+    first = decode_faces(json.dumps(faces).encode())
+    second = decode_faces(json.dumps(candidates).encode())
+    return None if first is None or second is None else (first, second)
 
 
 class RedisDetectionCache:
@@ -97,6 +112,53 @@ class RedisDetectionCache:
                 found[i] = list(faces)
             self._store([(keys[i], found[i] or []) for i in missing])
         return [faces or [] for faces in found]
+
+    def detect_with_candidates(
+        self, images: Sequence[RGBImage]
+    ) -> list[tuple[list[Face], list[Face]]]:
+        """(faces, weak candidates) for each image, as :meth:`detect` under keys of their own;
+        faces and no candidates from an inner detector that has none."""
+        from focal.server.detector_pool import image_key
+
+        inner = self._inner
+        if not isinstance(inner, CandidateDetector):
+            return [(faces, []) for faces in self.detect(images)]
+        keys = [CANDIDATES_PREFIX + image_key(inner.model_id, i).hex() for i in images]
+        found = [None if raw is None else decode_pair(raw) for raw in self._get(keys)]
+        missing = [i for i, pair in enumerate(found) if pair is None]
+        with self._lock:
+            self.hits += len(images) - len(missing)
+            self.misses += len(missing)
+        if missing:
+            answers = inner.detect_with_candidates([images[i] for i in missing])
+            for i, (faces, weak) in zip(missing, answers, strict=True):
+                found[i] = (list(faces), list(weak))
+            self._put([(keys[i], encode_pair(*(found[i] or ([], [])))) for i in missing])
+        return [pair or ([], []) for pair in found]
+
+    def _get(self, keys: list[str]) -> list[bytes | None]:
+        if not self.breaker.allow():
+            return [None] * len(keys)
+        try:
+            values: list[bytes | None] = self._redis.mget(keys)
+        except Exception as error:  # redis.RedisError, OSError: the cache is down
+            self.breaker.failed("mget", error)
+            return [None] * len(keys)
+        self.breaker.succeeded()
+        return values
+
+    def _put(self, items: list[tuple[str, bytes]]) -> None:
+        if not self.breaker.allow():
+            return
+        try:
+            pipe = self._redis.pipeline(transaction=False)
+            for key, value in items:
+                pipe.set(key, value, ex=self._ttl_s)
+            pipe.execute()
+        except Exception as error:
+            self.breaker.failed("set", error)
+            return
+        self.breaker.succeeded()
 
     def _lookup(self, keys: list[str]) -> list[list[Face] | None]:
         if not self.breaker.allow():
