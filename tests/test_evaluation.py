@@ -445,3 +445,17 @@ def test_eval_command_without_data_exits_2(
     code = cli.main(["eval", "widerface", "--data", str(tmp_path), "--out", str(tmp_path / "o")])
     assert code == 2
     assert "manifest.jsonl not found" in capsys.readouterr().err
+
+
+def test_threshold_tables_in_the_docs_are_the_ones_the_sweep_gives() -> None:
+    root = Path(__file__).resolve().parents[1]
+    report = json.loads((root / "benchmarks/results/widerface_sweep.json").read_text())
+    (setting,) = report["settings"]
+    accuracy = (root / "docs/accuracy.md").read_text()
+    cropping = (root / "docs/cropping.md").read_text()
+    for row in setting["sweep"]:
+        t, p, r = row["threshold"], row["precision"], row["recall"]
+        negatives = row["negative_detections"]
+        assert f"| {t} | {p:.2f}% | {r:.2f}% | {row['false_positives']} | {negatives} |" in accuracy
+        assert f"| {t} | {negatives} | {p:.2f}% | {r:.2f}% |" in cropping
+    assert " ".join(report["command"].split()) in " ".join(cropping.split())
