@@ -10,8 +10,12 @@ Methods:
   focal-auto      focal gravity=auto (focal.pipeline.transform, format=json)
   thumbor         thumbor 7.8 smart crop with its face detector (/unsafe/meta/WxH/smart/PATH)
   thumbor-feature thumbor smart crop with its face detector, then its feature detector
-  focal-face      focal gravity=face, zoom=0, fit=cover (focal.pipeline.transform, format=json)
+  focal-face      focal gravity=face, zoom=0, fit=cover (focal.pipeline.transform, format=json):
+                  the largest faces that fit, placed to hold the most weak candidates
+  focal-face-fit  the same faces, kept as focal-face keeps them, without candidates
   focal-face-saliency   what-if: focal-face, with gravity=auto's crop where no face was found
+  focal-face-candidate-fallback  what-if: focal-face, and where no face was found the centre
+                  crop slid to hold the most weak candidates (geometry.steer)
   focal-face-published  the same detections placed by the published algorithm alone: centred on
                   the outer box of every face even when the aspect cannot hold them all
   oracle          the placement that keeps the most faces (the best any method could do)
@@ -19,7 +23,13 @@ Methods:
 Reported per aspect and method: the share of faces kept, and the share of images where every
 face was kept among the images where the oracle keeps them all.
 
-    .venv/bin/python benchmarks/crop_quality.py [--limit N] [--skip-thumbor]
+    .venv/bin/python benchmarks/crop_quality.py [--limit N] [--skip-thumbor] [--flip]
+        [--crop-threshold T] [--methods a,b] [--out NAME] [--time-flip N]
+
+--skip-thumbor reuses the thumbor rows of the saved results (benchmarks/results/crop_quality.json)
+where they exist, and says so in the results. --time-flip N times the detector with and without
+the mirrored pass, interleaved, on the first N images, and exits.
+Rows of the manifest whose faces are unlabelled (``"faces": null``) are skipped.
 """
 
 from __future__ import annotations
@@ -52,8 +62,10 @@ METHODS = (
     "thumbor",
     "thumbor-feature",
     "focal-face-published",
+    "focal-face-fit",
     "focal-face",
     "focal-face-saliency",
+    "focal-face-candidate-fallback",
     "oracle",
 )
 LABELS = {
@@ -63,8 +75,11 @@ LABELS = {
     "thumbor": "thumbor smart (face detector)",
     "thumbor-feature": "thumbor smart (face + feature detectors)",
     "focal-face-published": "focal gravity=face, published placement only",
+    "focal-face-fit": "focal gravity=face, largest faces that fit, no candidates",
     "focal-face": "focal gravity=face",
     "focal-face-saliency": "what-if: focal gravity=face, saliency (gravity=auto) when no face",
+    "focal-face-candidate-fallback": "what-if: focal gravity=face, candidates steer the "
+    "centre crop when no face",
     "oracle": "oracle (best placement)",
 }
 FACE_ONLY = ("thumbor.detectors.face_detector",)
@@ -94,7 +109,10 @@ class Item:
 
 
 def countable(entry: dict[str, Any]) -> tuple[tuple[int, int, int, int], ...]:
-    """Faces not marked invalid and at least MIN_FACE_HEIGHT pixels tall."""
+    """Faces not marked invalid and at least MIN_FACE_HEIGHT pixels tall (none for a row whose
+    faces are unlabelled, ``"faces": null``: it is skipped, not a negative)."""
+    if entry.get("faces") is None:
+        return ()
     attrs = entry.get("face_attrs") or [{} for _ in entry["faces"]]
     kept = []
     for box, attr in zip(entry["faces"], attrs, strict=True):
@@ -207,20 +225,30 @@ class CachedDetector:
         self.inner = inner
         self.seen: dict[str, Any] = {}
         self.calls = 0
+        self.seconds = 0.0
+        self.last: tuple[Any, Any] = ([], [])  # the latest (faces, candidates), inference pixels
 
     @property
     def model_id(self) -> str:
         return str(self.inner.model_id)
 
     def detect(self, images: Sequence[npt.NDArray[np.uint8]]) -> list[Any]:
+        return [faces for faces, _ in self.detect_with_candidates(images)]
+
+    def detect_with_candidates(self, images: Sequence[npt.NDArray[np.uint8]]) -> list[Any]:
         keys = [hashlib.sha1(np.ascontiguousarray(i).tobytes()).hexdigest() for i in images]
         missing = [(k, i) for k, i in zip(keys, images, strict=True) if k not in self.seen]
         if missing:
             self.calls += len(missing)
-            found = self.inner.detect([i for _, i in missing])
-            for (key, _), faces in zip(missing, found, strict=True):
-                self.seen[key] = faces
-        return [self.seen[k] for k in keys]
+            started = time.perf_counter()
+            found = self.inner.detect_with_candidates([i for _, i in missing])
+            self.seconds += time.perf_counter() - started
+            for (key, _), pair in zip(missing, found, strict=True):
+                self.seen[key] = pair
+        answers = [self.seen[k] for k in keys]
+        if answers:
+            self.last = answers[-1]
+        return answers
 
 
 def focal_crop_fn(gravity: str, detector: Any) -> Callable[[Path, tuple[int, int]], Crop]:
@@ -246,35 +274,68 @@ def focal_crop_fn(gravity: str, detector: Any) -> Callable[[Path, tuple[int, int
             DETECTIONS[path] = [
                 (tuple(face["box"]), face["score"]) for face in description.get("faces", [])
             ]
+            CANDIDATES[path] = _working_boxes(path, detector.last[1])
         box = description["crop"]
         return Crop(box["left"], box["top"], box["width"], box["height"])
 
     return crop
 
 
-def published_crop(path: Path, size: tuple[int, int]) -> Crop:
-    """focal-face's detections (run first, for the same image) placed by the published algorithm
-    alone (geometry.FacePolicy.PUBLISHED)."""
+def _working_boxes(path: Path, candidates: Sequence[Any]) -> list[tuple[float, ...]]:
+    """Candidate boxes from inference pixels to the image's own (as focal.pipeline scales them)."""
+    from focal import geometry
+
+    item = _item_of(path)
+    _, factor = geometry.inference_size(geometry.Size(item.width, item.height))
+    return [tuple(v * factor for v in c.box) for c in candidates]
+
+
+def planned_crop(policy: str) -> Callable[[Path, tuple[int, int]], Crop]:
+    """focal-face's detections (run first, for the same image) placed by geometry.plan without
+    candidates: by the published algorithm alone (``published``) or keeping the largest faces
+    that fit (``fit``)."""
     from focal import geometry
     from focal.options import Fit, Gravity
 
+    def crop(path: Path, size: tuple[int, int]) -> Crop:
+        item = _item_of(path)
+        faces = [geometry.Box(*box) for box, _ in DETECTIONS[path]]
+        source = geometry.Size(item.width, item.height)
+        if not faces:
+            return center_crop(item, size)
+        chosen = geometry.plan(
+            source,
+            size[0],
+            size[1],
+            Fit.COVER,
+            Gravity("face"),
+            faces=faces,
+            zoom=0.0,
+            face_policy=geometry.FacePolicy(policy),
+        )
+        rect = chosen.crop
+        return Crop(rect.left, rect.top, rect.width, rect.height)
+
+    return crop
+
+
+def candidate_fallback_crop(path: Path, size: tuple[int, int]) -> Crop:
+    """What-if, where focal-face found no face: the centre crop slid along its free axis to hold
+    the most weak candidates whole (geometry.steer, ties toward the centre)."""
+    from focal import geometry
+
     item = _item_of(path)
-    faces = [geometry.Box(*box) for box, _ in DETECTIONS[path]]
-    source = geometry.Size(item.width, item.height)
-    if not faces:
-        return center_crop(item, size)
-    chosen = geometry.plan(
-        source,
-        size[0],
-        size[1],
-        Fit.COVER,
-        Gravity("face"),
-        faces=faces,
-        zoom=0.0,
-        face_policy=geometry.FacePolicy.PUBLISHED,
-    )
-    crop = chosen.crop
-    return Crop(crop.left, crop.top, crop.width, crop.height)
+    crop = center_crop(item, size)
+    boxes = CANDIDATES.get(path, [])
+    if not boxes:
+        return crop
+    if size[0] < item.width:
+        spans = [(b[0], b[2]) for b in boxes if b[1] >= 0 and b[3] <= item.height]
+        left, _ = geometry.steer(crop.left, 0, item.width - size[0], size[0], spans)
+        return Crop(left, 0, size[0], size[1])
+    spans = [(b[1], b[3]) for b in boxes if b[0] >= 0 and b[2] <= item.width]
+    top, _ = geometry.steer(crop.top, 0, item.height - size[1], size[1], spans)
+    return Crop(0, top, size[0], size[1])
 
 
 # --- thumbor ----------------------------------------------------------------------------------
@@ -452,10 +513,15 @@ def build_methods(
     methods.update(thumbor)
     if detector is not None:
         methods["focal-face"] = focal_crop_fn("face", detector)
-        methods["focal-face-published"] = published_crop  # after focal-face: its detections
+        # after focal-face: its detections
+        methods["focal-face-published"] = planned_crop("published")
+        methods["focal-face-fit"] = planned_crop("fit")
         auto = focal_crop_fn("auto", detector)
         methods["focal-face-saliency"] = lambda p, s: (
             auto(p, s) if not DETECTIONS[p] else methods["focal-face"](p, s)
+        )
+        methods["focal-face-candidate-fallback"] = lambda p, s: (
+            candidate_fallback_crop(p, s) if not DETECTIONS[p] else methods["focal-face"](p, s)
         )
     else:
         notes["focal-face"] = "focal's detector could not be loaded"
@@ -465,23 +531,89 @@ def build_methods(
 
 _ITEMS: dict[Path, Item] = {}
 DETECTIONS: dict[Path, list[tuple[tuple[float, float, float, float], float]]] = {}
+CANDIDATES: dict[Path, list[tuple[float, ...]]] = {}
 
 
 def _item_of(path: Path) -> Item:
     return _ITEMS[path]
 
 
-def load_focal_detector(score_threshold: float | None = None) -> tuple[Any, str | None]:
+def load_focal_detector(
+    crop_threshold: float | None = None, flip: bool = False
+) -> tuple[Any, str | None]:
     try:
         from focal.face.sessions import load_detector
 
-        if score_threshold is None:
-            detector = load_detector()
+        if crop_threshold is None:
+            detector = load_detector(flip=flip)
         else:
-            detector = load_detector(score_threshold=score_threshold)
+            detector = load_detector(crop_threshold=crop_threshold, flip=flip)
     except Exception as error:
         return None, f"{type(error).__name__}: {error}"
     return CachedDetector(detector), None
+
+
+def time_flip(selected: Sequence[Item], count: int) -> dict[str, Any]:
+    """Detector time with and without the mirrored pass (one session), interleaved per image
+    on the first ``count`` images: the median per-image ratio and each side's median."""
+    from dataclasses import replace
+
+    from focal.face.detector import RetinaFace, load_inference_image
+
+    detector, error = load_focal_detector()
+    if detector is None:
+        raise SystemExit(f"focal's detector could not be loaded: {error}")
+    plain = detector.inner
+    flipped = RetinaFace(plain.session, plain._model_sha256, replace(plain.settings, flip=True))
+    plain_ms, flip_ms = [], []
+    for item in selected[:count]:
+        image, _ = load_inference_image(harness.FACEDATA / item.path)
+        for runner, into in ((plain, plain_ms), (flipped, flip_ms), (plain, plain_ms)):
+            started = time.perf_counter()
+            runner.detect_with_candidates([image])
+            into.append((time.perf_counter() - started) * 1000)
+    base = [min(a, b) for a, b in zip(plain_ms[::2], plain_ms[1::2], strict=True)]
+    ratios = [f / b for f, b in zip(flip_ms, base, strict=True)]
+    return {
+        "images": len(base),
+        "plain_ms_median": round(float(np.median(base)), 1),
+        "flip_ms_median": round(float(np.median(flip_ms)), 1),
+        "ratio_median": round(float(np.median(ratios)), 2),
+    }
+
+
+THUMBOR_MACHINE = ("thumbor", "opencv_thumbor", "pillow_thumbor")
+
+
+def merge_thumbor(
+    rows: list[dict[str, Any]], notes: dict[str, str], machine: dict[str, Any]
+) -> list[str]:
+    """With --skip-thumbor: the thumbor rows of the saved results, per image and aspect (the
+    same images, by path), and the thumbor versions they were measured with (into ``machine``).
+    Returns the methods merged."""
+    saved = harness.read_result("crop_quality")
+    if saved is None:
+        return []
+    by_path = {row["path"]: row for row in saved.get("images", [])}
+    merged = [m for m in ("thumbor", "thumbor-feature") if m in saved.get("labels", {})]
+    for row in rows:
+        old = by_path.get(row["path"])
+        for aspect, kept in row["kept"].items():
+            for method in merged:
+                value = None if old is None else old["kept"].get(aspect, {}).get(method)
+                if value is not None:
+                    kept[method] = value
+    for key in THUMBOR_MACHINE if merged else ():
+        if key in saved.get("machine", {}):
+            machine[key] = saved["machine"][key]
+    if merged and "thumbor" in saved.get("notes", {}):  # rows reused before: where they came from
+        notes["thumbor"] = saved["notes"]["thumbor"]
+    elif merged:
+        notes["thumbor"] = (
+            "thumbor rows reused from the saved benchmarks/results/crop_quality.json "
+            f"({saved.get('command', '')!r}, {saved.get('machine', {}).get('date', 'undated')})"
+        )
+    return merged
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -494,7 +626,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--out", default="", help="result name (needed to write a partial or what-if run)"
     )
     parser.add_argument(
-        "--score-threshold", type=float, default=None, help="what-if: detector score threshold"
+        "--crop-threshold",
+        type=float,
+        default=None,
+        help="what-if: the detector's crop-time score threshold (faces above it, candidates below)",
+    )
+    parser.add_argument("--flip", action="store_true", help="the detector's mirrored pass on")
+    parser.add_argument(
+        "--time-flip", type=int, default=0, help="time the mirrored pass on N images and exit"
     )
     args = parser.parse_args(argv)
     selected = items(harness.load_manifest())
@@ -502,7 +641,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         selected = selected[: args.limit]
     for item in selected:
         _ITEMS[harness.FACEDATA / item.path] = item
-    detector, detector_error = load_focal_detector(args.score_threshold)
+    if args.time_flip:
+        print(time_flip(selected, args.time_flip))
+        return 0
+    detector, detector_error = load_focal_detector(args.crop_threshold, args.flip)
     errors: dict[str, str] = {}
     if detector_error:
         errors["focal"] = detector_error
@@ -521,15 +663,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"  {index}/{len(selected)} images, {time.monotonic() - started:.0f} s",
                     flush=True,
                 )
-    summary = summarise(rows, [m for m in METHODS if m in methods])
+    machine = harness.machine_info()
+    merged = merge_thumbor(rows, notes, machine) if args.skip_thumbor and not args.methods else []
+    scored = {*methods, *merged}
+    summary = summarise(rows, [m for m in METHODS if m in scored])
     print_table(summary)
     found = failures(rows) if "focal-face" in methods else {}
     for aspect, block in found.items():
         print(f"{aspect} gravity=face failures: {block['causes']}")
-    partial = bool(args.limit or args.methods or args.score_threshold is not None)
+    partial = bool(args.limit or args.methods or args.crop_threshold is not None or args.flip)
     if args.no_write or (partial and not args.out):
         return 0
     data = {
+        "machine": machine,
         "definition": {
             "faces": f"labelled faces not marked invalid and at least {MIN_FACE_HEIGHT} px tall",
             "kept": f"at least {KEPT_SHARE:.0%} of the face box inside the crop",
@@ -538,7 +684,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "images where the oracle keeps every face",
             "faces_kept_share": "faces kept / all countable faces (all images)",
         },
-        "labels": {m: LABELS[m] for m in METHODS if m in methods},
+        "labels": {m: LABELS[m] for m in METHODS if m in scored},
         "focal_path": "focal.pipeline.transform(format=json, fit=cover, zoom=0) crop rectangle",
         "errors": errors,
         "notes": notes,
@@ -547,7 +693,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "focal_face_failures": found,
         "images": rows,
     }
-    data["detector_score_threshold"] = args.score_threshold or "focal's default"
+    data["detector_crop_threshold"] = (
+        detector.inner.settings.crop_threshold if detector is not None else None
+    )
+    data["detector_flip"] = args.flip
+    if detector is not None:
+        data["detector_seconds"] = round(detector.seconds, 1)
+        data["detector_calls"] = detector.calls
     harness.write_result(args.out or "crop_quality", data, COMMAND)
     return 0
 

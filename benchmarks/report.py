@@ -131,6 +131,8 @@ def crop_section(data: dict[str, Any]) -> str:
         crop_verdict(summary),
         failure_table(data.get("focal_face_failures") or {}),
     ]
+    if data.get("notes"):
+        text.append("Notes: " + "; ".join(f"{k}: {v}" for k, v in data["notes"].items()) + ".\n")
     if data.get("errors"):
         text.append(
             "Errors met (first per method): "

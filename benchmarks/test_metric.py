@@ -101,3 +101,22 @@ def test_python_load_generator_counts_requests() -> None:
         load = loadgen.run_python(server.base, ["/astronaut.jpg", "/nothing"], 2, count=10)
     assert load.requests == 10
     assert load.errors == 5  # every second path is missing (404)
+
+
+def test_unlabelled_rows_are_skipped_not_counted_as_negatives() -> None:
+    rows = [
+        {"path": "a.jpg", "width": 100, "height": 100, "faces": None},
+        {"path": "b.jpg", "width": 100, "height": 100, "faces": []},
+        {"path": "c.jpg", "width": 100, "height": 100, "faces": [[10, 10, 40, 40]]},
+    ]
+    assert cq.countable(rows[0]) == ()
+    assert [item.path for item in cq.items(rows)] == ["c.jpg"]
+
+
+def test_steered_fallback_holds_the_most_candidates() -> None:
+    path = harness.FACEDATA / "virtual.jpg"
+    cq._ITEMS[path] = cq.Item("virtual.jpg", 300, 100, ((0, 0, 1, 1),))
+    cq.CANDIDATES[path] = [(250.0, 10.0, 290.0, 50.0)]
+    assert cq.candidate_fallback_crop(path, (100, 100)) == cq.Crop(190, 0, 100, 100)
+    cq.CANDIDATES[path] = []
+    assert cq.candidate_fallback_crop(path, (100, 100)) == cq.Crop(100, 0, 100, 100)

@@ -80,6 +80,22 @@ class Hoarder(Echo):
         return answer(images)
 
 
+class Weak(Echo):
+    """Echo that also answers one weak candidate per image: box (marker, 0, marker + 2, 2)."""
+
+    model_id = "fake-weak"
+
+    def detect_with_candidates(
+        self, images: Sequence[RGBImage]
+    ) -> list[tuple[list[Face], list[Face]]]:
+        weak = [[Face(box=(marker(i), 0.0, marker(i) + 2.0, 2.0), score=0.1)] for i in images]
+        return list(zip(answer(images), weak, strict=True))
+
+
+def weak() -> Weak:
+    return Weak()
+
+
 def echo() -> Echo:
     return Echo()
 

@@ -170,3 +170,23 @@ def test_folder_face_crops_in_batches_match_one_at_a_time(tmp_path: Path) -> Non
         assert description["faces"] and len(description["faces"][0]["box"]) == 4, name
         assert description["outer_box"] is not None, name
     assert batched == runs["single"]
+
+
+class CandidateRecordingDetector(RecordingDetector):
+    """RecordingDetector that also answers one weak candidate per image (score 0.1)."""
+
+    def detect_with_candidates(
+        self, images: Sequence[RGBImage]
+    ) -> list[tuple[list[Face], list[Face]]]:
+        weak = Face(box=(2.0, 2.0, 3.0, 3.0), score=0.1)
+        return [(faces, [weak]) for faces in self.detect(images)]
+
+
+def test_candidates_pass_through_the_batching_detector() -> None:
+    image = np.full((8, 8, 3), 7, dtype=np.uint8)
+    with BatchingDetector(CandidateRecordingDetector(), max_batch=4, window_ms=1) as batching:
+        ((faces, weak),) = batching.detect_with_candidates([image])
+        assert [f.score for f in faces] == [7.0] and [f.score for f in weak] == [0.1]
+        assert [f.score for f in batching.detect([image])[0]] == [7.0]
+    with BatchingDetector(RecordingDetector(), max_batch=4, window_ms=1) as plain:
+        assert plain.detect_with_candidates([image]) == [([Face((0.0, 0.0, 1.0, 1.0), 7.0)], [])]

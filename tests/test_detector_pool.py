@@ -394,3 +394,27 @@ def test_server_process_never_imports_an_inference_runtime() -> None:
     assert report["faces"] >= 1
     assert report["imported_here"] == []
     assert report["runtime_in_worker"] is True
+
+
+def test_weak_candidates_come_through_the_pool_and_its_cache(make_pool: MakePool) -> None:
+    pool = make_pool(replace(fake("weak"), batch_window_ms=200, max_batch=8))
+    with ThreadPoolExecutor(4) as executor:  # both kinds at once: never in one batch
+        pairs = [executor.submit(pool.detect_with_candidates, [image_with(20 + i)]) for i in (0, 1)]
+        plain = [executor.submit(pool.detect, [image_with(30 + i)]) for i in (0, 1)]
+        answers = [f.result() for f in pairs]
+        faces = [f.result() for f in plain]
+    assert [markers(r) for r in faces] == [[30.0], [31.0]]
+    for (((face,), (weak,)),), value in zip(answers, (20.0, 21.0), strict=True):
+        assert face.box[0] == value and face.score == 0.9
+        assert weak.box == (value, 0.0, value + 2.0, 2.0) and weak.score == 0.1
+    cache = CachingDetector(pool)
+    first = cache.detect_with_candidates([image_with(40)])
+    assert cache.detect_with_candidates([image_with(40)]) == first
+    assert markers(cache.detect([image_with(40)])) == [40.0]  # faces alone: a key of their own
+    assert (cache.hits, cache.misses) == (1, 2)
+
+
+def test_a_pool_whose_detector_has_no_candidates_answers_none(make_pool: MakePool) -> None:
+    pool = make_pool(fake("echo"))
+    ((faces, weak),) = pool.detect_with_candidates([image_with(9)])
+    assert [f.box[0] for f in faces] == [9.0] and weak == []

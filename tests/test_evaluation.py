@@ -282,6 +282,27 @@ def test_manifest_kinds(facedata: Path) -> None:
     assert {e.event for e in entries if e.kind == "wider"} == {"0--Parade", "13--Interview"}
 
 
+def test_unlabelled_manifest_rows_are_skipped_not_counted_as_negatives(tmp_path: Path) -> None:
+    rows = [
+        {"path": "negatives/none.jpg", "width": 10, "height": 10, "faces": []},
+        {"path": "unlabelled/who.jpg", "width": 10, "height": 10, "faces": None},
+        {"path": "singles/one.jpg", "width": 10, "height": 10, "faces": [[1, 1, 5, 5]],
+         "tags": ["single"]},
+    ]  # fmt: skip
+    (tmp_path / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    entries = eval_command.read_manifest(tmp_path)
+    assert [(e.path, e.kind) for e in entries] == [
+        ("negatives/none.jpg", "negative"),
+        ("singles/one.jpg", "single"),
+    ]
+
+
+def test_sweep_thresholds_are_parsed_and_checked() -> None:
+    assert eval_command._thresholds("0.5,0.4, 0.3") == (0.5, 0.4, 0.3)
+    with pytest.raises(Exception, match=r"within 0\.\.1"):
+        eval_command._thresholds("0.5,1.5")
+
+
 def test_official_subsets_of_the_present_images(facedata: Path) -> None:
     """Kept faces over the 257 images, read from the official .mat files, and agreement with
     the manifest's per-face membership (the manifest drops zero-area boxes, the .mat keeps them)."""
@@ -424,3 +445,17 @@ def test_eval_command_without_data_exits_2(
     code = cli.main(["eval", "widerface", "--data", str(tmp_path), "--out", str(tmp_path / "o")])
     assert code == 2
     assert "manifest.jsonl not found" in capsys.readouterr().err
+
+
+def test_threshold_tables_in_the_docs_are_the_ones_the_sweep_gives() -> None:
+    root = Path(__file__).resolve().parents[1]
+    report = json.loads((root / "benchmarks/results/widerface_sweep.json").read_text())
+    (setting,) = report["settings"]
+    accuracy = (root / "docs/accuracy.md").read_text()
+    cropping = (root / "docs/cropping.md").read_text()
+    for row in setting["sweep"]:
+        t, p, r = row["threshold"], row["precision"], row["recall"]
+        negatives = row["negative_detections"]
+        assert f"| {t} | {p:.2f}% | {r:.2f}% | {row['false_positives']} | {negatives} |" in accuracy
+        assert f"| {t} | {negatives} | {p:.2f}% | {r:.2f}% |" in cropping
+    assert " ".join(report["command"].split()) in " ".join(cropping.split())

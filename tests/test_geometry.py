@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from focal import geometry
 from focal.geometry import (
     NO_FACE,
     NO_FOCUS,
@@ -17,6 +18,7 @@ from focal.geometry import (
     Plan,
     Rect,
     Size,
+    Steering,
     face_crop_size,
     face_region,
     faces_that_fit,
@@ -25,6 +27,7 @@ from focal.geometry import (
     largest_crop,
     outer_box,
     plan,
+    steer,
 )
 from focal.options import Fit, Gravity
 
@@ -646,3 +649,130 @@ def test_the_fit_policy_does_not_depend_on_the_order_of_detections(
     assert first.crop == second.crop
     assert first.face is not None and second.face is not None
     assert sorted(first.face.left_out, key=repr) == sorted(second.face.left_out, key=repr)
+
+
+# ---- weak candidates steer the placement -------------------------------------------------------
+
+
+def test_candidates_slide_the_crop_to_hold_them_while_keeping_the_faces() -> None:
+    # one face in the middle of a 3:1 picture; a weak candidate to its right. The 1000x1000
+    # crop centred on the face (left 950) cannot hold the candidate; starting at 1180 it holds
+    # both (the start closest to the published one that does)
+    image = Size(3000, 1000)
+    face = Box(1400, 300, 1500, 400)
+    candidate = Box(2100, 300, 2180, 400)
+    alone = plan(image, 500, 500, Fit.COVER, G["face"], faces=[face])
+    steered = plan(image, 500, 500, Fit.COVER, G["face"], faces=[face], candidates=[candidate])
+    assert alone.crop == Rect(950, 0, 1000, 1000) and alone.steering is None
+    assert steered.crop == Rect(1180, 0, 1000, 1000)
+    assert steered.steering == Steering(candidates=1, held=1, moved=True)
+    assert holds(steered.crop, face) and holds(steered.crop, candidate)
+
+
+def test_candidates_never_pull_the_crop_off_the_faces() -> None:
+    image = Size(3000, 1000)
+    face = Box(1400, 300, 1500, 400)
+    far = Box(2900, 300, 2990, 400)  # no crop keeping the face can hold it
+    steered = plan(image, 500, 500, Fit.COVER, G["face"], faces=[face], candidates=[far])
+    assert steered.crop == Rect(950, 0, 1000, 1000)
+    assert steered.steering == Steering(candidates=1, held=0, moved=False)
+
+
+def test_candidates_alone_make_no_face_crop() -> None:
+    image = Size(3000, 1000)
+    result = plan(image, 500, 500, Fit.COVER, G["face"], candidates=[Box(2100, 300, 2180, 400)])
+    assert result.fallback == NO_FACE and result.face is None and result.steering is None
+    assert result.crop == Rect(1000, 0, 1000, 1000)
+
+
+def test_steer_prefers_more_candidates_then_the_nearest_start() -> None:
+    # starts 0..100 of a 50 span; candidates at 60-100 and 70-90 are held together from 50 on
+    assert steer(20, 0, 100, 50, [(60, 100), (70, 90)]) == (50, 2)
+    assert steer(20, 0, 100, 50, []) == (20, 0)
+    assert steer(20, 0, 100, 50, [(25, 60)]) == (20, 1)  # already held: the crop stays
+    assert steer(20, 0, 100, 50, [(0, 30), (90, 100)]) == (0, 1)  # one either way: nearest
+    assert steer(50, 0, 100, 50, [(0, 10), (140, 150)]) == (0, 1)  # tie at equal distance: lower
+
+
+candidate_boxes = st.lists(
+    st.builds(
+        lambda x, y, w, h: Box(x, y, x + w, y + h),
+        st.floats(0, 2400),
+        st.floats(0, 2400),
+        st.floats(1, 400),
+        st.floats(1, 400),
+    ),
+    max_size=6,
+)
+
+
+@settings(deadline=None, max_examples=300)
+@given(
+    scene=images_with_faces(max_faces=5),
+    candidates=candidate_boxes,
+    width=st.integers(1, 3000),
+    height=st.integers(1, 3000),
+    fit=st.sampled_from([Fit.COVER, Fit.CROP]),
+    zoom=st.sampled_from([0.0, 0.3, 0.7, 1.0]),
+)
+def test_candidates_never_change_which_faces_are_kept(
+    scene: tuple[Size, list[Box]],
+    candidates: list[Box],
+    width: int,
+    height: int,
+    fit: Fit,
+    zoom: float,
+) -> None:
+    image, faces = scene
+    alone = plan(image, width, height, fit, G["face"], faces=faces, zoom=zoom)
+    steered = plan(
+        image, width, height, fit, G["face"], faces=faces, zoom=zoom, candidates=candidates
+    )
+    assert steered.crop.size == alone.crop.size
+    assert_inside(steered.crop, image)
+    assert alone.face is not None and steered.face == alone.face  # the same faces, left out too
+    clipped = [b for b in (geometry.clip(f, image) for f in faces) if b is not None]
+    for face in clipped:  # every face the crop holds without candidates, it holds with them
+        if holds(alone.crop, face):
+            assert holds(steered.crop, face)
+    all_box = rounded_out(outer_box(clipped))
+    aspect = aspect_of_box(image, width, height, fit)
+    widest, tallest = largest_crop(image.width, image.height, aspect)
+    if all_box.width <= widest and all_box.height <= tallest:  # all fit: none dropped
+        assert steered.face.left_out == ()
+        assert all(holds(steered.crop, face) for face in clipped)
+    largest = max(clipped, key=lambda b: b.area)
+    if rounded_out(largest).width <= widest and rounded_out(largest).height <= tallest:
+        assert any(holds(steered.crop, f) and f.area == largest.area for f in clipped)
+
+
+@settings(deadline=None, max_examples=200)
+@given(
+    scene=images_with_faces(max_faces=5),
+    candidates=candidate_boxes,
+    width=st.integers(1, 3000),
+    height=st.integers(1, 3000),
+    data=st.data(),
+)
+def test_candidates_steer_the_same_way_in_any_order(
+    scene: tuple[Size, list[Box]],
+    candidates: list[Box],
+    width: int,
+    height: int,
+    data: st.DataObject,
+) -> None:
+    image, faces = scene
+    first = plan(
+        image, width, height, Fit.COVER, G["face"], faces=faces, zoom=0.0, candidates=candidates
+    )
+    second = plan(
+        image,
+        width,
+        height,
+        Fit.COVER,
+        G["face"],
+        faces=data.draw(st.permutations(faces)),
+        zoom=0.0,
+        candidates=data.draw(st.permutations(candidates)),
+    )
+    assert first.crop == second.crop and first.steering == second.steering

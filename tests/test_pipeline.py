@@ -409,3 +409,75 @@ def test_json_says_which_faces_a_crop_left_out_and_why() -> None:
     assert description["outer_box"] == [600.0, 100.0, 780.0, 210.0]
     crop = description["crop"]
     assert crop["left"] <= 600 and crop["left"] + crop["width"] >= 780
+
+
+# --- weak candidates steer gravity=face (docs/cropping.md) -------------------------------------
+
+
+class CandidateFixedDetector(FixedDetector):
+    """FixedDetector that also hands over fixed weak candidates (score 0.1)."""
+
+    def __init__(
+        self,
+        faces: Sequence[tuple[float, float, float, float]],
+        candidates: Sequence[tuple[float, float, float, float]],
+    ) -> None:
+        super().__init__(faces)
+        self.candidates = [Face(box=box, score=0.1) for box in candidates]
+
+    def detect_with_candidates(
+        self, batch: Sequence[RGBImage]
+    ) -> list[tuple[list[Face], list[Face]]]:
+        return [(faces, list(self.candidates)) for faces in self.detect(batch)]
+
+
+def test_candidates_move_the_crop_and_the_json_says_so_but_never_list_them_as_faces() -> None:
+    # astronaut.jpg is 512x512: a 256x512 crop centred on a face at x 200..260 starts at 102;
+    # a candidate at x 370..390 is held by starts 134..370, the face by starts 4..200: 134
+    face, candidate = (200.0, 100.0, 260.0, 170.0), (370.0, 120.0, 390.0, 140.0)
+    detector = CandidateFixedDetector([face], [candidate])
+    _, described = run(ASTRONAUT, "width=256,height=512,fit=cover,gravity=face,format=json",
+                       detector=detector)  # fmt: skip
+    assert described["crop"] == {"left": 134, "top": 0, "width": 256, "height": 512}
+    assert described["candidates"] == {"found": 1, "held": 1, "moved_crop": True}
+    assert [f["box"] for f in described["faces"]] == [list(face)]  # type: ignore[index]
+    plain = FixedDetector([face])
+    _, alone = run(ASTRONAUT, "width=256,height=512,fit=cover,gravity=face,format=json",
+                   detector=plain)  # fmt: skip
+    assert alone["crop"] == {"left": 102, "top": 0, "width": 256, "height": 512}
+    assert alone["candidates"] == {"found": 0, "held": 0, "moved_crop": False}
+
+
+def test_candidates_alone_do_not_make_a_face_crop() -> None:
+    detector = CandidateFixedDetector([], [(370.0, 120.0, 390.0, 140.0)])
+    _, described = run(ASTRONAUT, "width=256,height=512,fit=cover,gravity=face,format=json",
+                       detector=detector)  # fmt: skip
+    assert described["fallback"] == geometry.NO_FACE
+    assert described["faces"] == [] and described["candidates"] is None
+    assert described["crop"] == {"left": 128, "top": 0, "width": 256, "height": 512}
+
+
+@pytest.mark.slow
+def test_on_a_real_photo_candidates_keep_the_face_the_faces_alone_lose() -> None:
+    # WIDER FACE 13--Interview 394, cropped 1:1: the faces alone (scoring above 0.3) put the
+    # crop where one labelled face is cut; the weak candidates move it to hold all three
+    from tests.conftest import FACEDATA, facedata_manifest
+    from tests.model_fixtures import require_model_dir
+
+    from focal.face.sessions import load_detector
+
+    path = "wider_face/WIDER_val/images/13--Interview/13_Interview_Interview_On_Location_13_394.jpg"
+    (row,) = [r for r in facedata_manifest() if r["path"] == path]
+    side = min(row["width"], row["height"])
+    text = f"width={side},height={side},fit=cover,gravity=face,format=json"
+    detector = load_detector(require_model_dir())
+    _, described = run((FACEDATA / path).read_bytes(), text, detector=detector)
+    crop = described["crop"]
+    assert described["candidates"]["moved_crop"] is True  # type: ignore[index]
+    for x1, y1, x2, y2 in row["faces"]:
+        if y2 - y1 < 16:
+            continue
+        inside_w = min(x2, crop["left"] + crop["width"]) - max(x1, crop["left"])  # type: ignore[index]
+        inside_h = min(y2, crop["top"] + crop["height"]) - max(y1, crop["top"])  # type: ignore[index]
+        assert max(inside_w, 0) * max(inside_h, 0) >= 0.9 * (x2 - x1) * (y2 - y1)
+    assert all(face["score"] > 0.3 for face in described["faces"])  # type: ignore[index]

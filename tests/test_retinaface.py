@@ -422,3 +422,54 @@ def test_detect_command_json_and_drawing(
     assert (drawn.width, drawn.height) == (1024, 1261)
     original = pyvips.Image.new_from_file(str(image))
     assert (drawn - original[:3]).abs().max() > 0  # something was drawn
+
+
+def test_mirror_flips_boxes_and_swaps_left_and_right_landmarks() -> None:
+    found = rf.Detections(
+        boxes=np.array([[10, 20, 40, 60]], dtype=np.float32),
+        landmarks=np.array([[[15, 30], [35, 30], [25, 40], [18, 50], [32, 50]]], dtype=np.float32),
+        scores=np.array([0.9], dtype=np.float32),
+    )
+    back = rf.mirror(found, 100)
+    assert back.boxes.tolist() == [[60, 20, 90, 60]]
+    # the mirrored image's left eye (x 15) is the right eye of the original, at x 85
+    assert back.landmarks.tolist() == [[[65, 30], [85, 30], [75, 40], [68, 50], [82, 50]]]
+    assert rf.mirror(rf.mirror(found, 100), 100).boxes.tolist() == found.boxes.tolist()
+
+
+def test_model_id_says_when_the_mirrored_pass_is_on() -> None:
+    assert rf.model_id("ab" * 32, rf.Settings(flip=True)).endswith(":s0.5:n0.4:flip")
+
+
+@pytest.mark.slow
+def test_candidates_come_from_the_same_pass_below_the_faces(detector: det.RetinaFace) -> None:
+    image, _ = det.load_inference_image(FACEDATA / EQUIVALENCE_WIDER[0])
+    (faces,) = detector.detect([image])
+    ((crop_faces, candidates),) = detector.detect_with_candidates([image])
+    crop = detector.settings.crop_threshold
+    assert {f.box for f in faces} <= {f.box for f in crop_faces}  # 0.5 faces among crop faces
+    assert all(f.score > crop for f in crop_faces)
+    assert candidates and all(0.05 < f.score <= crop for f in candidates)
+    strict = det.RetinaFace(
+        detector.session, "test", rf.Settings(crop_threshold=rf.Settings.score_threshold)
+    )
+    ((same, _),) = strict.detect_with_candidates([image])
+    assert [f.box for f in same] == [f.box for f in faces]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", singles())
+def test_the_mirrored_pass_finds_each_labelled_portrait_once(
+    path: str, detector: det.RetinaFace
+) -> None:
+    flipped = det.RetinaFace(detector.session, "test", rf.Settings(flip=True))
+    image, _ = det.load_inference_image(FACEDATA / path)
+    (faces,) = flipped.detect([image])
+    (plain,) = detector.detect([image])
+    assert len(faces) == len(plain) == 1
+    assert box_iou(faces[0].box, plain[0].box) > 0.8
+
+
+def test_model_id_names_a_crop_threshold_other_than_the_default() -> None:
+    assert rf.model_id("ab" * 32, rf.Settings(crop_threshold=0.4)).endswith(":s0.5:n0.4:c0.4")
+    assert rf.model_id("ab" * 32, rf.Settings()).endswith(":s0.5:n0.4")

@@ -33,7 +33,13 @@ from focal.server.objectstore import (
     parse,
 )
 from focal.server.settings import Settings
-from focal.server.shared_detection import RedisFaces, decode_faces, encode_faces
+from focal.server.shared_detection import (
+    RedisFaces,
+    decode_answer,
+    decode_faces,
+    encode_answer,
+    encode_faces,
+)
 
 DEMO = Path(__file__).resolve().parents[1] / "src" / "focal" / "demo"
 
@@ -258,6 +264,39 @@ def test_the_lru_answers_before_redis_and_redis_fills_it(redis_server: Child) ->
     assert isinstance(second.shared, RedisFaces)
     assert (second.shared.hits, second.shared.misses) == (1, 0)  # the second came from the LRU
     assert (second.hits, second.misses) == (2, 0) and len(second) == 1
+
+
+class CountingWeak(Counting):
+    """Counting that also answers one weak candidate per image."""
+
+    def detect_with_candidates(
+        self, images: Sequence[RGBImage]
+    ) -> list[tuple[list[Face], list[Face]]]:
+        weak = [[Face((float(i[0, 0, 0]), 0.0, 1.0, 1.0), 0.125)] for i in images]
+        return list(zip(self.detect(images), weak, strict=True))
+
+
+def test_faces_and_candidates_survive_the_round_trip_exactly() -> None:
+    ((faces, weak),) = CountingWeak().detect_with_candidates([image(7)])
+    answer = (tuple(faces), tuple(weak))
+    assert decode_answer(encode_answer(answer)) == answer
+    assert decode_answer(b"[1]") is None
+    assert decode_answer(encode_faces(faces)) is None  # a bare list of faces is a miss
+
+
+def test_instances_share_faces_and_candidates_under_keys_of_their_own(
+    redis_server: Child,
+) -> None:
+    url = f"redis://127.0.0.1:{redis_server.port}/0"
+    first_inner, second_inner = CountingWeak(), CountingWeak()
+    first = CachingDetector(first_inner, shared=RedisFaces(url))
+    second = CachingDetector(second_inner, shared=RedisFaces(url))
+    expected = CountingWeak().detect_with_candidates([image(12)])
+    assert first.detect_with_candidates([image(12)]) == expected
+    assert second.detect_with_candidates([image(12)]) == expected
+    assert second_inner.images == 0 and second.hits == 1
+    second.detect([image(12)])  # faces alone are not the pair: asked for again
+    assert second_inner.images == 1
 
 
 def test_a_dead_redis_is_a_miss_answered_by_the_detector() -> None:

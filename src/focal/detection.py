@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -45,6 +45,19 @@ class Detector(Protocol):
 
     def detect(self, images: Sequence[RGBImage]) -> list[list[Face]]:
         """Faces for each image, in the order given."""
+        ...
+
+
+@runtime_checkable
+class CandidateDetector(Detector, Protocol):
+    """A detector that also hands over weak candidates: detections of the same pass scoring
+    below its face threshold. They are never faces: they only choose among the face crops that
+    keep the faces (focal.geometry.steer, docs/cropping.md)."""
+
+    def detect_with_candidates(
+        self, images: Sequence[RGBImage]
+    ) -> list[tuple[list[Face], list[Face]]]:
+        """(faces, candidates) for each image, in the order given."""
         ...
 
 

@@ -5,6 +5,8 @@ Two parts:
 * The published face-cropping algorithm (``inference_size``, ``outer_box``, ``focal_point``,
   ``face_crop_size``, ``face_region``), computed exactly as published: on the inference image
   (at most ``cap`` pixels per side), then scaled back to the original.
+* ``steer``: among the placements that keep what the published placement keeps, the one holding
+  the most weak candidates (detections below the face threshold), ties toward the published one.
 * ``plan``: turns a source size, a requested width/height, a fit and a gravity into a
   :class:`Plan` (the integer region to keep, the size to scale it to, the canvas it sits on).
 
@@ -120,6 +122,16 @@ class FaceRegion:
 
 
 @dataclass(frozen=True)
+class Steering:
+    """What weak candidates did to a face crop: how many there were (inside the image), how many
+    the crop holds whole, and whether they moved it from the published placement."""
+
+    candidates: int
+    held: int
+    moved: bool
+
+
+@dataclass(frozen=True)
 class Plan:
     """What to do with the source: keep ``crop``, scale it to ``resize``, place that at ``offset``
     on a ``canvas`` (``canvas == resize`` and ``offset == (0, 0)`` except for fit=pad)."""
@@ -131,6 +143,7 @@ class Plan:
     gravity_used: str
     fallback: str | None
     face: FaceRegion | None
+    steering: Steering | None = None  # with weak candidates and a cropping fit (docs/cropping.md)
 
 
 # --- rounding -------------------------------------------------------------------------------
@@ -292,6 +305,42 @@ def place(center: float, length: int, limit: int, keep: Sequence[tuple[int, int]
     return min(max(start, 0), limit - length)
 
 
+def keep_range(
+    center: float, length: int, limit: int, keep: Sequence[tuple[int, int]] = ()
+) -> tuple[int, int]:
+    """The starts (lowest, highest) of a ``length`` span inside ``0..limit`` that hold what
+    :func:`place` holds: the first span of ``keep`` that fits. Only :func:`place`'s own start
+    when no span of ``keep`` fits (nothing is held, so nothing frees the placement)."""
+    for lo, hi in keep:
+        if hi - lo <= length:
+            low, high = max(hi - length, 0), min(lo, limit - length)
+            if low <= high:
+                return low, high
+            break
+    start = place(center, length, limit, keep)
+    return start, start
+
+
+def steer(
+    start: int, low: int, high: int, length: int, candidates: Sequence[tuple[float, float]]
+) -> tuple[int, int]:
+    """The start within ``low..high`` of a ``length`` span holding the most ``candidates`` (spans
+    lo, hi) whole; ties go to the start closest to ``start``, then to the lower one. Returns
+    (start, candidates held). With no candidate inside any such span, ``start`` itself."""
+    bounds = []
+    for lo, hi in candidates:
+        first, last = ceil_pos(hi) - length, floor_pos(lo)  # starts holding [lo, hi) whole
+        if first <= last and first <= high and last >= low:
+            bounds.append((max(first, low), min(last, high)))
+
+    def held(at: int) -> int:
+        return sum(1 for first, last in bounds if first <= at <= last)
+
+    options = {start, *(b for pair in bounds for b in pair)}
+    best = min(options, key=lambda at: (-held(at), abs(at - start), at))
+    return best, held(best)
+
+
 def _anchored(mode: str, region: Rect, width: int, height: int) -> Rect:
     """A ``width`` x ``height`` crop of ``region`` for gravity left/right/top/bottom/center."""
     left = region.left + (region.width - width) // 2
@@ -407,11 +456,15 @@ def plan(
     focus: tuple[float, float] | None = None,
     cap: int = INFERENCE_CAP,
     face_policy: FacePolicy = FacePolicy.FIT,
+    candidates: Sequence[Box] = (),
 ) -> Plan:
     """The crop, resize and canvas for one request (``width``/``height`` already times dpr).
 
     ``face_policy``: with a cropping fit whose aspect ratio cannot hold every face, FIT keeps the
-    largest faces that fit (:func:`faces_that_fit`), PUBLISHED centres on all of them anyway."""
+    largest faces that fit (:func:`faces_that_fit`), PUBLISHED centres on all of them anyway.
+    ``candidates``: weak detections (below the face threshold). They never make a face crop nor
+    count as faces; with gravity=face and a cropping fit they choose among the placements that
+    keep the kept faces (:func:`steer`, docs/cropping.md)."""
     _check_size(source)
     _check_zoom(zoom)
     for name, value in (("width", width), ("height", height)):
@@ -423,9 +476,12 @@ def plan(
         box = crop_target(source, Size(width, height), fit)
         if choice.face is not None and face_policy is FacePolicy.FIT:
             choice = _fit_faces(choice, faces, zoom, source, cap, box.width / box.height)
-        crop = _cropping_region(source, box, choice, whole)
+        if choice.face is not None:
+            crop, steering = _face_crop(source, box.width / box.height, choice.face, candidates)
+        else:
+            crop, steering = _cropping_region(source, box, choice, whole), None
         resize = _cover_size(crop.size, box, fit)
-        return _finish(crop, resize, resize, choice)
+        return replace(_finish(crop, resize, resize, choice), steering=steering)
     crop = whole if choice.face is None else enclosing_rect(choice.face.crop, source)
     if width is None or height is None:
         resize = _one_side(crop.size, width, height, fit)
@@ -439,8 +495,6 @@ def plan(
 
 def _cropping_region(source: Size, box: Size, choice: _Choice, whole: Rect) -> Rect:
     aspect = box.width / box.height
-    if choice.face is not None:
-        return _face_crop(source, aspect, choice.face)
     width, height = largest_crop(source.width, source.height, aspect)
     if choice.point is not None:
         return _around(choice.point, whole, width, height)
@@ -483,16 +537,39 @@ def _fit_faces(
     return replace(choice, point=region.focal, face=region)
 
 
-def _face_crop(source: Size, aspect: float, face: FaceRegion) -> Rect:
+def _face_crop(
+    source: Size, aspect: float, face: FaceRegion, candidates: Sequence[Box] = ()
+) -> tuple[Rect, Steering | None]:
     """The face region grown to ``aspect`` around the focal point, inside the image; kept whole
-    when it fits, else the faces' outer box is kept when that fits (else the faces are cut)."""
+    when it fits, else the faces' outer box is kept when that fits (else the faces are cut).
+
+    With candidates: the crop slides, first along x (its top where the published placement puts
+    it), then along y, within the starts that keep the same span, to hold the most candidates
+    whole (:func:`steer`). Without candidates, the published placement itself."""
     region = enclosing_rect(face.crop, source)
     outer = enclosing_rect(face.outer, source)
     width, height = grow_to_aspect(region.width, region.height, aspect, source)
     fx, fy = face.focal
-    left = place(fx, width, source.width, [_span_x(region), _span_x(outer)])
-    top = place(fy, height, source.height, [_span_y(region), _span_y(outer)])
-    return Rect(left, top, width, height)
+    keep_x, keep_y = [_span_x(region), _span_x(outer)], [_span_y(region), _span_y(outer)]
+    left = place(fx, width, source.width, keep_x)
+    top = place(fy, height, source.height, keep_y)
+    inside = [b for b in (clip(c, source) for c in candidates) if b is not None]
+    if not inside:
+        return Rect(left, top, width, height), None
+    published = (left, top)
+    low, high = keep_range(fx, width, source.width, keep_x)
+    rows = [(c.left, c.right) for c in inside if _holds(top, height, c.top, c.bottom)]
+    left, _ = steer(left, low, high, width, rows)
+    low, high = keep_range(fy, height, source.height, keep_y)
+    cols = [(c.top, c.bottom) for c in inside if _holds(left, width, c.left, c.right)]
+    top, held = steer(top, low, high, height, cols)
+    steering = Steering(len(inside), held, (left, top) != published)
+    return Rect(left, top, width, height), steering
+
+
+def _holds(start: int, length: int, lo: float, hi: float) -> bool:
+    """Whether the span ``start .. start + length`` holds ``lo .. hi`` whole (integer pixels)."""
+    return start <= floor_pos(lo) and ceil_pos(hi) <= start + length
 
 
 def _span_x(rect: Rect) -> tuple[int, int]:

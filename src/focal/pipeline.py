@@ -25,7 +25,7 @@ import pyvips
 
 from focal import geometry, steps
 from focal.decode import ANIMATED, MIME, Header, check, jpeg_shrink, load, read_header
-from focal.detection import DetectionFailed, Detector, Face
+from focal.detection import CandidateDetector, DetectionFailed, Detector, Face
 from focal.encode import ANIMATES, KEEPS_ALPHA, choose_format, content_type, encode
 from focal.errors import DeadlineError, ImageError, LimitError, OptionError, RedactionError
 from focal.geometry import (
@@ -123,6 +123,7 @@ class Faces:
     found: tuple[Face, ...] = ()
     fallback: str | None = None
     degraded: bool = False
+    candidates: tuple[Face, ...] = ()  # weak detections: they only steer a face crop
 
 
 TRUNCATED = "the source is truncated or damaged: the part that could not be decoded is grey"
@@ -251,6 +252,7 @@ def _plan(
         zoom=options.zoom,
         focus=focus,
         cap=INFERENCE_CAP,
+        candidates=[Box(*face.box) for face in faces.candidates],
     )
 
 
@@ -404,15 +406,20 @@ def _detect(run: _Run, header: Header, working: Size, timer: Timer, fail_on: str
         )
         page = _prepare(page, options, header)
         array = steps.inference_array(page, inference)
+    weak: list[Face] = []
     try:
         with timer("detect"):
-            found = detector.detect([array])[0]
+            if options.face_gravity and isinstance(detector, CandidateDetector):
+                found, weak = detector.detect_with_candidates([array])[0]
+            else:
+                found = detector.detect([array])[0]
     except DetectionFailed as error:
         return Faces(fallback=DETECTION_FAILED + str(error), degraded=True)
     faces = tuple(face.scaled(factor) for face in found)
+    candidates = tuple(face.scaled(factor) for face in weak)
     if not faces:
-        return Faces(fallback=NO_FACE)
-    return Faces(found=faces)
+        return Faces(fallback=NO_FACE, candidates=candidates)
+    return Faces(found=faces, candidates=candidates)
 
 
 def _redactions(
@@ -591,6 +598,7 @@ def _describe(
         },
         "faces": [_face(face, region, working) for face in faces.found],
         "faces_left_out": None if region is None else len(region.left_out),
+        "candidates": _candidates(plan, faces),
         "outer_box": None if region is None else _box(region.outer),
         "focal_point": None if region is None else [round(v, 1) for v in region.focal],
         "crop": {
@@ -614,6 +622,19 @@ def _face(face: Face, region: geometry.FaceRegion | None, working: Size) -> dict
     if region is not None and clipped in region.left_out:
         entry["left_out"] = geometry.LEFT_OUT
     return entry
+
+
+def _candidates(plan: Plan, faces: Faces) -> dict[str, Any] | None:
+    """Weak candidates (docs/cropping.md): how many the detector gave, how many the crop holds
+    whole, and whether they moved the crop from the published placement (None: no face crop)."""
+    if plan.face is None:
+        return None
+    steering = plan.steering
+    return {
+        "found": len(faces.candidates),
+        "held": 0 if steering is None else steering.held,
+        "moved_crop": steering is not None and steering.moved,
+    }
 
 
 def _box(box: Box) -> list[float]:

@@ -48,7 +48,7 @@ from focal.commands.common import (
     positive_int,
     reason,
 )
-from focal.detection import DetectionFailed, Detector, Face, RGBImage
+from focal.detection import CandidateDetector, DetectionFailed, Detector, Face, RGBImage
 from focal.errors import FocalError, ModelMissingError, OptionError
 from focal.face.retinaface import PAD_MULTIPLE
 from focal.files import write_atomic
@@ -334,15 +334,29 @@ class DetectActor:
             groups.setdefault(key, []).append(i)
         for members in groups.values():
             try:
-                found = self.detector.detect([images[i] for i in members])
-                for i, answer in zip(members, found, strict=True):
-                    faces[i] = json.dumps([[list(f.box), f.score] for f in answer])
+                found = self._detect([images[i] for i in members])
+                for i, (answer, weak) in zip(members, found, strict=True):
+                    faces[i] = json.dumps({"faces": _rows(answer), "candidates": _rows(weak)})
             except Exception as error:  # every image of the call falls back, marked
                 for i in members:
                     faces[i] = json.dumps({"failed": f"{type(error).__name__}: {error}"})
         result = {k: v for k, v in batch.items() if k != "pixels"}
         result["faces"] = np.array(faces, dtype=object)
         return result
+
+    def _detect(self, images: list[RGBImage]) -> list[tuple[list[Face], list[Face]]]:
+        """Faces and weak candidates (docs/cropping.md), as focal transform's detector gives."""
+        if isinstance(self.detector, CandidateDetector):
+            return self.detector.detect_with_candidates(images)
+        return [(faces, []) for faces in self.detector.detect(images)]
+
+
+def _rows(faces: Sequence[Face]) -> list[Any]:
+    return [[list(f.box), f.score] for f in faces]
+
+
+def _faces(rows: Sequence[Any]) -> list[Face]:
+    return [Face(box=(b[0], b[1], b[2], b[3]), score=score) for b, score in rows]
 
 
 # ---- stage 3: crop, encode and write (CPU) ------------------------------------------------------
@@ -358,12 +372,17 @@ class Found:
         self.expected_digest = expected_digest
 
     def detect(self, images: Sequence[RGBImage]) -> list[list[Face]]:
-        answer = json.loads(self.faces_json) if self.faces_json else []
-        if isinstance(answer, dict):
-            raise DetectionFailed(answer.get("failed", "detection failed"))
+        return [faces for faces, _ in self.detect_with_candidates(images)]
+
+    def detect_with_candidates(
+        self, images: Sequence[RGBImage]
+    ) -> list[tuple[list[Face], list[Face]]]:
+        answer = json.loads(self.faces_json) if self.faces_json else {}
+        if "failed" in answer:
+            raise DetectionFailed(answer["failed"])
         if len(images) != 1 or digest(images[0]) != self.expected_digest:
             raise DetectionFailed("the image differs from the one detected")
-        return [[Face(box=(b[0], b[1], b[2], b[3]), score=score) for b, score in answer]]
+        return [(_faces(answer.get("faces", [])), _faces(answer.get("candidates", [])))]
 
 
 def finish(row: dict[str, Any], job: Job) -> dict[str, Any]:
@@ -481,6 +500,8 @@ def run(args: argparse.Namespace) -> int:
             "precision": args.precision,
             "device": args.device,
             "max_batch": args.batch,
+            "crop_threshold": args.face_crop_threshold,
+            "flip": args.detector_flip,
         },
     )
     started_here = not ray.is_initialized() and bool(plan.todo)

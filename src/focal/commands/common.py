@@ -8,6 +8,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from focal.errors import FocalError
+from focal.face.retinaface import CROP_THRESHOLD
 from focal.face.sessions import PRECISIONS, RUNTIMES
 from focal.options import Format, Options
 from focal.pipeline import Limits
@@ -52,6 +53,18 @@ def add_job_arguments(p: Any, *, folder: str = "") -> None:
     )
     p.add_argument("--device", default="auto", help="torch runtime only: auto, cuda, cuda:N or cpu")
     p.add_argument(
+        "--face-crop-threshold",
+        type=unit_float,
+        default=CROP_THRESHOLD,
+        help="CPU runtimes: what scores as a face for gravity=face (weak candidates below it "
+        "only steer the crop; docs/cropping.md)",
+    )
+    p.add_argument(
+        "--detector-flip",
+        action="store_true",
+        help="CPU runtimes: also detect on the mirrored image (about twice the detector time)",
+    )
+    p.add_argument(
         "--batch",
         type=positive_int,
         default=16,
@@ -66,6 +79,16 @@ def positive_int(text: str) -> int:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, received {text!r}")
+    return value
+
+
+def unit_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to below 1, received {text!r}")
     return value
 
 

@@ -84,6 +84,8 @@ def read_manifest(data: Path) -> list[Entry]:
         if not line.strip():
             continue
         row = json.loads(line)
+        if row.get("faces") is None:
+            continue  # unlabelled: neither a negative nor a labelled face
         tags = row.get("tags", [])
         if row.get("dataset") == "WIDER FACE":
             kind = "wider"
@@ -282,6 +284,37 @@ def negatives_report(
     }
 
 
+def sweep_report(
+    images: Images, truths: dict[str, ev.ImageTruth], runs: dict[str, Run], values: Sequence[float]
+) -> list[dict[str, Any]]:
+    """Per threshold: WIDER FACE precision and recall, and detections on every image without a
+    face (the ambiguous one included), from the low-threshold run (it holds the detections above
+    each threshold: greedy NMS never lets a lower score remove a higher one)."""
+    preds = [ev.predictions(f) for f in runs["wider"].faces]
+    ordered = [truths[e.name] for e in images.wider]
+    report = []
+    for value in values:
+        point = ev.operating_point(preds, ordered, value)
+        on_negatives = [_face_rows(found, value) for found in runs["negatives"].faces]
+        report.append(
+            {
+                "threshold": value,
+                "precision": round(100 * point.precision, 2),
+                "recall": round(100 * point.recall, 2),
+                "true_positives": point.true_positives,
+                "false_positives": point.false_positives,
+                "negative_images": len(images.negatives),
+                "negative_detections": sum(len(rows) for rows in on_negatives),
+                "negatives_with_detections": [
+                    {"image": e.path, "scores": [r["score"] for r in rows]}
+                    for e, rows in zip(images.negatives, on_negatives, strict=True)
+                    if rows
+                ],
+            }
+        )
+    return report
+
+
 def singles_report(
     entries: Sequence[Entry], faces: Sequence[list[Face]], threshold: float
 ) -> list[dict[str, Any]]:
@@ -356,6 +389,7 @@ def command_line(args: argparse.Namespace) -> str:
     parts += [f"--runtime {args.runtime}"] if args.runtime != "auto" else []
     parts += [f"--precision {args.precision}"] if args.precision != "fp32" else []
     parts += ["--reference"] if args.reference else []
+    parts += [f"--sweep {','.join(str(v) for v in args.sweep)}"] if args.sweep else []
     parts += [f"--out {args.out}"]
     return " ".join(parts)
 
@@ -469,6 +503,8 @@ def evaluate(args: argparse.Namespace, say: Callable[[str], None]) -> dict[str, 
             "singles": singles_report(images.singles, runs["singles"].faces, args.threshold),
             "seconds": round(sum(r.seconds for r in runs.values()), 1),
         }
+        if args.sweep:
+            setting["sweep"] = sweep_report(images, truths, runs, args.sweep)
         if reference is not None:
             reuse = first.get("reference")
             ref_run = run_detector(reference, paths["wider"], cap, reuse, fits["wider"])
@@ -518,8 +554,26 @@ def register(sub: Any) -> None:
     )
     w.add_argument("--low-threshold", type=float, default=LOW_THRESHOLD, help="for AP")
     w.add_argument("--threshold", type=float, default=OPERATING_THRESHOLD, help="operating point")
+    w.add_argument(
+        "--sweep",
+        type=_thresholds,
+        default=(),
+        help="also these thresholds (comma-separated): precision, recall, detections on negatives",
+    )
     w.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results file")
     w.set_defaults(func=run)
+
+
+def _thresholds(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected thresholds like 0.5,0.4, got {text!r}"
+        ) from None
+    if any(not 0 <= v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"thresholds must be within 0..1, got {text!r}")
+    return values
 
 
 def run(args: argparse.Namespace) -> int:

@@ -107,6 +107,8 @@ def _detector(options: Options, args: argparse.Namespace) -> Detector | None:
         precision=args.precision,
         device=args.device,
         max_batch=args.batch,
+        crop_threshold=args.face_crop_threshold,
+        flip=args.detector_flip,
     )
     return open_detector(config)
 

@@ -9,7 +9,8 @@ image was in that call; the dispatcher then goes on with the next batch.
 
 Images are passed on grouped by their canvas (height and width rounded up to a multiple of 32,
 the shape the detector pads a batch to), so an image's faces never depend on which other images
-happened to be waiting with it.
+happened to be waiting with it. Calls for faces and weak candidates
+(:meth:`BatchingDetector.detect_with_candidates`) are batched apart from calls for faces alone.
 """
 
 from __future__ import annotations
@@ -20,15 +21,17 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any
 
-from focal.detection import Detector, Face, RGBImage
+from focal.detection import CandidateDetector, Detector, Face, RGBImage
 from focal.face.retinaface import padded_size
 
 
 @dataclass(frozen=True)
 class _Call:
     image: RGBImage
-    future: Future[list[Face]] = field(default_factory=Future)
+    future: Future[Any] = field(default_factory=Future)  # faces, or (faces, candidates)
+    candidates: bool = False
 
 
 class BatchingDetector:
@@ -54,7 +57,18 @@ class BatchingDetector:
 
     def detect(self, images: Sequence[RGBImage]) -> list[list[Face]]:
         """Faces for each image, in order; blocks until the batches holding them have run."""
-        calls = [_Call(image) for image in images]
+        return self._wait([_Call(image) for image in images])
+
+    def detect_with_candidates(
+        self, images: Sequence[RGBImage]
+    ) -> list[tuple[list[Face], list[Face]]]:
+        """(faces, weak candidates) for each image from the inner detector's
+        ``detect_with_candidates``; faces and no candidates when it has none."""
+        if not isinstance(self.inner, CandidateDetector):
+            return [(faces, []) for faces in self.detect(images)]
+        return self._wait([_Call(image, candidates=True) for image in images])
+
+    def _wait(self, calls: list[_Call]) -> list[Any]:
         with self._lock:
             if self._closed:
                 raise RuntimeError("the batching detector is closed")
@@ -104,7 +118,12 @@ class BatchingDetector:
 
     def _run(self, calls: list[_Call]) -> None:
         try:
-            found = self.inner.detect([call.image for call in calls])
+            images = [call.image for call in calls]
+            found: Sequence[Any]
+            if calls[0].candidates and isinstance(self.inner, CandidateDetector):
+                found = self.inner.detect_with_candidates(images)
+            else:
+                found = self.inner.detect(images)
             if len(found) != len(calls):
                 raise RuntimeError(
                     f"the detector answered {len(found)} results for {len(calls)} images"
@@ -118,9 +137,10 @@ class BatchingDetector:
 
 
 def _by_canvas(calls: list[_Call]) -> list[list[_Call]]:
-    """The calls grouped by padded image size, groups in order of first arrival."""
-    groups: dict[tuple[int, int], list[_Call]] = {}
+    """The calls grouped by padded image size and by what they ask for, groups in order of first
+    arrival."""
+    groups: dict[tuple[int, int, bool], list[_Call]] = {}
     for call in calls:
         height, width = call.image.shape[:2]
-        groups.setdefault(padded_size(height, width), []).append(call)
+        groups.setdefault((*padded_size(height, width), call.candidates), []).append(call)
     return list(groups.values())

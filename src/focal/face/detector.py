@@ -71,23 +71,61 @@ class RetinaFace:
             self._model_sha256, self.settings, "" if precision == "fp32" else precision
         )
 
-    def detect_prepared(self, images: Sequence[RGBImage]) -> list[Detections]:
-        """Detections for images already within the cap, in their own pixel coordinates."""
+    def detect_prepared(
+        self, images: Sequence[RGBImage], threshold: float | None = None
+    ) -> list[Detections]:
+        """Detections for images already within the cap, in their own pixel coordinates, scoring
+        above ``threshold`` (default: the settings' score threshold). With ``settings.flip`` the
+        batch also holds each image mirrored, and both passes are suppressed together."""
         if not images:
             return []
         batch = rf.preprocess(images)
+        count, width = len(images), batch.shape[2]
+        if self.settings.flip:
+            batch = np.concatenate([batch, np.ascontiguousarray(batch[:, :, ::-1])])
         outputs = self.session.run(batch)
         priors = rf.anchors(batch.shape[1], batch.shape[2])
-        return [rf.postprocess(outputs, i, priors, self.settings) for i in range(len(images))]
+        return [
+            rf.postprocess(
+                outputs,
+                i,
+                priors,
+                self.settings,
+                threshold,
+                mirrored=count + i if self.settings.flip else None,
+                width=width,
+            )
+            for i in range(count)
+        ]
 
     def detect(self, images: Sequence[RGBImage]) -> list[list[Face]]:
         """Faces for each RGB image (H x W x 3 uint8), in that image's own coordinates."""
+        limit = self.settings.score_threshold
+        return [faces for faces, _ in self._detect(images, limit, limit)]
+
+    def detect_with_candidates(
+        self, images: Sequence[RGBImage]
+    ) -> list[tuple[list[Face], list[Face]]]:
+        """For each image, from one pass, what a face crop uses: its faces (scoring above
+        ``settings.crop_threshold``) and its weak candidates (above
+        ``settings.candidate_threshold``, not above the crop threshold; what NMS leaves of them
+        once the faces are kept, which it never changes: a lower score never suppresses a higher
+        one)."""
+        s = self.settings
+        return self._detect(images, min(s.candidate_threshold, s.crop_threshold), s.crop_threshold)
+
+    def _detect(
+        self, images: Sequence[RGBImage], floor: float, face_threshold: float
+    ) -> list[tuple[list[Face], list[Face]]]:
+        """(faces above face_threshold, the rest above floor) for each image."""
         prepared = [fit_to_cap(image) for image in images]
-        found = self.detect_prepared(prepared)
-        return [
-            rf.to_faces(d, i.shape[1] / p.shape[1], i.shape[0] / p.shape[0])
-            for d, i, p in zip(found, images, prepared, strict=True)
-        ]
+        found = self.detect_prepared(prepared, floor)
+        results = []
+        for d, i, p in zip(found, images, prepared, strict=True):
+            faces = rf.to_faces(d, i.shape[1] / p.shape[1], i.shape[0] / p.shape[0])
+            strong = [f for f in faces if f.score > face_threshold]
+            results.append((strong, [f for f in faces if f.score <= face_threshold]))
+        return results
 
 
 @dataclass(frozen=True)

@@ -31,20 +31,32 @@ OUTPUT_NAMES = ("boxes", "landmarks", "scores")
 MODEL_NAME = "retinaface-mnv2"
 
 
+CANDIDATE_THRESHOLD = 0.05  # weak candidates: detections scoring above this, below a face
+CROP_THRESHOLD = 0.3  # the crop-time threshold chosen by the rule in docs/cropping.md
+
+
 @dataclass(frozen=True)
 class Settings:
     """Detection thresholds: a face scores above score_threshold; overlapping boxes (IoU above
-    nms_iou) keep only the highest-scoring one."""
+    nms_iou) keep only the highest-scoring one. For a face crop (asked for apart), a face scores
+    above crop_threshold, and a weak candidate above candidate_threshold but not above
+    crop_threshold (it is never a face). flip: a second pass on the mirrored image, merged with
+    the first by the same NMS."""
 
     score_threshold: float = 0.5
     nms_iou: float = 0.4
+    crop_threshold: float = CROP_THRESHOLD
+    candidate_threshold: float = CANDIDATE_THRESHOLD
+    flip: bool = False
 
 
 def model_id(model_sha256: str, settings: Settings, tag: str = "") -> str:
-    """The detector's identity (cache keys hold it): model file, thresholds, and a tag for any
-    runtime or precision whose faces may differ from the fp32 reference ("" for those)."""
+    """The detector's identity (cache keys hold it): model file, thresholds (the crop-time one
+    when it is not the default), ``flip`` when the mirrored pass is on, and a tag for any runtime
+    or precision whose faces may differ from the fp32 reference ("" for those)."""
     s = settings
-    suffix = f":{tag}" if tag else ""
+    crop = f":c{s.crop_threshold}" if s.crop_threshold != CROP_THRESHOLD else ""
+    suffix = crop + (":flip" if s.flip else "") + (f":{tag}" if tag else "")
     return f"{MODEL_NAME}:{model_sha256[:16]}:s{s.score_threshold}:n{s.nms_iou}{suffix}"
 
 
@@ -157,15 +169,48 @@ def nms(boxes: FloatArray, scores: FloatArray, iou_threshold: float) -> npt.NDAr
 
 
 def postprocess(
-    outputs: RawOutputs, index: int, priors: FloatArray, settings: Settings
+    outputs: RawOutputs,
+    index: int,
+    priors: FloatArray,
+    settings: Settings,
+    threshold: float | None = None,
+    mirrored: int | None = None,
+    width: int = 0,
 ) -> Detections:
-    """Faces of one batch item: threshold the scores, decode, suppress overlaps."""
+    """Faces of one batch item: threshold the scores (``threshold``, default the settings'
+    score_threshold), decode, suppress overlaps. ``mirrored``: the batch index of the same image
+    flipped horizontally (in a padded batch ``width`` wide), whose detections are flipped back
+    and suppressed together with the item's own."""
+    limit = settings.score_threshold if threshold is None else threshold
+    found = [decoded(outputs, index, priors, limit)]
+    if mirrored is not None:
+        found.append(mirror(decoded(outputs, mirrored, priors, limit), width))
+    boxes = np.concatenate([f.boxes for f in found])
+    points = np.concatenate([f.landmarks for f in found])
+    scores = np.concatenate([f.scores for f in found])
+    keep = nms(boxes, scores, settings.nms_iou)
+    return Detections(boxes=boxes[keep], landmarks=points[keep], scores=scores[keep])
+
+
+def decoded(outputs: RawOutputs, index: int, priors: FloatArray, threshold: float) -> Detections:
+    """Every anchor of one batch item scoring above ``threshold``, decoded (before NMS)."""
     scores = outputs.scores[index]
-    chosen = np.flatnonzero(scores > settings.score_threshold)
+    chosen = np.flatnonzero(scores > threshold)
     boxes = decode_boxes(outputs.boxes[index][chosen], priors[chosen])
     points = decode_landmarks(outputs.landmarks[index][chosen], priors[chosen])
-    keep = nms(boxes, scores[chosen], settings.nms_iou)
-    return Detections(boxes=boxes[keep], landmarks=points[keep], scores=scores[chosen][keep])
+    return Detections(boxes=boxes, landmarks=points, scores=scores[chosen])
+
+
+MIRRORED_LANDMARKS = (1, 0, 2, 4, 3)  # left and right eye, left and right mouth corner swap
+
+
+def mirror(found: Detections, width: int) -> Detections:
+    """Detections on an image flipped horizontally (``width`` wide), in the unflipped image."""
+    boxes = found.boxes.copy()
+    boxes[:, 0], boxes[:, 2] = width - found.boxes[:, 2], width - found.boxes[:, 0]
+    points = found.landmarks[:, MIRRORED_LANDMARKS].copy()
+    points[..., 0] = width - points[..., 0]
+    return Detections(boxes=boxes, landmarks=points, scores=found.scores)
 
 
 def to_faces(found: Detections, scale_x: float = 1.0, scale_y: float = 1.0) -> list[Face]:

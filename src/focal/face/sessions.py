@@ -248,7 +248,9 @@ class DetectorConfig:
     device           torch only: auto, cpu, cuda or cuda:N
     idle_offload_s   torch only: release the model after this long idle (0: keep it)
     max_batch        torch only: most images in one forward pass
-    score_threshold / nms_iou   focal.face.retinaface.Settings"""
+    score_threshold / nms_iou   focal.face.retinaface.Settings
+    crop_threshold   CPU runtimes only: what counts as a face for a face crop (docs/cropping.md)
+    flip             CPU runtimes only: also detect on the mirrored image (docs/detector.md)"""
 
     model_dir: Path | None = None
     runtime: str = "auto"
@@ -258,6 +260,8 @@ class DetectorConfig:
     max_batch: int = 32
     score_threshold: float = Settings.score_threshold
     nms_iou: float = Settings.nms_iou
+    crop_threshold: float = Settings.crop_threshold
+    flip: bool = Settings.flip
 
     def factory_args(self) -> tuple[tuple[str, object], ...]:
         """Keyword arguments of FACTORY (picklable), for a detector built in another process."""
@@ -278,16 +282,21 @@ def load_detector(
     precision: str = DEFAULT_PRECISION,
     score_threshold: float = Settings.score_threshold,
     nms_iou: float = Settings.nms_iou,
+    flip: bool = Settings.flip,
+    crop_threshold: float = Settings.crop_threshold,
 ) -> RetinaFace:
     """The CPU detector over the installed model (ModelMissingError when `focal models fetch`
     has not been run). runtime: auto, onnxruntime or openvino; precision: fp32, bf16 or f16
-    (openvino only)."""
+    (openvino only); flip: a second, mirrored pass merged by NMS; crop_threshold: what counts
+    as a face for a face crop (weak candidates below it, docs/cropping.md)."""
     from focal.face import models
     from focal.face.detector import RetinaFace
 
     installed = models.require(model_dir)
     session = open_session(installed.model_path, runtime, precision)
-    settings = Settings(score_threshold=score_threshold, nms_iou=nms_iou)
+    settings = Settings(
+        score_threshold=score_threshold, nms_iou=nms_iou, crop_threshold=crop_threshold, flip=flip
+    )
     return RetinaFace(session, installed.manifest.model_sha256, settings)
 
 
@@ -303,7 +312,11 @@ def open_detector(config: DetectorConfig = DetectorConfig()) -> Detector:
             config.precision,
             config.score_threshold,
             config.nms_iou,
+            config.flip,
+            config.crop_threshold,
         )
+    if config.flip:
+        raise RuntimeChoiceError("the mirrored pass (flip) runs on the CPU runtimes only")
     from focal.face.torch_detector import load_torch_detector  # the optional dependency
 
     return load_torch_detector(

@@ -191,6 +191,8 @@ def detector_config(settings: Settings) -> DetectorConfig:
         device=settings.detector_device,
         idle_offload_s=settings.detector_idle_offload_s,
         max_batch=settings.detector_max_batch,
+        crop_threshold=settings.face_crop_threshold,
+        flip=settings.detector_flip,
     )
 
 

@@ -34,19 +34,19 @@ import sys
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass
 from hashlib import blake2b
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
 import focal
 from focal import errors
-from focal.detection import DetectionFailed, Detector, Face, RGBImage
+from focal.detection import CandidateDetector, DetectionFailed, Detector, Face, RGBImage
 from focal.face import sessions
 from focal.server import detector_worker as proto
 
@@ -88,8 +88,9 @@ class PoolStats:
 @dataclass(eq=False)
 class _Request:
     images: list[RGBImage]
-    future: Future[list[list[Face]]]
+    future: Future[list[Any]]  # per image: faces, or (faces, candidates) with ``candidates``
     deadline: float
+    candidates: bool = False
 
 
 class _Worker:
@@ -133,8 +134,9 @@ class _Worker:
     def alive(self) -> bool:
         return self.process.poll() is None
 
-    def send(self, batch_id: int, images: Sequence[RGBImage]) -> None:
-        self.conn.send(proto.DetectBatch(batch_id, tuple(image.shape for image in images)))
+    def send(self, batch_id: int, images: Sequence[RGBImage], candidates: bool = False) -> None:
+        shapes = tuple(image.shape for image in images)
+        self.conn.send(proto.DetectBatch(batch_id, shapes, candidates))
         for image in images:
             self.conn.send_bytes(image.data.cast("B"))
 
@@ -269,12 +271,25 @@ class DetectorPool:
         return self._model_id
 
     def detect(self, images: Sequence[RGBImage]) -> list[list[Face]]:
+        found: list[list[Face]] = self._ask(images, candidates=False)
+        return found
+
+    def detect_with_candidates(
+        self, images: Sequence[RGBImage]
+    ) -> list[tuple[list[Face], list[Face]]]:
+        """(faces, weak candidates) for each image, from the workers' detector (no candidates
+        when it has none); such requests are batched apart from face-only ones."""
+        pairs = self._ask(images, candidates=True)
+        return [(list(faces), list(weak)) for faces, weak in pairs]
+
+    def _ask(self, images: Sequence[RGBImage], candidates: bool) -> list[Any]:
         if len(images) == 0:
             return []
         request = _Request(
             images=[np.ascontiguousarray(image, dtype=np.uint8) for image in images],
             future=Future(),
             deadline=time.monotonic() + self._settings.deadline_s,
+            candidates=candidates,
         )
         self._enqueue(request)
         try:
@@ -343,6 +358,8 @@ class DetectorPool:
                 following = self._pending[0]
                 if size + len(following.images) > self._settings.max_batch:
                     break
+                if following.candidates != first.candidates:  # one kind of answer per batch
+                    break
                 self._pending.popleft()
                 if following.future.set_running_or_notify_cancel():
                     batch.append(following)
@@ -392,7 +409,7 @@ class DetectorPool:
         batch_id = next(self._batch_ids)
         started = time.monotonic()
         try:
-            worker.send(batch_id, images)
+            worker.send(batch_id, images, batch[0].candidates)
         except (OSError, ValueError):
             _fail(batch, "the face detector worker died")
             return self._replace(slot, worker, "the worker could not be reached")
@@ -410,7 +427,7 @@ class DetectorPool:
         return self._replace(slot, worker, "the worker died during a batch")
 
     def _complete(
-        self, batch: list[_Request], results: Sequence[tuple[Face, ...] | str], seconds: float
+        self, batch: list[_Request], results: Sequence[proto.Answer], seconds: float
     ) -> None:
         with self._cond:
             self._batches += 1
@@ -427,7 +444,11 @@ class DetectorPool:
                 request.future.set_exception(DetectionFailed(failures[0]))
             else:
                 request.future.set_result(
-                    [list(faces) for faces in mine if not isinstance(faces, str)]
+                    [
+                        answer if request.candidates else list(answer)
+                        for answer in mine
+                        if not isinstance(answer, str)
+                    ]
                 )
 
     def _replace(self, slot: int, old: _Worker | None, reason: str) -> _Worker | None:
@@ -470,14 +491,16 @@ def _kill_quietly(worker: _Worker) -> None:
 
 # -- caching --------------------------------------------------------------------------------
 
+Answer = tuple[tuple[Face, ...], tuple[Face, ...]]  # (faces, weak candidates) of one image
+
 
 class SharedFaces(Protocol):
     """A second tier behind CachingDetector's LRU that other processes or instances share
     (focal.server.shared_detection.RedisFaces). It must never raise: a tier that is down answers
     None for every key and drops stores."""
 
-    def get_many(self, keys: Sequence[bytes]) -> list[list[Face] | None]: ...
-    def put_many(self, items: Sequence[tuple[bytes, Sequence[Face]]]) -> None: ...
+    def get_many(self, keys: Sequence[bytes]) -> list[Answer | None]: ...
+    def put_many(self, items: Sequence[tuple[bytes, Answer]]) -> None: ...
 
 
 class CachingDetector:
@@ -485,9 +508,11 @@ class CachingDetector:
 
     Keyed by blake2b of the model id and each image's shape and bytes (:func:`image_key`,
     computed once per image for both tiers). Only the faces (boxes, scores, landmarks) are kept,
-    never pixels. Failures are not cached. Lookup order: the LRU, then ``shared`` (its answers
-    fill the LRU), then ``inner`` (its answers go to both). ``max_entries=0`` keeps no LRU.
-    ``hits`` counts images answered without ``inner``, ``misses`` those ``inner`` detected.
+    never pixels. Failures are not cached. Answers with weak candidates
+    (``detect_with_candidates``) are kept under keys of their own. Lookup order: the LRU, then
+    ``shared`` (its answers fill the LRU), then ``inner`` (its answers go to both).
+    ``max_entries=0`` keeps no LRU. ``hits`` counts images answered without ``inner``,
+    ``misses`` those ``inner`` detected.
     """
 
     def __init__(
@@ -496,7 +521,7 @@ class CachingDetector:
         self._inner = inner
         self._max_entries = max_entries
         self.shared = shared
-        self._entries: OrderedDict[bytes, tuple[Face, ...]] = OrderedDict()
+        self._entries: OrderedDict[bytes, Answer] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
@@ -506,44 +531,71 @@ class CachingDetector:
         return self._inner.model_id
 
     def detect(self, images: Sequence[RGBImage]) -> list[list[Face]]:
-        model_id = self._inner.model_id
+        def inner(missing: list[RGBImage]) -> list[tuple[list[Face], list[Face]]]:
+            return [(faces, []) for faces in self._inner.detect(missing)]
+
+        answers = self._answers(images, self._inner.model_id, inner)
+        return [list(faces) for faces, _ in answers]
+
+    def detect_with_candidates(
+        self, images: Sequence[RGBImage]
+    ) -> list[tuple[list[Face], list[Face]]]:
+        """(faces, weak candidates) for each image; faces and no candidates from an inner
+        detector that has none."""
+        inner = self._inner
+        if not isinstance(inner, CandidateDetector):
+            return [(faces, []) for faces in self.detect(images)]
+        answers = self._answers(
+            images, inner.model_id + "|candidates", inner.detect_with_candidates
+        )
+        return [(list(faces), list(weak)) for faces, weak in answers]
+
+    def _answers(
+        self,
+        images: Sequence[RGBImage],
+        model_id: str,
+        inner: Callable[[list[RGBImage]], list[tuple[list[Face], list[Face]]]],
+    ) -> list[Answer]:
         keys = [image_key(model_id, image) for image in images]
-        found: list[tuple[Face, ...] | None] = [self._lookup(key) for key in keys]
-        missing = [i for i, faces in enumerate(found) if faces is None]
+        found: list[Answer | None] = [self._lookup(key) for key in keys]
+        missing = [i for i, answer in enumerate(found) if answer is None]
         if missing and self.shared is not None:
-            answers = self.shared.get_many([keys[i] for i in missing])
-            for i, shared_faces in zip(missing, answers, strict=True):
-                if shared_faces is not None:
-                    found[i] = tuple(shared_faces)
-                    self._store(keys[i], found[i] or ())
+            shared = self.shared.get_many([keys[i] for i in missing])
+            for i, answer in zip(missing, shared, strict=True):
+                if answer is not None:
+                    found[i] = answer
+                    self._store(keys[i], answer)
             missing = [i for i in missing if found[i] is None]
         with self._lock:
             self.hits += len(images) - len(missing)
             self.misses += len(missing)
         if missing:
-            detected = self._inner.detect([images[i] for i in missing])
-            for i, faces in zip(missing, detected, strict=True):
-                found[i] = tuple(faces)
-                self._store(keys[i], found[i] or ())
+            detected = inner([images[i] for i in missing])
+            stored: list[tuple[bytes, Answer]] = []
+            for i, (faces, weak) in zip(missing, detected, strict=True):
+                answer = (tuple(faces), tuple(weak))
+                found[i] = answer
+                self._store(keys[i], answer)
+                stored.append((keys[i], answer))
             if self.shared is not None:
-                self.shared.put_many([(keys[i], found[i] or ()) for i in missing])
-        return [list(faces or ()) for faces in found]
+                self.shared.put_many(stored)
+        return [answer or ((), ()) for answer in found]
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def _lookup(self, key: bytes) -> tuple[Face, ...] | None:
+    def _lookup(self, key: bytes) -> Answer | None:
         with self._lock:
-            faces = self._entries.get(key)
-            if faces is not None:
+            answer = self._entries.get(key)
+            if answer is not None:
                 self._entries.move_to_end(key)
-            return faces
+            return answer
 
-    def _store(self, key: bytes, faces: tuple[Face, ...]) -> None:
+    def _store(self, key: bytes, answer: Answer) -> None:
         if self._max_entries < 1:
             return
         with self._lock:
-            self._entries[key] = faces
+            self._entries[key] = answer
             self._entries.move_to_end(key)
             while len(self._entries) > self._max_entries:
                 self._entries.popitem(last=False)

@@ -6,7 +6,8 @@ below, sent as multiprocessing Connection messages. Image pixels do not go throu
 DetectBatch message names the shapes, then each image follows as one raw byte message.
 
     server -> worker   Start(factory, factory_args, sys_path)   once, first
-                       DetectBatch(batch_id, shapes), then len(shapes) raw uint8 buffers
+                       DetectBatch(batch_id, shapes, candidates), then len(shapes) raw
+                       uint8 buffers (candidates: answer (faces, weak candidates) per image)
                        Stop()
     worker -> server   Ready(model_id, pid) | StartFailed(error_type, message)   once, at start
                        BatchDone(batch_id, results)   one per DetectBatch
@@ -32,7 +33,7 @@ from typing import cast
 
 import numpy as np
 
-from focal.detection import Detector, Face, RGBImage
+from focal.detection import CandidateDetector, Detector, Face, RGBImage
 
 WORKER_NICENESS = 10  # as the image threads (focal.server.memory.IMAGE_THREAD_NICENESS)
 
@@ -60,6 +61,11 @@ class StartFailed:
 class DetectBatch:
     batch_id: int
     shapes: tuple[tuple[int, ...], ...]
+    candidates: bool = False  # answer (faces, weak candidates) per image (docs/cropping.md)
+
+
+Faces = tuple[Face, ...]
+Answer = Faces | tuple[Faces, Faces] | str  # faces, (faces, candidates), or an error message
 
 
 @dataclass(frozen=True)
@@ -67,7 +73,7 @@ class BatchDone:
     """Per image, in order: its faces, or the error message if that image could not be done."""
 
     batch_id: int
-    results: tuple[tuple[Face, ...] | str, ...]
+    results: tuple[Answer, ...]
 
 
 @dataclass(frozen=True)
@@ -118,28 +124,40 @@ def serve(conn: Connection, detector: Detector) -> None:
         if not isinstance(message, DetectBatch):
             return
         images = [_receive_image(conn, shape) for shape in message.shapes]
-        conn.send(BatchDone(message.batch_id, detect_each(detector, images)))
+        found = detect_each(detector, images, message.candidates)
+        conn.send(BatchDone(message.batch_id, found))
 
 
 def detect_each(
-    detector: Detector, images: Sequence[RGBImage]
-) -> tuple[tuple[Face, ...] | str, ...]:
-    """Detect on the whole batch; if that fails, image by image, so one bad image fails alone."""
+    detector: Detector, images: Sequence[RGBImage], candidates: bool = False
+) -> tuple[Answer, ...]:
+    """Detect on the whole batch; if that fails, image by image, so one bad image fails alone.
+    With ``candidates``: (faces, weak candidates) per image (no candidates from a detector that
+    has none)."""
     try:
-        found = detector.detect(images)
+        found = _detect(detector, images, candidates)
         if len(found) == len(images):
-            return tuple(tuple(faces) for faces in found)
+            return tuple(found)
     except Exception:
         pass
-    return tuple(_detect_one(detector, image) for image in images)
+    return tuple(_detect_one(detector, image, candidates) for image in images)
 
 
-def _detect_one(detector: Detector, image: RGBImage) -> tuple[Face, ...] | str:
+def _detect(detector: Detector, images: Sequence[RGBImage], candidates: bool) -> list[Answer]:
+    if not candidates:
+        return [tuple(faces) for faces in detector.detect(images)]
+    if isinstance(detector, CandidateDetector):
+        pairs = detector.detect_with_candidates(images)
+        return [(tuple(faces), tuple(weak)) for faces, weak in pairs]
+    return [(tuple(faces), ()) for faces in detector.detect(images)]
+
+
+def _detect_one(detector: Detector, image: RGBImage, candidates: bool) -> Answer:
     try:
-        (faces,) = detector.detect([image])
+        (found,) = _detect(detector, [image], candidates)
     except Exception as exc:
         return f"{_qualified_name(exc)}: {exc}"
-    return tuple(faces)
+    return found
 
 
 def _receive_image(conn: Connection, shape: tuple[int, ...]) -> RGBImage:

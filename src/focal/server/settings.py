@@ -223,6 +223,22 @@ SETTINGS: tuple[Setting, ...] = (
         "detector",
         "torch only: release the model (and GPU memory) after this many idle seconds; 0 never.",
     ),
+    _s(
+        "face_crop_threshold",
+        "float",
+        sessions.DetectorConfig.crop_threshold,
+        "detector",
+        "CPU runtimes: a face crop counts detections scoring above this as faces; weaker ones "
+        "(down to 0.05) only steer the crop (docs/cropping.md).",
+    ),
+    _s(
+        "detector_flip",
+        "bool",
+        False,
+        "detector",
+        "CPU runtimes: also detect on the mirrored image, merged by NMS (about twice the "
+        "detector time; docs/detector.md).",
+    ),
     _s("detection_cache_entries", "int", 1024, "detector", "Detections kept per image content."),
     _s(
         "presets",
@@ -346,6 +362,8 @@ class Settings:
     detector_precision: str = DEFAULTS["detector_precision"]
     detector_device: str = DEFAULTS["detector_device"]
     detector_idle_offload_s: float = DEFAULTS["detector_idle_offload_s"]
+    face_crop_threshold: float = DEFAULTS["face_crop_threshold"]
+    detector_flip: bool = DEFAULTS["detector_flip"]
     detection_cache_entries: int = DEFAULTS["detection_cache_entries"]
     presets: tuple[tuple[str, str], ...] = DEFAULTS["presets"]
     presets_only: bool = DEFAULTS["presets_only"]

@@ -3,7 +3,8 @@ not detected again by any other. Needs the ``redis`` extra.
 
 Keys are ``<prefix><hex of focal.server.detector_pool.image_key>``: blake2b of the model id and
 the pixels the detector is given, so instances with another model or runtime never share an
-answer. Values are the faces as JSON (boxes, scores, landmarks: never pixels), with a TTL.
+answer. Values are the faces and the weak candidates as JSON (boxes, scores, landmarks: never
+pixels), with a TTL.
 
 Lookups of a batch are one MGET, stores one pipeline of SETs. Every Redis call is bounded by
 ``timeout_s`` (connect and read); any failure is a miss, answered by the detector behind, with a
@@ -20,7 +21,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from focal.detection import Face
-from focal.server.detector_pool import CachingDetector
+from focal.server.detector_pool import Answer, CachingDetector
 from focal.server.objectstore import Breaker, register
 
 KEY_PREFIX = "focal:faces:"
@@ -44,6 +45,22 @@ def decode_faces(raw: bytes) -> list[Face] | None:
         ]
     except (ValueError, TypeError, IndexError):
         return None
+
+
+def encode_answer(answer: Answer) -> bytes:
+    faces, candidates = answer
+    return b"[" + encode_faces(faces) + b"," + encode_faces(candidates) + b"]"
+
+
+def decode_answer(raw: bytes) -> Answer | None:
+    """(faces, candidates) from :func:`encode_answer`; None for anything else (a miss)."""
+    try:
+        faces, candidates = json.loads(raw)
+    except (ValueError, TypeError):
+        return None
+    first = decode_faces(json.dumps(faces).encode())
+    second = decode_faces(json.dumps(candidates).encode())
+    return None if first is None or second is None else (tuple(first), tuple(second))
 
 
 class RedisFaces:
@@ -76,28 +93,28 @@ class RedisFaces:
         self.hits = 0
         self.misses = 0
 
-    def get_many(self, keys: Sequence[bytes]) -> list[list[Face] | None]:
+    def get_many(self, keys: Sequence[bytes]) -> list[Answer | None]:
         found = self._lookup([KEY_PREFIX + key.hex() for key in keys])
-        hits = sum(1 for faces in found if faces is not None)
+        hits = sum(1 for answer in found if answer is not None)
         with self._lock:
             self.hits += hits
             self.misses += len(found) - hits
         return found
 
-    def put_many(self, items: Sequence[tuple[bytes, Sequence[Face]]]) -> None:
+    def put_many(self, items: Sequence[tuple[bytes, Answer]]) -> None:
         if not items or not self.breaker.allow():
             return
         try:
             pipe = self._redis.pipeline(transaction=False)
-            for key, faces in items:
-                pipe.set(KEY_PREFIX + key.hex(), encode_faces(faces), ex=self._ttl_s)
+            for key, answer in items:
+                pipe.set(KEY_PREFIX + key.hex(), encode_answer(answer), ex=self._ttl_s)
             pipe.execute()
         except Exception as error:
             self.breaker.failed("set", error)
             return
         self.breaker.succeeded()
 
-    def _lookup(self, keys: list[str]) -> list[list[Face] | None]:
+    def _lookup(self, keys: list[str]) -> list[Answer | None]:
         if not self.breaker.allow():
             return [None] * len(keys)
         try:
@@ -106,7 +123,7 @@ class RedisFaces:
             self.breaker.failed("mget", error)
             return [None] * len(keys)
         self.breaker.succeeded()
-        return [None if raw is None else decode_faces(raw) for raw in values]
+        return [None if raw is None else decode_answer(raw) for raw in values]
 
     def metric_lines(self) -> Iterable[str]:
         with self._lock:
