@@ -156,3 +156,19 @@ def test_two_workers_serve_images(two_workers: Live) -> None:
             reply = client.get("/cdn-cgi/image/width=100,format=jpeg/photo.jpg")
             assert reply.status_code == 200
             assert reply.headers["content-type"] == "image/jpeg"
+
+
+def test_a_loop_or_parser_that_is_not_installed_is_named_with_its_extra(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from focal.commands import serve as command
+    from focal.server.settings import Settings
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "uvloop" else real(name, *a)
+    )
+    assert command.missing_extra(Settings(loop="uvloop")) == (
+        "loop = uvloop needs the fast extra: pip install 'focal-images[fast]'"
+    )
+    assert command.missing_extra(Settings(loop="asyncio", http="h11")) is None

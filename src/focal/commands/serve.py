@@ -67,6 +67,16 @@ def listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def missing_extra(settings: Settings) -> str | None:
+    """Why the chosen event loop or HTTP parser cannot run (None when it can)."""
+    import importlib.util
+
+    for name, value in (("loop", settings.loop), ("http", settings.http)):
+        if value in ("uvloop", "httptools") and importlib.util.find_spec(value) is None:
+            return f"{name} = {value} needs the fast extra: pip install 'focal-images[fast]'"
+    return None
+
+
 def uvicorn_config(app: Any, settings: Settings) -> Any:
     import uvicorn
 
@@ -156,10 +166,17 @@ def run(args: argparse.Namespace) -> int:
     if not settings.root.is_dir():
         print(f"focal serve: the root folder {settings.root} does not exist", file=sys.stderr)
         return 2
+    missing = missing_extra(settings)
+    if missing is not None:
+        print(f"focal serve: {missing}", file=sys.stderr)
+        return 2
     try:
         sock = listening_socket(settings.host, settings.port)
     except OSError as error:
-        print(f"focal serve: cannot listen on {settings.host}:{settings.port}: {error}")
+        print(
+            f"focal serve: cannot listen on {settings.host}:{settings.port}: {error}",
+            file=sys.stderr,
+        )
         return 2
     print(banner(settings), flush=True)
     with sock:
