@@ -24,6 +24,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 IMG = ROOT / "docs" / "img"
 FOCAL = "#1f77b4"
 THUMBOR = "#ff7f0e"
+IPX = "#2ca02c"
 METHOD_COLOURS = {
     "center": "#9e9e9e",
     "libvips": "#8c564b",
@@ -98,6 +99,52 @@ def throughput(data: dict[str, Any]) -> Path:
     return save(fig, "throughput.png")
 
 
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def threeway(data: dict[str, Any]) -> Path:
+    """Median req/s per cell and server, with the rounds' min and max as whiskers."""
+    rows = data["rows"]
+    servers = list(dict.fromkeys(r["server"] for r in rows))
+    cells = list(dict.fromkeys((r["job"], r["connections"]) for r in rows))
+    colours = {"thumbor": THUMBOR, "ipx": IPX}
+    fig, ax = plt.subplots(figsize=(11, 4.2))
+    width = 0.8 / len(servers)
+    for i, server in enumerate(servers):
+        medians, low, high, xs = [], [], [], []
+        for j, cell in enumerate(cells):
+            values = [
+                r["rps"]
+                for r in rows
+                if (r["job"], r["connections"]) == cell and r["server"] == server
+            ]
+            if not values:
+                continue
+            mid = _median(values)
+            medians.append(mid)
+            low.append(mid - min(values))
+            high.append(max(values) - mid)
+            xs.append(j + (i - (len(servers) - 1) / 2) * width)
+        ax.bar(
+            xs,
+            medians,
+            width,
+            yerr=[low, high],
+            capsize=2,
+            label=server,
+            color=colours.get(server, FOCAL if server == "focal" else None),
+        )
+    ax.set_xticks(range(len(cells)), [f"{job}\nc={conn}" for job, conn in cells], fontsize=7)
+    ax.set_ylabel("requests/s (median of rounds; whiskers: min-max)")
+    ax.set_yscale("log")
+    ax.set_title("focal, thumbor 7.8 and ipx 3 on this machine, interleaved (higher is better)")
+    ax.legend(fontsize=8)
+    return save(fig, "threeway.png")
+
+
 def memory(data: dict[str, Any]) -> Path:
     samples = data["samples"]
     done = [s[1] for s in samples]
@@ -126,6 +173,7 @@ def main() -> int:
     for name, draw in (
         ("crop_quality", crop_quality),
         ("throughput", throughput),
+        ("threeway", threeway),
         ("memory", memory),
     ):
         data = load(name)
