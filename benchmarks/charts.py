@@ -106,42 +106,47 @@ def _median(values: list[float]) -> float:
 
 
 def threeway(data: dict[str, Any]) -> Path:
-    """Median req/s per cell and server, with the rounds' min and max as whiskers."""
+    """Median req/s per cell and server, with the rounds' min and max as whiskers; one panel
+    per job (their scales differ by orders of magnitude)."""
     rows = data["rows"]
     servers = list(dict.fromkeys(r["server"] for r in rows))
-    cells = list(dict.fromkeys((r["job"], r["connections"]) for r in rows))
-    colours = {"thumbor": THUMBOR, "ipx": IPX}
-    fig, ax = plt.subplots(figsize=(11, 4.2))
-    width = 0.8 / len(servers)
-    for i, server in enumerate(servers):
-        medians, low, high, xs = [], [], [], []
-        for j, cell in enumerate(cells):
-            values = [
-                r["rps"]
-                for r in rows
-                if (r["job"], r["connections"]) == cell and r["server"] == server
-            ]
-            if not values:
-                continue
-            mid = _median(values)
-            medians.append(mid)
-            low.append(mid - min(values))
-            high.append(max(values) - mid)
-            xs.append(j + (i - (len(servers) - 1) / 2) * width)
-        ax.bar(
-            xs,
-            medians,
-            width,
-            yerr=[low, high],
-            capsize=2,
-            label=server,
-            color=colours.get(server, FOCAL if server == "focal" else None),
-        )
-    ax.set_xticks(range(len(cells)), [f"{job}\nc={conn}" for job, conn in cells], fontsize=7)
-    ax.set_ylabel("requests/s (median of rounds; whiskers: min-max)")
-    ax.set_yscale("log")
-    ax.set_title("focal, thumbor 7.8 and ipx 3 on this machine, interleaved (higher is better)")
-    ax.legend(fontsize=8)
+    jobs = list(dict.fromkeys(r["job"] for r in rows))
+    blues = ["#1f77b4", "#6baed6", "#08306b", "#9ecae1"]
+    focal = [n for n in servers if n.startswith("focal")]
+    colours = {"thumbor": THUMBOR, "ipx": IPX} | {n: blues[i % 4] for i, n in enumerate(focal)}
+    fig, axes = plt.subplots(1, len(jobs), figsize=(4.2 * len(jobs), 4), squeeze=False)
+    for ax, job in zip(axes[0], jobs, strict=True):
+        conns = sorted({r["connections"] for r in rows if r["job"] == job})
+        here = [n for n in servers if any(r["server"] == n and r["job"] == job for r in rows)]
+        width = 0.8 / len(here)
+        for i, server in enumerate(here):
+            medians, low, high, xs = [], [], [], []
+            for j, conn in enumerate(conns):
+                values = [
+                    r["rps"]
+                    for r in rows
+                    if (r["job"], r["connections"], r["server"]) == (job, conn, server)
+                ]
+                if not values:
+                    continue
+                mid = _median(values)
+                medians.append(mid)
+                low.append(mid - min(values))
+                high.append(max(values) - mid)
+                xs.append(j + (i - (len(here) - 1) / 2) * width)
+            ax.bar(
+                xs, medians, width, yerr=[low, high], capsize=2, label=server,
+                color=colours[server],
+            )  # fmt: skip
+        ax.set_xticks(range(len(conns)), [f"c={c}" for c in conns])
+        ax.set_title(job, fontsize=10)
+        ax.set_ylabel("requests/s")
+        ax.legend(fontsize=7)
+    fig.suptitle(
+        "focal, thumbor 7.8 and ipx 3, interleaved: median of rounds, whiskers min-max "
+        "(higher is better)",
+        fontsize=10,
+    )
     return save(fig, "threeway.png")
 
 

@@ -33,14 +33,18 @@ INTRO = """\
 # Benchmarks
 
 focal measured side by side with [thumbor](https://github.com/thumbor/thumbor) 7.8 (installed
-from PyPI and run here, on the same machine, on 127.0.0.1) and with libvips itself, the floor of
-what decoding, resizing and encoding cost. One command runs everything, installs what it needs
-(Debian's `wrk` and `libvips-tools`; thumbor, `opencv-python-headless<5` for thumbor's face
-detector, matplotlib and py-spy in a separate virtual environment under `benchmarks/work/`), and writes
+from PyPI and run here, on the same machine, on 127.0.0.1), with
+[ipx](https://github.com/unjs/ipx) 3, the sharp-based image server of Nuxt Image (installed from
+npm, section 2b), and with libvips itself, the floor of what decoding, resizing and encoding
+cost. One command runs everything, installs what it needs (Debian's `wrk`, `libvips-tools`,
+node and npm; thumbor, `opencv-python-headless<5` for thumbor's face detector, matplotlib and
+py-spy in a separate virtual environment under `benchmarks/work/`; ipx under
+`benchmarks/work/ipx`), and writes
 the JSON files under `benchmarks/results/`, the charts under `docs/img/` and this page:
 
 ```
-.venv/bin/python benchmarks/run_all.py          # about 20 minutes on 2 cores
+.venv/bin/python benchmarks/run_all.py          # about 30 minutes on 2 cores
+.venv/bin/python benchmarks/run_all.py --only threeway   # the three-way run alone, about 11 minutes
 .venv/bin/python benchmarks/run_all.py --quick  # smoke run, a few minutes, writes nothing
 ```
 
@@ -254,7 +258,9 @@ def _spread_text(spread: dict[str, float] | None) -> str:
 
 
 def _median_of(rows: Sequence[dict[str, Any]], key: str) -> str:
-    values = [r[key] for r in rows if r.get(key) is not None]
+    # a CPU time of 0 or less: a child process was replaced during the run and took its CPU
+    # time with it (threeway.py now records None there)
+    values = [r[key] for r in rows if r.get(key) is not None and r[key] > 0]
     return f"{_median(values):.1f}" if values else "n/a"
 
 
@@ -267,9 +273,9 @@ def threeway_section(data: dict[str, Any]) -> str:
     focal = [n for n in servers if n.startswith("focal")]
     others = [n for n in ("thumbor", "ipx") if n in servers]
     title = (
-        "## 1b. Three-way: focal, thumbor and ipx"
+        "## 2b. Three-way: focal, thumbor and ipx"
         if data["benchmark"] == "threeway"
-        else f"## Serving levers ({data['benchmark']})"
+        else "## 2c. Serving levers: focal configurations side by side"
     )
     text = [
         f"{title}\n",
@@ -367,7 +373,7 @@ def jpeg_decode_section(data: dict[str, Any]) -> str:
     rows += [[name, _spread_text(spread)] for name, spread in data["ratios"].items()]
     return "\n".join(
         [
-            "## JPEG decode and encode levers, in process\n",
+            "## 2d. JPEG decode and encode levers, in process\n",
             f"`{data['command']}`: CPU ms per image of the fit-512 job's pieces on "
             + ", ".join(data["sources"])
             + " (min / **median** / max over the rounds; the ratios within each round)\n",

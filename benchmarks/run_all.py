@@ -8,7 +8,7 @@ and npm (apt-get, when run as root), a separate virtual environment under benchm
 with thumbor 7.8, opencv-python-headless < 5 (thumbor's face detector), matplotlib and py-spy,
 and (benchmarks/threeway.py, from npm) ipx 3 under benchmarks/work/ipx.
 Then the face model (`focal models fetch`) and the inputs (benchmarks/prepare.py). Every server
-listens on 127.0.0.1 only; every step is bounded in time and stops by itself. About 20 minutes
+listens on 127.0.0.1 only; every step is bounded in time and stops by itself. About 30 minutes
 on 2 cores.
 """
 
@@ -31,6 +31,13 @@ BENCH_PY = VENV / "bin" / "python"
 PACKAGES = ["thumbor==7.8.0", "opencv-python-headless<5", "matplotlib>=3.8", "py-spy"]
 APT = {"wrk": "wrk", "vipsthumbnail": "libvips-tools", "node": "nodejs", "npm": "npm"}
 
+# the configurations of docs/benchmarks.md's three-way table: with the fast extra, without, and
+# with two workers
+THREEWAY_ARGS = ["--seconds", "5", "--rounds", "3", "--concurrency", "1,2,8"]
+THREEWAY_ARGS += ["--focal", "focal=--loop uvloop --http httptools"]
+THREEWAY_ARGS += ["--focal", "h11=--loop asyncio --http h11"]
+THREEWAY_ARGS += ["--focal", "w2=--workers 2 --loop uvloop --http httptools"]
+
 # name, script, arguments (normal), arguments (--quick), time limit in seconds
 STEPS: tuple[tuple[str, str, list[str], list[str], int], ...] = (
     ("crop_quality", "crop_quality.py", [], ["--limit", "20"], 1200),
@@ -44,7 +51,7 @@ STEPS: tuple[tuple[str, str, list[str], list[str], int], ...] = (
     (
         "threeway",
         "threeway.py",
-        ["--seconds", "5", "--rounds", "3"],
+        THREEWAY_ARGS,
         ["--seconds", "2", "--rounds", "1", "--concurrency", "2"],
         2400,
     ),

@@ -132,7 +132,7 @@ def paired_ratios(
     """Per (job, connections): ``server``'s ``key`` over ``other``'s, taken within each round
     (rows with the same job, connections and round), summarised by :func:`spread`."""
     index = {(r["job"], r["connections"], r["round"], r["server"]): r for r in rows}
-    cells = sorted({(r["job"], r["connections"]) for r in rows}, key=lambda c: (c[0], c[1]))
+    cells = sorted({(r["job"], r["connections"]) for r in rows})
     out: dict[tuple[str, int], dict[str, float] | None] = {}
     for job, conn in cells:
         ratios = []
@@ -158,7 +158,7 @@ def summary(rows: Sequence[dict[str, Any]], focal_names: Sequence[str]) -> list[
     for server, other in pairs:
         for (job, conn), found in paired_ratios(rows, server, other).items():
             cpu = paired_ratios(
-                [r for r in rows if r.get("server_cpu_ms_per_request")],
+                [r for r in rows if (r.get("server_cpu_ms_per_request") or 0) > 0],
                 server,
                 other,
                 "server_cpu_ms_per_request",
@@ -260,6 +260,20 @@ def urls(server: str, job: Job) -> list[str]:
     return [f"/unsafe/{job.thumbor}/{s}" for s in sources]
 
 
+def measure(
+    server: harness.Server, paths: Sequence[str], connections: int, seconds: float
+) -> dict[str, Any]:
+    """throughput.measure, with the CPU time per request left out (None) when a child process
+    (a detector worker) was replaced meanwhile: its CPU time left with it."""
+    before = set(harness.children(server.pid))
+    row = throughput.measure(server, paths, connections, seconds)
+    replaced = bool(before - set(harness.children(server.pid)))
+    row["processes_replaced"] = replaced
+    if replaced:
+        row["server_cpu_ms_per_request"] = None
+    return row
+
+
 def run_mode(
     mode: str,
     jobs: Sequence[Job],
@@ -290,9 +304,7 @@ def run_mode(
             for connections in concurrency:
                 for round_index, order in enumerate(schedule(names, rounds)):
                     for name in order:
-                        row = throughput.measure(
-                            servers[name], urls(name, job), connections, seconds
-                        )
+                        row = measure(servers[name], urls(name, job), connections, seconds)
                         row.update({"job": job.name, "server": name, "round": round_index})
                         rows.append(row)
                         log(
