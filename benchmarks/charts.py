@@ -24,6 +24,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 IMG = ROOT / "docs" / "img"
 FOCAL = "#1f77b4"
 THUMBOR = "#ff7f0e"
+IPX = "#2ca02c"
 METHOD_COLOURS = {
     "center": "#9e9e9e",
     "libvips": "#8c564b",
@@ -98,6 +99,57 @@ def throughput(data: dict[str, Any]) -> Path:
     return save(fig, "throughput.png")
 
 
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def threeway(data: dict[str, Any]) -> Path:
+    """Median req/s per cell and server, with the rounds' min and max as whiskers; one panel
+    per job (their scales differ by orders of magnitude)."""
+    rows = data["rows"]
+    servers = list(dict.fromkeys(r["server"] for r in rows))
+    jobs = list(dict.fromkeys(r["job"] for r in rows))
+    blues = ["#1f77b4", "#6baed6", "#08306b", "#9ecae1"]
+    focal = [n for n in servers if n.startswith("focal")]
+    colours = {"thumbor": THUMBOR, "ipx": IPX} | {n: blues[i % 4] for i, n in enumerate(focal)}
+    fig, axes = plt.subplots(1, len(jobs), figsize=(4.2 * len(jobs), 4), squeeze=False)
+    for ax, job in zip(axes[0], jobs, strict=True):
+        conns = sorted({r["connections"] for r in rows if r["job"] == job})
+        here = [n for n in servers if any(r["server"] == n and r["job"] == job for r in rows)]
+        width = 0.8 / len(here)
+        for i, server in enumerate(here):
+            medians, low, high, xs = [], [], [], []
+            for j, conn in enumerate(conns):
+                values = [
+                    r["rps"]
+                    for r in rows
+                    if (r["job"], r["connections"], r["server"]) == (job, conn, server)
+                ]
+                if not values:
+                    continue
+                mid = _median(values)
+                medians.append(mid)
+                low.append(mid - min(values))
+                high.append(max(values) - mid)
+                xs.append(j + (i - (len(here) - 1) / 2) * width)
+            ax.bar(
+                xs, medians, width, yerr=[low, high], capsize=2, label=server,
+                color=colours[server],
+            )  # fmt: skip
+        ax.set_xticks(range(len(conns)), [f"c={c}" for c in conns])
+        ax.set_title(job, fontsize=10)
+        ax.set_ylabel("requests/s")
+        ax.legend(fontsize=7)
+    fig.suptitle(
+        "focal, thumbor 7.8 and ipx 3, interleaved: median of rounds, whiskers min-max "
+        "(higher is better)",
+        fontsize=10,
+    )
+    return save(fig, "threeway.png")
+
+
 def memory(data: dict[str, Any]) -> Path:
     samples = data["samples"]
     done = [s[1] for s in samples]
@@ -126,6 +178,7 @@ def main() -> int:
     for name, draw in (
         ("crop_quality", crop_quality),
         ("throughput", throughput),
+        ("threeway", threeway),
         ("memory", memory),
     ):
         data = load(name)

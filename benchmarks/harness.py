@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import platform
+import shlex
 import shutil
 import signal
 import socket
@@ -112,7 +113,7 @@ def write_result(name: str, data: dict[str, Any], command: str) -> Path:
     (``command`` followed by this process's arguments)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
-    full = " ".join([command, *sys.argv[1:]])
+    full = " ".join([command, *(shlex.quote(a) for a in sys.argv[1:])])
     body = {"benchmark": name, "command": full, "machine": machine_info(), **data}
     path.write_text(json.dumps(body, indent=1, sort_keys=False) + "\n")
     print(f"wrote {path.relative_to(ROOT)}", flush=True)

@@ -13,6 +13,9 @@ thousand requests ran), and the growth from the first to the last thousand. Goal
 10% and under 150 MiB.
 
     .venv/bin/python benchmarks/memory.py [--requests 10000] [--concurrency 8]
+
+``--preload LIB`` runs the server (and its detector worker) with LD_PRELOAD=LIB, e.g. Debian's
+jemalloc (/usr/lib/x86_64-linux-gnu/libjemalloc.so.2), written to ``--out`` (default memory).
 """
 
 from __future__ import annotations
@@ -120,11 +123,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--max-seconds", type=float, default=600.0)
     parser.add_argument("--every", type=float, default=0.25, help="sampling period (s)")
+    parser.add_argument("--preload", default="", help="LD_PRELOAD of the server (an allocator)")
+    parser.add_argument("--out", default="memory", help="result name under benchmarks/results")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
     prepare.prepare()
     urls = mix()
     server = harness.focal_server(harness.INPUTS, cache=False, detections=False, tag="soak")
+    if args.preload:
+        server.env = {"LD_PRELOAD": args.preload}
     samples = Samples()
     statuses: dict[int, int] = {}
 
@@ -165,6 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "max_seconds": args.max_seconds,
             "server": "python -m focal serve --no-cache-enabled --detection-cache-entries 0 "
             "(other settings default)",
+            "preload": args.preload,
             "urls": urls,
             "goal": f"growth < {GOAL_SHARE:.0%} and < {GOAL_MIB} MiB",
         },
@@ -174,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "samples": [list(r) for r in samples.rows[:: max(1, len(samples.rows) // 600)]],
         "sample_columns": ["seconds", "requests_done", "server_rss_bytes", "worker_rss_bytes"],
     }
-    harness.write_result("memory", data, COMMAND)
+    harness.write_result(args.out, data, COMMAND)
     return 0
 
 

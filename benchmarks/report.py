@@ -33,14 +33,18 @@ INTRO = """\
 # Benchmarks
 
 focal measured side by side with [thumbor](https://github.com/thumbor/thumbor) 7.8 (installed
-from PyPI and run here, on the same machine, on 127.0.0.1) and with libvips itself, the floor of
-what decoding, resizing and encoding cost. One command runs everything, installs what it needs
-(Debian's `wrk` and `libvips-tools`; thumbor, `opencv-python-headless<5` for thumbor's face
-detector, matplotlib and py-spy in a separate virtual environment under `benchmarks/work/`), and writes
+from PyPI and run here, on the same machine, on 127.0.0.1), with
+[ipx](https://github.com/unjs/ipx) 3, the sharp-based image server of Nuxt Image (installed from
+npm, section 2b), and with libvips itself, the floor of what decoding, resizing and encoding
+cost. One command runs everything, installs what it needs (Debian's `wrk`, `libvips-tools`,
+node and npm; thumbor, `opencv-python-headless<5` for thumbor's face detector, matplotlib and
+py-spy in a separate virtual environment under `benchmarks/work/`; ipx under
+`benchmarks/work/ipx`), and writes
 the JSON files under `benchmarks/results/`, the charts under `docs/img/` and this page:
 
 ```
-.venv/bin/python benchmarks/run_all.py          # about 20 minutes on 2 cores
+.venv/bin/python benchmarks/run_all.py          # about 30 minutes on 2 cores
+.venv/bin/python benchmarks/run_all.py --only threeway   # the three-way run alone, about 11 minutes
 .venv/bin/python benchmarks/run_all.py --quick  # smoke run, a few minutes, writes nothing
 ```
 
@@ -249,6 +253,101 @@ def throughput_section(data: dict[str, Any]) -> str:
     return "\n".join(text)
 
 
+def _spread_text(spread: dict[str, float] | None) -> str:
+    if not spread:
+        return "n/a"
+    return f"{spread['min']:.2f} / **{spread['median']:.2f}** / {spread['max']:.2f}"
+
+
+def _median_of(rows: Sequence[dict[str, Any]], key: str) -> str:
+    # a CPU time of 0 or less: a child process was replaced during the run and took its CPU
+    # time with it (threeway.py now records None there)
+    values = [r[key] for r in rows if r.get(key) is not None and r[key] > 0]
+    return f"{_median(values):.1f}" if values else "n/a"
+
+
+def threeway_section(data: dict[str, Any]) -> str:
+    """A benchmarks/threeway.py result: per cell, median req/s of every server, the ratios
+    taken within each round (min / median / max) and the servers' CPU time per request."""
+    setup = data["setup"]
+    rows_in = data["rows"]
+    servers = list(dict.fromkeys(r["server"] for r in rows_in))
+    focal = [n for n in servers if n.startswith("focal")]
+    others = [n for n in ("thumbor", "ipx") if n in servers]
+    title = (
+        "## 2b. Three-way: focal, thumbor and ipx"
+        if data["benchmark"] == "threeway"
+        else "## 2c. Serving levers: focal configurations side by side"
+    )
+    text = [
+        f"{title}\n",
+        f"`{data['command']}` ({data['seconds']:.0f} s; {setup['rounds']} rounds per cell of "
+        f"{setup['seconds_per_measurement']:.0f} s per server, the order rotating each round; "
+        f"load generator {setup['load_generator']})\n",
+        f"- thumbor: {setup['thumbor']}",
+        f"- ipx: {setup['ipx']}",
+        "- focal: "
+        + "; ".join(
+            f"`{name}` {' '.join(v['flags']) or '(defaults)'}"
+            + (f" with {', '.join(f'{k}={x}' for k, x in v['env'].items())}" if v["env"] else "")
+            for name, v in setup["focal"].items()
+        ),
+        "- jobs: " + "; ".join(f"`{k}` {v['describe']}" for k, v in setup["jobs"].items()) + "\n",
+        "Ratios are taken between the runs of one round, then summarised as min / **median** / "
+        "max over the rounds; req/s and CPU ms per request are medians over the rounds.\n",
+    ]
+    summary = data["summary"]
+    cells = list(dict.fromkeys((r["job"], r["connections"]) for r in rows_in))
+    header = ["job", "conc.", *(f"{n} req/s" for n in servers)]
+    pairs = [(s["server"], s["against"]) for s in summary]
+    pairs = list(dict.fromkeys(pairs))
+    header += [f"{a} / {b}" for a, b in pairs]
+    header += ["CPU ms/req (" + " / ".join(servers) + ")"]
+    rows = []
+    for job, conn in cells:
+        here = [r for r in rows_in if (r["job"], r["connections"]) == (job, conn)]
+        line: list[Any] = [job, conn]
+        for name in servers:
+            mine = [r for r in here if r["server"] == name]
+            line.append(_median_of(mine, "rps") if mine else "-")
+        for a, b in pairs:
+            found = next(
+                (
+                    s
+                    for s in summary
+                    if (s["job"], s["connections"], s["server"], s["against"]) == (job, conn, a, b)
+                ),
+                None,
+            )
+            line.append(_spread_text(found["rps_ratio"]) if found else "-")
+        line.append(
+            " / ".join(
+                _median_of([r for r in here if r["server"] == n], "server_cpu_ms_per_request")
+                if any(r["server"] == n for r in here)
+                else "-"
+                for n in servers
+            )
+        )
+        rows.append(line)
+    text.append(table(header, rows))
+    text.append("")
+    for job in dict.fromkeys(j for j, _ in cells):
+        for a, b in pairs:
+            medians = [
+                s["rps_ratio"]["median"]
+                for s in summary
+                if (s["job"], s["server"], s["against"]) == (job, a, b) and s["rps_ratio"]
+            ]
+            if medians and a in focal and b in others + focal:
+                text.append(
+                    f"- `{job}`: {a} / {b} median over the concurrencies **{_median(medians):.2f}x**"
+                )
+    text.append("")
+    if data["benchmark"] == "threeway":
+        text.append("![three-way throughput](img/threeway.png)\n")
+    return "\n".join(text)
+
+
 def _cell(
     cells: Sequence[dict[str, Any]], mode: str, op: str, conn: int, server: str
 ) -> dict[str, Any]:
@@ -269,6 +368,21 @@ def _median(values: Sequence[float]) -> float:
         return float("nan")
     mid = len(ordered) // 2
     return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def jpeg_decode_section(data: dict[str, Any]) -> str:
+    rows = [[name, _spread_text(spread)] for name, spread in data["cpu_ms"].items()]
+    rows += [[name, _spread_text(spread)] for name, spread in data["ratios"].items()]
+    return "\n".join(
+        [
+            "## 2d. JPEG decode and encode levers, in process\n",
+            f"`{data['command']}`: CPU ms per image of the fit-512 job's pieces on "
+            + ", ".join(data["sources"])
+            + " (min / **median** / max over the rounds; the ratios within each round)\n",
+            table(["case", "CPU ms per image, or ratio"], rows),
+            "",
+        ]
+    )
 
 
 def floor_section(data: dict[str, Any]) -> str:
@@ -420,9 +534,14 @@ def startup_section(data: dict[str, Any]) -> str:
 
 
 STEP_OF = {"face_crop_breakdown": "breakdown"}
+# studies run by hand (each result names its command): left out of the page until measured
+OPTIONAL = {"levers", "jpeg_decode"}
 SECTIONS = (
     ("crop_quality", crop_section),
     ("throughput", throughput_section),
+    ("threeway", threeway_section),
+    ("levers", threeway_section),
+    ("jpeg_decode", jpeg_decode_section),
     ("floor", floor_section),
     ("face_crop_breakdown", breakdown_section),
     ("memory", memory_section),
@@ -440,7 +559,7 @@ def render() -> str:
     for name, section in SECTIONS:
         if name in results:
             parts.append(section(results[name]))
-        else:
+        elif name not in OPTIONAL:
             parts.append(
                 f"## {name}\n\nNot measured yet: run `.venv/bin/python benchmarks/run_all.py --only {STEP_OF.get(name, name)}`.\n"
             )

@@ -3,11 +3,12 @@ and write docs/benchmarks.md.
 
     .venv/bin/python benchmarks/run_all.py [--quick] [--only crop_quality,throughput,...]
 
-First it installs what the benchmarks need beyond the project: Debian's wrk and libvips-tools
-(apt-get, when run as root), and a separate virtual environment under benchmarks/work/venv with
-thumbor 7.8, opencv-python-headless < 5 (thumbor's face detector), matplotlib and py-spy.
+First it installs what the benchmarks need beyond the project: Debian's wrk, libvips-tools, node
+and npm (apt-get, when run as root), a separate virtual environment under benchmarks/work/venv
+with thumbor 7.8, opencv-python-headless < 5 (thumbor's face detector), matplotlib and py-spy,
+and (benchmarks/threeway.py, from npm) ipx 3 under benchmarks/work/ipx.
 Then the face model (`focal models fetch`) and the inputs (benchmarks/prepare.py). Every server
-listens on 127.0.0.1 only; every step is bounded in time and stops by itself. About 20 minutes
+listens on 127.0.0.1 only; every step is bounded in time and stops by itself. About 30 minutes
 on 2 cores.
 """
 
@@ -28,7 +29,14 @@ WORK = BENCH / "work"
 VENV = WORK / "venv"
 BENCH_PY = VENV / "bin" / "python"
 PACKAGES = ["thumbor==7.8.0", "opencv-python-headless<5", "matplotlib>=3.8", "py-spy"]
-APT = {"wrk": "wrk", "vipsthumbnail": "libvips-tools"}
+APT = {"wrk": "wrk", "vipsthumbnail": "libvips-tools", "node": "nodejs", "npm": "npm"}
+
+# the configurations of docs/benchmarks.md's three-way table: with the fast extra, without, and
+# with two workers
+THREEWAY_ARGS = ["--seconds", "5", "--rounds", "3", "--concurrency", "1,2,8"]
+THREEWAY_ARGS += ["--focal", "focal=--loop uvloop --http httptools"]
+THREEWAY_ARGS += ["--focal", "h11=--loop asyncio --http h11"]
+THREEWAY_ARGS += ["--focal", "w2=--workers 2 --loop uvloop --http httptools"]
 
 # name, script, arguments (normal), arguments (--quick), time limit in seconds
 STEPS: tuple[tuple[str, str, list[str], list[str], int], ...] = (
@@ -39,6 +47,13 @@ STEPS: tuple[tuple[str, str, list[str], list[str], int], ...] = (
         ["--seconds", "10"],
         ["--seconds", "3", "--concurrency", "1,8"],
         1500,
+    ),
+    (
+        "threeway",
+        "threeway.py",
+        THREEWAY_ARGS,
+        ["--seconds", "2", "--rounds", "1", "--concurrency", "2"],
+        2400,
     ),
     ("floor", "floor.py", [], ["--repeat", "3", "--cli-repeat", "1"], 600),
     ("breakdown", "breakdown.py", [], ["--repeat", "5"], 600),

@@ -36,6 +36,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "detector_precision": sessions.PRECISIONS,
     "s3_credentials": ("env", "boto3"),
     "cache_backend": ("disk", "s3"),
+    "loop": ("auto", "asyncio", "uvloop"),
+    "http": ("auto", "h11", "httptools"),
 }
 
 
@@ -73,6 +75,28 @@ def _s(name: str, kind: str, default: Any, group: str, help: str, secret: bool =
 SETTINGS: tuple[Setting, ...] = (
     _s("host", "str", "127.0.0.1", "server", "Address to listen on."),
     _s("port", "int", 8080, "server", "TCP port to listen on."),
+    _s(
+        "workers",
+        "int",
+        1,
+        "server",
+        "HTTP worker processes sharing the one listening socket, each with its own image threads "
+        "and detector pool (docs/deployment.md, Workers).",
+    ),
+    _s(
+        "loop",
+        "str",
+        "auto",
+        "server",
+        "Event loop: asyncio, uvloop (the fast extra), or auto (uvloop when installed).",
+    ),
+    _s(
+        "http",
+        "str",
+        "auto",
+        "server",
+        "HTTP/1.1 parser: h11, httptools (the fast extra), or auto (httptools when installed).",
+    ),
     _s("root", "path", None, "origin", "Folder of source images served as local sources."),
     _s(
         "remote_prefixes",
@@ -184,7 +208,8 @@ SETTINGS: tuple[Setting, ...] = (
         "int",
         0,
         "limits",
-        "Image transformations run at once (threads); 0: one per CPU core.",
+        "Image transformations run at once (threads) in each worker process; 0: the CPU cores "
+        "divided among the workers (at least one each).",
     ),
     _s(
         "image_queue",
@@ -322,6 +347,9 @@ class Settings:
 
     host: str = DEFAULTS["host"]
     port: int = DEFAULTS["port"]
+    workers: int = DEFAULTS["workers"]
+    loop: str = DEFAULTS["loop"]
+    http: str = DEFAULTS["http"]
     root: Path = field(default_factory=lambda: demo_root())
     remote_prefixes: tuple[str, ...] = DEFAULTS["remote_prefixes"]
     allowed_networks: tuple[str, ...] = DEFAULTS["allowed_networks"]
@@ -379,10 +407,14 @@ class Settings:
                 f"Expected non-empty keys for signing_keys but received an empty key "
                 f"(position {empty[0] + 1} of {len(self.signing_keys)})"
             )
+        if self.workers < 1:
+            raise SettingsError(f"Expected at least 1 for workers but received {self.workers}")
 
     @property
     def threads(self) -> int:
-        return self.concurrency if self.concurrency > 0 else (os.cpu_count() or 1)
+        if self.concurrency > 0:
+            return self.concurrency
+        return max(1, (os.cpu_count() or 1) // max(1, self.workers))
 
 
 # ---- converting values -------------------------------------------------------------------------
