@@ -473,3 +473,38 @@ def test_the_mirrored_pass_finds_each_labelled_portrait_once(
 def test_model_id_names_a_crop_threshold_other_than_the_default() -> None:
     assert rf.model_id("ab" * 32, rf.Settings(crop_threshold=0.4)).endswith(":s0.5:n0.4:c0.4")
     assert rf.model_id("ab" * 32, rf.Settings()).endswith(":s0.5:n0.4")
+
+
+class RecordingSession:
+    """A session that answers each image's batch position in its outputs and records the size
+    of every run."""
+
+    precision = "fp32"
+
+    def __init__(self) -> None:
+        self.runs: list[int] = []
+
+    def run(self, batch: Any) -> rf.RawOutputs:
+        self.runs.append(len(batch))
+        marks = batch[:, 0, 0, 0].astype(np.float32)  # each test image carries its index there
+        return rf.RawOutputs(
+            boxes=np.repeat(marks[:, None, None], 4, axis=2),
+            landmarks=np.repeat(marks[:, None, None], 10, axis=2),
+            scores=marks[:, None],
+        )
+
+
+@pytest.mark.parametrize(
+    ("side", "count", "runs"),
+    [(1024, 3, [1, 1, 1]), (512, 8, [4, 4]), (512, 3, [3]), (256, 5, [5])],
+)
+def test_a_batch_runs_in_pieces_of_at_most_one_capped_image(
+    side: int, count: int, runs: list[int]
+) -> None:
+    session = RecordingSession()
+    batch = np.zeros((count, side, side, 3), np.float32)
+    batch[:, 0, 0, 0] = np.arange(count)
+    outputs = det.run_in_pieces(session, batch)
+    assert session.runs == runs
+    assert outputs.scores[:, 0].tolist() == list(range(count))  # joined in batch order
+    assert outputs.boxes.shape == (count, 1, 4) and outputs.landmarks.shape == (count, 1, 10)
