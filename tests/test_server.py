@@ -728,9 +728,9 @@ class CountingOrigin(LocalOrigin):
 
     reads = 0
 
-    def _read(self, requested: str, full: str) -> Source:
+    def _read(self, requested: str) -> Source:
         CountingOrigin.reads += 1
-        return super()._read(requested, full)
+        return super()._read(requested)
 
 
 def test_a_cached_variant_is_served_without_reading_the_source(tmp_path: Path) -> None:
