@@ -224,6 +224,23 @@ def mixed_load(
     return {"seconds": seconds, "clients": clients, "statuses": dict(sorted(statuses.items()))}
 
 
+def loop_lag(base: str) -> dict[str, float]:
+    """The server's event loop lag histogram from /metrics: samples, and how many were past
+    each bound (cumulative buckets turned into counts over)."""
+    text = httpx.get(base + "/metrics", timeout=30).text
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("focal_event_loop_lag_seconds_bucket"):
+            bound = line.split('le="')[1].split('"')[0]
+            values[bound] = float(line.split()[-1])
+    total = values.get("+Inf", 0.0)
+    return {"samples": total} | {f"over_{b}": total - values.get(b, total) for b in ("0.05", "0.1")}
+
+
+def lag_during(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {name: after[name] - before.get(name, 0.0) for name in after}
+
+
 def health_summary(probe: Probe) -> dict[str, Any]:
     values = probe.health_ms or [0.0]
     return {
@@ -257,6 +274,13 @@ def markdown(result: dict[str, Any]) -> str:
         f"(statuses {mixed['statuses']}): /healthz slowest {mixed['health']['max_ms']} ms, "
         f"p99 {mixed['health']['p99_ms']} ms, {mixed['health']['failures']} failed.",
     ]
+    lag = mixed.get("event_loop_lag")
+    if lag:
+        lines.append(
+            f"The server's event loop, timed every 50 ms meanwhile ({lag['samples']:.0f} samples): "
+            f"{lag['over_0.05']:.0f} woke more than 50 ms late, {lag['over_0.1']:.0f} more than "
+            "100 ms (`focal_event_loop_lag_seconds` in /metrics)."
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -327,7 +351,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         result["health_during_files"] = health_summary(probe)
         load_probe = Probe(server.base, server.pid)
         load_probe.start()
+        lag_before = loop_lag(server.base)
         mixed = mixed_load(server, files, args.mixed_seconds, args.clients)
+        mixed["event_loop_lag"] = lag_during(lag_before, loop_lag(server.base))
         load_probe.stop()
         mixed["health"] = health_summary(load_probe)
         mixed["rss_after_mib"] = round(harness.rss_bytes(server.pid) / MIB, 1)

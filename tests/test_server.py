@@ -352,6 +352,8 @@ def test_metrics(server: Server) -> None:
     assert 10 << 20 < rss < 2 << 30
     assert metric(text, "focal_detector_queue_depth") == 0
     assert "focal_detector_restarts_total" in text
+    assert metric(text, 'focal_event_loop_lag_seconds_bucket{le="+Inf"}') >= 1  # it watches
+    assert 0 <= metric(text, "focal_event_loop_lag_max_seconds") < 60
 
 
 def test_healthz(server: Server) -> None:

@@ -751,9 +751,11 @@ def create_app(settings: Settings, origins: Origins | None = None) -> Starlette:
         if settings.detection_cache_url:  # shared by every instance (the redis extra)
             shared_detection.share_detection(service)
         app.state.detector = service.detection.detector
+        lag = asyncio.ensure_future(service.metrics.loop_lag.watch())
         try:
             yield
         finally:
+            lag.cancel()
             service.workers.shutdown()
             if service.detection.pool is not None:
                 await anyio.to_thread.run_sync(service.detection.pool.stop)

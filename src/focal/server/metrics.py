@@ -6,9 +6,11 @@ queue, restarts, RSS) are read when /metrics is scraped.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import resource
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -55,6 +57,42 @@ class Histogram:
         return out
 
 
+class LoopLag:
+    """How late the event loop wakes up: every ``interval_s`` a sleep is timed and its overshoot
+    observed. The loop answers /healthz and hands out all work, so a long lag here is a server
+    that cannot answer, whatever the cause (a blocking call on the loop, the GIL held elsewhere,
+    no CPU for the process); a slow answer without one was lost outside the loop."""
+
+    def __init__(self, interval_s: float = 0.05) -> None:
+        self.interval_s = interval_s
+        self.histogram = Histogram()
+        self.max_s = 0.0
+        self._lock = threading.Lock()
+
+    def observe(self, lag_s: float) -> None:
+        with self._lock:
+            self.histogram.observe(lag_s)
+            self.max_s = max(self.max_s, lag_s)
+
+    async def watch(self) -> None:
+        """Observe until cancelled (a task of the server's lifespan)."""
+        while True:
+            started = time.perf_counter()
+            await asyncio.sleep(self.interval_s)
+            self.observe(max(0.0, time.perf_counter() - started - self.interval_s))
+
+    def lines(self) -> Iterable[str]:
+        with self._lock:
+            body = self.histogram.lines("focal_event_loop_lag_seconds", "")
+            peak = self.max_s
+        yield "# HELP focal_event_loop_lag_seconds How late the event loop woke from a timed sleep."
+        yield "# TYPE focal_event_loop_lag_seconds histogram"
+        yield from body
+        yield "# HELP focal_event_loop_lag_max_seconds The longest event loop lag since start."
+        yield "# TYPE focal_event_loop_lag_max_seconds gauge"
+        yield f"focal_event_loop_lag_max_seconds {peak:.6f}"
+
+
 def rss_bytes() -> int:
     """Resident memory of this process (Linux /proc; elsewhere the peak from getrusage)."""
     try:
@@ -72,7 +110,9 @@ class Metrics:
         self.stages: dict[str, Histogram] = {stage: Histogram() for stage in STAGES}
         self.cache: dict[str, int] = {"hit": 0, "miss": 0, "bypass": 0}
         self.fallbacks = 0
-        self.extra: list[Callable[[], Iterable[str]]] = []  # more families (the shared caches)
+        self.loop_lag = LoopLag()
+        # more families: the event loop's lag, the shared caches
+        self.extra: list[Callable[[], Iterable[str]]] = [self.loop_lag.lines]
 
     def record(self, status: int, timings_ms: Mapping[str, float], cache: str | None) -> None:
         with self._lock:
