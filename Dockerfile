@@ -12,7 +12,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY src ./src
 # pyvips-binary brings libvips; the face model is fetched and converted once, at build time
-RUN pip install ".[fast]" && focal models fetch && rm -rf /src
+RUN pip install "." && focal models fetch && rm -rf /src
 
 RUN useradd --system --home-dir /nonexistent focal && mkdir -p /var/cache/focal \
     && chown focal /var/cache/focal

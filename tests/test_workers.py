@@ -70,7 +70,7 @@ def server_side(pid: int, client: tuple[str, int]) -> socket.socket | None:
 
 
 def loops() -> list[str]:
-    """asyncio, and uvloop where the fast extra is installed (it sets TCP_NODELAY itself)."""
+    """asyncio, and uvloop where it is installed, as focal's install does (it sets TCP_NODELAY)."""
     found = ["asyncio"]
     if importlib.util.find_spec("uvloop") is not None:
         found.append("uvloop")
@@ -169,6 +169,6 @@ def test_a_loop_or_parser_that_is_not_installed_is_named_with_its_extra(
         importlib.util, "find_spec", lambda name, *a: None if name == "uvloop" else real(name, *a)
     )
     assert command.missing_extra(Settings(loop="uvloop")) == (
-        "loop = uvloop needs the fast extra: pip install 'focal-images[fast]'"
+        "loop = uvloop needs uvloop, which is not installed: pip install uvloop"
     )
     assert command.missing_extra(Settings(loop="asyncio", http="h11")) is None

@@ -73,7 +73,7 @@ def missing_extra(settings: Settings) -> str | None:
 
     for name, value in (("loop", settings.loop), ("http", settings.http)):
         if value in ("uvloop", "httptools") and importlib.util.find_spec(value) is None:
-            return f"{name} = {value} needs the fast extra: pip install 'focal-images[fast]'"
+            return f"{name} = {value} needs {value}, which is not installed: pip install {value}"
     return None
 
 

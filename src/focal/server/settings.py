@@ -88,14 +88,14 @@ SETTINGS: tuple[Setting, ...] = (
         "str",
         "auto",
         "server",
-        "Event loop: asyncio, uvloop (the fast extra), or auto (uvloop when installed).",
+        "Event loop: asyncio, uvloop (comes with focal, not on Windows), or auto (uvloop if any).",
     ),
     _s(
         "http",
         "str",
         "auto",
         "server",
-        "HTTP/1.1 parser: h11, httptools (the fast extra), or auto (httptools when installed).",
+        "HTTP/1.1 parser: h11, httptools (installed with focal), or auto (httptools if there).",
     ),
     _s("root", "path", None, "origin", "Folder of source images served as local sources."),
     _s(
