@@ -4,8 +4,9 @@ outputs, and the way a failure is reported."""
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, TypeVar
 
 from focal.errors import FocalError
 from focal.face.retinaface import CROP_THRESHOLD
@@ -13,6 +14,7 @@ from focal.face.sessions import PRECISIONS, RUNTIMES
 from focal.options import Format, Options
 from focal.pipeline import Limits
 
+Number = TypeVar("Number", int, float)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".avif", ".tif", ".tiff"}
 FORMAT_SUFFIXES = {
     "jpeg": ".jpg",
@@ -72,34 +74,30 @@ def add_job_arguments(p: Any, *, folder: str = "") -> None:
     )
 
 
-def positive_int(text: str) -> int:
+def _checked(
+    text: str, convert: Callable[[str], Number], ok: Callable[[Number], bool], expected: str
+) -> Number:
+    """``convert(text)`` if it parses and passes ``ok``; else argparse's error, naming what was
+    ``expected``."""
     try:
-        value = int(text)
+        value = convert(text)
     except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, received {text!r}")
+        raise argparse.ArgumentTypeError(f"expected {expected}, received {text!r}") from None
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"expected {expected}, received {text!r}")
     return value
+
+
+def positive_int(text: str) -> int:
+    return _checked(text, int, lambda v: v >= 1, "a positive integer")
 
 
 def unit_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number from 0 to below 1, received {text!r}")
-    return value
+    return _checked(text, float, lambda v: 0 <= v < 1, "a number from 0 to below 1")
 
 
 def non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number of at least 0, received {text!r}")
-    return value
+    return _checked(text, float, lambda v: 0 <= v < float("inf"), "a number of at least 0")
 
 
 def is_image_name(name: str) -> bool:
