@@ -428,6 +428,14 @@ def test_symlink_pointing_outside_the_root_is_refused(root: Path, tmp_path: Path
         local_fetch(root, "out/secret.txt")
 
 
+def test_a_link_out_is_403_whether_or_not_its_target_exists(root: Path, tmp_path: Path) -> None:
+    (root / "gone.jpg").symlink_to(tmp_path / "no-such-file.jpg")
+    (root / "away").symlink_to(tmp_path / "no-such-folder")
+    for path in ("gone.jpg", "away/x.jpg"):
+        with pytest.raises(ForbiddenError):
+            local_fetch(root, path)
+
+
 def test_symlink_inside_the_root_is_followed(root: Path) -> None:
     (root / "alias.jpg").symlink_to(root / "photos" / "cat.jpg")
     assert local_fetch(root, "alias.jpg").identity.startswith("file:photos/cat.jpg:")

@@ -3,9 +3,10 @@
 LocalOrigin serves files under one root. It receives the raw, still percent-encoded path from the
 URL and decodes it exactly once, here. Refused with ForbiddenError (403), before the file system is
 touched: NUL bytes, backslashes, encoded separators (%2f, %5c), absolute paths and `.`/`..`
-segments, whether written plainly or percent-encoded (%2e%2e). A path that passes is resolved with
-os.path.realpath and refused (403) unless it stays under the realpath of the root, which catches
-symlinks pointing out. 403 discloses nothing about files outside the root: the decision is made
+segments, whether written plainly or percent-encoded (%2e%2e). A path that passes is opened, and
+refused (403) unless the opened file's real path (the kernel's, from /proc/self/fd; realpath
+where there is none) lies under the realpath of the root, which catches symlinks pointing out.
+403 discloses nothing about files outside the root: when the open fails, the decision is made
 from the path text and the links inside the root alone (realpath does not need the target to
 exist). A path inside the root that is missing or not a regular file is NotFoundError (404); a
 file over max_bytes is LimitError (413), decided from its size before it is read.
@@ -99,14 +100,26 @@ class LocalOrigin:
             raise ForbiddenError(f"source path not allowed: {path}", detail=f"{full} is outside")
         return full
 
-    def _open(self, requested: str, full: str) -> tuple[int, os.stat_result]:
-        """An open descriptor of a regular file within the size limit, and its stat."""
-        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    def _open(self, requested: str) -> tuple[int, os.stat_result, str]:
+        """An open descriptor of a regular file under the root within the size limit, its stat,
+        and its real path. The file is opened first and the check made on what was opened (its
+        real path as the kernel reports it, /proc/self/fd): one open and one readlink, where
+        realpath costs an lstat per path component, and nothing can change between check and
+        open. A failed open is decided by realpath as before, so a link that leads out is 403
+        whether or not its target exists."""
+        flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
+        joined = os.path.join(self._root, decode_local_path(requested))
         try:
-            fd = os.open(full, flags)
+            fd = os.open(joined, flags)
         except OSError as exc:
+            self._resolve(requested)  # ForbiddenError for a path that leads out
             raise _open_error(requested, exc) from exc
         try:
+            full = _opened_path(fd) or os.path.realpath(joined)
+            if os.path.commonpath([self._root, full]) != self._root:
+                raise ForbiddenError(
+                    f"source path not allowed: {requested}", detail=f"{full} is outside"
+                )
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode):
                 raise NotFoundError(f"source not found: {requested}")
@@ -114,7 +127,7 @@ class LocalOrigin:
         except BaseException:
             os.close(fd)
             raise
-        return fd, info
+        return fd, info, full
 
     def _info(self, full: str, info: os.stat_result, size: int) -> SourceInfo:
         relpath = os.path.relpath(full, self._root)
@@ -122,14 +135,12 @@ class LocalOrigin:
         return SourceInfo(identity=identity, last_modified=info.st_mtime)
 
     def _identify(self, requested: str) -> SourceInfo:
-        full = self._resolve(requested)
-        fd, info = self._open(requested, full)
+        fd, info, full = self._open(requested)
         os.close(fd)
         return self._info(full, info, info.st_size)
 
     def _read(self, requested: str) -> Source:
-        full = self._resolve(requested)
-        fd, info = self._open(requested, full)
+        fd, info, full = self._open(requested)
         try:
             data = _read_at_most(fd, self._max_bytes + 1)
         finally:
@@ -172,6 +183,15 @@ def decode_local_path(raw: str) -> str:
     if not decoded.strip("/"):
         raise NotFoundError("source not found: empty path")
     return decoded
+
+
+def _opened_path(fd: int) -> str | None:
+    """The real path of an open file as the kernel has it (Linux /proc), or None."""
+    try:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return None
+    return path if path.startswith("/") and not path.endswith(" (deleted)") else None
 
 
 def _open_error(requested: str, exc: OSError) -> Exception:
