@@ -133,3 +133,17 @@ def test_two_processes_writing_and_evicting(tmp_path: Path) -> None:
     assert cache.total_size() < 2 * 200_000  # both bounded themselves while writing 1.5 MB
     cache.evict()
     assert cache.total_size() <= 200_000
+
+
+def test_a_hit_marks_the_entry_used_at_most_once_a_minute(tmp_path: Path) -> None:
+    cache = VariantCache(tmp_path, 1 << 20)
+    key = put(cache, "a", b"bytes")
+    path = cache.path_for(key)
+    recent = time.time() - 10
+    os.utime(path, (recent, recent))
+    assert cache.get(key) is not None
+    assert path.stat().st_mtime == pytest.approx(recent)  # used within the minute: left alone
+    old = time.time() - 600
+    os.utime(path, (old, old))
+    assert cache.get(key) is not None
+    assert path.stat().st_mtime > time.time() - 60  # now the most recently used

@@ -2,7 +2,8 @@
 
 One file per variant, ``<dir>/<key[:2]>/<key>``: a magic, the metadata length, the metadata as
 JSON, then the bytes. A file is written to a temporary name in the same folder and moved into place
-with ``os.replace``, so a reader sees a whole file or none. A hit sets the file's mtime to now;
+with ``os.replace``, so a reader sees a whole file or none. A hit sets the file's mtime to now (when
+it is over a minute old: one write per minute per entry at most);
 eviction removes the files with the oldest mtime (least recently used) until the total is under
 the bound. Every step tolerates another process deleting the same files.
 """
@@ -29,6 +30,7 @@ MAX_META = 64 * 1024
 KEY_VERSION = "focal-variant-1"
 TMP_PREFIX = ".tmp-"
 STALE_TMP_S = 3600.0
+TOUCH_AFTER_S = 60.0  # a hit sets the mtime only when it is older: one write per minute at most
 EVICT_TO = 0.9  # after an eviction, the total is at most this share of the bound
 
 
@@ -118,17 +120,26 @@ class VariantCache:
     def get(self, key: str) -> Entry | None:
         path = self.path_for(key)
         try:
-            raw = path.read_bytes()
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             self._count(hit=False)
             return None
+        try:
+            info = os.fstat(fd)
+            raw = _read_all(fd, info.st_size)
+            if time.time() - info.st_mtime > TOUCH_AFTER_S:
+                with contextlib.suppress(OSError):
+                    os.utime(fd)  # mtime = last use, to a minute: eviction's order
+        except OSError:
+            self._count(hit=False)
+            return None
+        finally:
+            os.close(fd)
         entry = decode(raw)
         if entry is None:
             _unlink(path)
             self._count(hit=False)
             return None
-        with contextlib.suppress(OSError):
-            os.utime(path)  # mtime = last use
         self._count(hit=True)
         return entry
 
@@ -205,6 +216,14 @@ def _entries(folder: Path) -> list[os.DirEntry[str]]:
             return list(it)
     except OSError:
         return []
+
+
+def _read_all(fd: int, size: int) -> bytes:
+    """The whole file behind ``fd`` (``size`` from its fstat; read on past it if it grew)."""
+    chunks = [os.read(fd, max(size, 1))]
+    while chunks[-1]:
+        chunks.append(os.read(fd, 1 << 20))
+    return b"".join(chunks)
 
 
 def _unlink(path: Path) -> bool:
