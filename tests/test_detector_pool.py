@@ -199,6 +199,24 @@ def test_kill_9_fails_in_flight_requests_at_once_and_the_worker_comes_back(
     assert markers(pool.detect([image_with(8)])) == [8.0]
 
 
+def test_a_group_sigterm_or_sigint_leaves_the_worker_to_the_pool(make_pool: MakePool) -> None:
+    pool = make_pool(fake("echo"))
+    (pid,) = pool.worker_pids()
+    os.kill(pid, signal.SIGTERM)  # what a service manager sends the whole group on stop
+    os.kill(pid, signal.SIGINT)  # Ctrl-C in a terminal
+    assert markers(pool.detect([image_with(3)])) == [3.0]
+    assert pool.worker_pids() == [pid] and pool.stats().restarts == 0
+    pool.stop()  # the pool still stops it
+    wait_until(lambda: not os.path.exists(f"/proc/{pid}") or _zombie(pid))
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z")
+    except OSError:
+        return True
+
+
 def test_worker_over_its_memory_limit_is_recycled_between_batches(make_pool: MakePool) -> None:
     pool = make_pool(replace(fake("hoarder", ("mb_per_unit", 10)), rss_limit_mb=250))
     (first_pid,) = pool.worker_pids()

@@ -94,7 +94,11 @@ def load_factory(spec: str) -> Callable[..., Detector]:
 
 def run(fd: int) -> None:
     """Entry point of the worker process: FD is its end of the socket pair."""
+    # Ctrl-C and a service manager's SIGTERM reach the whole process group: the server stops
+    # its workers itself when it shuts down (or the worker sees its socket close), so a worker
+    # that died first would only be restarted during the shutdown.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     conn = Connection(fd)
     with conn, contextlib.suppress(EOFError, OSError):  # the server went away
         start = conn.recv()
