@@ -61,6 +61,16 @@ class CandidateDetector(Detector, Protocol):
         ...
 
 
+def faces_and_candidates(
+    detector: Detector, images: Sequence[RGBImage]
+) -> list[tuple[list[Face], list[Face]]]:
+    """(faces, weak candidates) for each image: the detector's own when it hands candidates
+    over, else its faces and no candidates."""
+    if isinstance(detector, CandidateDetector):
+        return detector.detect_with_candidates(images)
+    return [(faces, []) for faces in detector.detect(images)]
+
+
 class DetectionFailed(Exception):
     """Raised by a detector that could not answer (deadline passed, worker died). The pipeline then
     falls back to centre gravity, marks the result degraded, and the server does not cache it."""

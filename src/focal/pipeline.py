@@ -25,7 +25,7 @@ import pyvips
 
 from focal import geometry, steps
 from focal.decode import ANIMATED, MIME, Header, check, jpeg_shrink, load, read_header
-from focal.detection import CandidateDetector, DetectionFailed, Detector, Face
+from focal.detection import DetectionFailed, Detector, Face, faces_and_candidates
 from focal.encode import ANIMATES, KEEPS_ALPHA, choose_format, content_type, encode
 from focal.errors import DeadlineError, ImageError, LimitError, OptionError, RedactionError
 from focal.geometry import (
@@ -409,8 +409,8 @@ def _detect(run: _Run, header: Header, working: Size, timer: Timer, fail_on: str
     weak: list[Face] = []
     try:
         with timer("detect"):
-            if options.face_gravity and isinstance(detector, CandidateDetector):
-                found, weak = detector.detect_with_candidates([array])[0]
+            if options.face_gravity:
+                found, weak = faces_and_candidates(detector, [array])[0]
             else:
                 found = detector.detect([array])[0]
     except DetectionFailed as error:

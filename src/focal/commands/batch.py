@@ -43,12 +43,13 @@ import numpy as np
 
 from focal.commands.common import (
     add_job_arguments,
+    detector_kwargs,
     is_image_name,
     output_name,
     positive_int,
     reason,
 )
-from focal.detection import CandidateDetector, DetectionFailed, Detector, Face, RGBImage
+from focal.detection import DetectionFailed, Detector, Face, RGBImage, faces_and_candidates
 from focal.errors import FocalError, ModelMissingError, OptionError
 from focal.face.retinaface import PAD_MULTIPLE
 from focal.files import write_atomic
@@ -334,7 +335,7 @@ class DetectActor:
             groups.setdefault(key, []).append(i)
         for members in groups.values():
             try:
-                found = self._detect([images[i] for i in members])
+                found = faces_and_candidates(self.detector, [images[i] for i in members])
                 for i, (answer, weak) in zip(members, found, strict=True):
                     faces[i] = json.dumps({"faces": _rows(answer), "candidates": _rows(weak)})
             except Exception as error:  # every image of the call falls back, marked
@@ -343,12 +344,6 @@ class DetectActor:
         result = {k: v for k, v in batch.items() if k != "pixels"}
         result["faces"] = np.array(faces, dtype=object)
         return result
-
-    def _detect(self, images: list[RGBImage]) -> list[tuple[list[Face], list[Face]]]:
-        """Faces and weak candidates (docs/cropping.md), as focal transform's detector gives."""
-        if isinstance(self.detector, CandidateDetector):
-            return self.detector.detect_with_candidates(images)
-        return [(faces, []) for faces in self.detector.detect(images)]
 
 
 def _rows(faces: Sequence[Face]) -> list[Any]:
@@ -494,15 +489,7 @@ def run(args: argparse.Namespace) -> int:
         dest=dest,
         max_pixels=args.max_pixels,
         max_bytes=args.max_bytes,
-        detector_kwargs={
-            "model_dir": args.model_dir,
-            "runtime": args.runtime,
-            "precision": args.precision,
-            "device": args.device,
-            "max_batch": args.batch,
-            "crop_threshold": args.face_crop_threshold,
-            "flip": args.detector_flip,
-        },
+        detector_kwargs=detector_kwargs(args),
     )
     started_here = not ray.is_initialized() and bool(plan.todo)
     if started_here:

@@ -74,6 +74,19 @@ def add_job_arguments(p: Any, *, folder: str = "") -> None:
     )
 
 
+def detector_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """focal.face.sessions.DetectorConfig's arguments from the flags of add_job_arguments."""
+    return {
+        "model_dir": args.model_dir,
+        "runtime": args.runtime,
+        "precision": args.precision,
+        "device": args.device,
+        "max_batch": args.batch,
+        "crop_threshold": args.face_crop_threshold,
+        "flip": args.detector_flip,
+    }
+
+
 def _checked(
     text: str, convert: Callable[[str], Number], ok: Callable[[Number], bool], expected: str
 ) -> Number:

@@ -25,6 +25,7 @@ from typing import Any
 from focal.commands.common import (
     IMAGE_SUFFIXES,
     add_job_arguments,
+    detector_kwargs,
     non_negative_float,
     output_name,
     positive_int,
@@ -101,16 +102,7 @@ def run(args: argparse.Namespace) -> int:
 def _detector(options: Options, args: argparse.Namespace) -> Detector | None:
     if not options.needs_faces:
         return None
-    config = DetectorConfig(
-        model_dir=args.model_dir,
-        runtime=args.runtime,
-        precision=args.precision,
-        device=args.device,
-        max_batch=args.batch,
-        crop_threshold=args.face_crop_threshold,
-        flip=args.detector_flip,
-    )
-    return open_detector(config)
+    return open_detector(DetectorConfig(**detector_kwargs(args)))
 
 
 def _single(

@@ -23,7 +23,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from focal.detection import CandidateDetector, Detector, Face, RGBImage
+from focal.detection import CandidateDetector, Detector, Face, RGBImage, faces_and_candidates
 from focal.face.retinaface import padded_size
 
 
@@ -120,8 +120,8 @@ class BatchingDetector:
         try:
             images = [call.image for call in calls]
             found: Sequence[Any]
-            if calls[0].candidates and isinstance(self.inner, CandidateDetector):
-                found = self.inner.detect_with_candidates(images)
+            if calls[0].candidates:
+                found = faces_and_candidates(self.inner, images)
             else:
                 found = self.inner.detect(images)
             if len(found) != len(calls):

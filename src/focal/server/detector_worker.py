@@ -33,7 +33,7 @@ from typing import cast
 
 import numpy as np
 
-from focal.detection import CandidateDetector, Detector, Face, RGBImage
+from focal.detection import Detector, Face, RGBImage, faces_and_candidates
 
 WORKER_NICENESS = 10  # as the image threads (focal.server.memory.IMAGE_THREAD_NICENESS)
 
@@ -150,10 +150,8 @@ def detect_each(
 def _detect(detector: Detector, images: Sequence[RGBImage], candidates: bool) -> list[Answer]:
     if not candidates:
         return [tuple(faces) for faces in detector.detect(images)]
-    if isinstance(detector, CandidateDetector):
-        pairs = detector.detect_with_candidates(images)
-        return [(tuple(faces), tuple(weak)) for faces, weak in pairs]
-    return [(tuple(faces), ()) for faces in detector.detect(images)]
+    pairs = faces_and_candidates(detector, images)
+    return [(tuple(faces), tuple(weak)) for faces, weak in pairs]
 
 
 def _detect_one(detector: Detector, image: RGBImage, candidates: bool) -> Answer:
