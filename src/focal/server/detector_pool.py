@@ -491,7 +491,7 @@ def _kill_quietly(worker: _Worker) -> None:
 
 # -- caching --------------------------------------------------------------------------------
 
-Answer = tuple[tuple[Face, ...], tuple[Face, ...]]  # (faces, weak candidates) of one image
+CachedAnswer = tuple[tuple[Face, ...], tuple[Face, ...]]  # (faces, weak candidates) of one image
 
 
 class SharedFaces(Protocol):
@@ -499,8 +499,8 @@ class SharedFaces(Protocol):
     (focal.server.shared_detection.RedisFaces). It must never raise: a tier that is down answers
     None for every key and drops stores."""
 
-    def get_many(self, keys: Sequence[bytes]) -> list[Answer | None]: ...
-    def put_many(self, items: Sequence[tuple[bytes, Answer]]) -> None: ...
+    def get_many(self, keys: Sequence[bytes]) -> list[CachedAnswer | None]: ...
+    def put_many(self, items: Sequence[tuple[bytes, CachedAnswer]]) -> None: ...
 
 
 class CachingDetector:
@@ -521,7 +521,7 @@ class CachingDetector:
         self._inner = inner
         self._max_entries = max_entries
         self.shared = shared
-        self._entries: OrderedDict[bytes, Answer] = OrderedDict()
+        self._entries: OrderedDict[bytes, CachedAnswer] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
@@ -555,9 +555,9 @@ class CachingDetector:
         images: Sequence[RGBImage],
         model_id: str,
         inner: Callable[[list[RGBImage]], list[tuple[list[Face], list[Face]]]],
-    ) -> list[Answer]:
+    ) -> list[CachedAnswer]:
         keys = [image_key(model_id, image) for image in images]
-        found: list[Answer | None] = [self._lookup(key) for key in keys]
+        found: list[CachedAnswer | None] = [self._lookup(key) for key in keys]
         missing = [i for i, answer in enumerate(found) if answer is None]
         if missing and self.shared is not None:
             shared = self.shared.get_many([keys[i] for i in missing])
@@ -571,7 +571,7 @@ class CachingDetector:
             self.misses += len(missing)
         if missing:
             detected = inner([images[i] for i in missing])
-            stored: list[tuple[bytes, Answer]] = []
+            stored: list[tuple[bytes, CachedAnswer]] = []
             for i, (faces, weak) in zip(missing, detected, strict=True):
                 answer = (tuple(faces), tuple(weak))
                 found[i] = answer
@@ -584,14 +584,14 @@ class CachingDetector:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def _lookup(self, key: bytes) -> Answer | None:
+    def _lookup(self, key: bytes) -> CachedAnswer | None:
         with self._lock:
             answer = self._entries.get(key)
             if answer is not None:
                 self._entries.move_to_end(key)
             return answer
 
-    def _store(self, key: bytes, answer: Answer) -> None:
+    def _store(self, key: bytes, answer: CachedAnswer) -> None:
         if self._max_entries < 1:
             return
         with self._lock:

@@ -21,46 +21,55 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from focal.detection import Face
-from focal.server.detector_pool import Answer, CachingDetector
+from focal.server.detector_pool import CachedAnswer, CachingDetector
 from focal.server.objectstore import Breaker, register
 
 KEY_PREFIX = "focal:faces:"
 
 
+def _rows(faces: Sequence[Face]) -> list[Any]:
+    return [[list(f.box), f.score, [list(p) for p in f.landmarks]] for f in faces]
+
+
+def _faces(rows: Any) -> list[Face]:
+    """Faces from :func:`_rows`' lists (ValueError, TypeError or IndexError for anything else)."""
+    return [
+        Face(
+            box=(float(b[0]), float(b[1]), float(b[2]), float(b[3])),
+            score=float(score),
+            landmarks=tuple((float(x), float(y)) for x, y in marks),
+        )
+        for b, score, marks in rows
+    ]
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
 def encode_faces(faces: Sequence[Face]) -> bytes:
-    rows = [[list(f.box), f.score, [list(p) for p in f.landmarks]] for f in faces]
-    return json.dumps(rows, separators=(",", ":")).encode()
+    return _json(_rows(faces))
 
 
 def decode_faces(raw: bytes) -> list[Face] | None:
     try:
-        rows = json.loads(raw)
-        return [
-            Face(
-                box=(float(b[0]), float(b[1]), float(b[2]), float(b[3])),
-                score=float(score),
-                landmarks=tuple((float(x), float(y)) for x, y in marks),
-            )
-            for b, score, marks in rows
-        ]
+        return _faces(json.loads(raw))
     except (ValueError, TypeError, IndexError):
         return None
 
 
-def encode_answer(answer: Answer) -> bytes:
+def encode_answer(answer: CachedAnswer) -> bytes:
     faces, candidates = answer
-    return b"[" + encode_faces(faces) + b"," + encode_faces(candidates) + b"]"
+    return _json([_rows(faces), _rows(candidates)])
 
 
-def decode_answer(raw: bytes) -> Answer | None:
+def decode_answer(raw: bytes) -> CachedAnswer | None:
     """(faces, candidates) from :func:`encode_answer`; None for anything else (a miss)."""
     try:
         faces, candidates = json.loads(raw)
-    except (ValueError, TypeError):
+        return tuple(_faces(faces)), tuple(_faces(candidates))
+    except (ValueError, TypeError, IndexError):
         return None
-    first = decode_faces(json.dumps(faces).encode())
-    second = decode_faces(json.dumps(candidates).encode())
-    return None if first is None or second is None else (tuple(first), tuple(second))
 
 
 class RedisFaces:
@@ -93,7 +102,7 @@ class RedisFaces:
         self.hits = 0
         self.misses = 0
 
-    def get_many(self, keys: Sequence[bytes]) -> list[Answer | None]:
+    def get_many(self, keys: Sequence[bytes]) -> list[CachedAnswer | None]:
         found = self._lookup([KEY_PREFIX + key.hex() for key in keys])
         hits = sum(1 for answer in found if answer is not None)
         with self._lock:
@@ -101,7 +110,7 @@ class RedisFaces:
             self.misses += len(found) - hits
         return found
 
-    def put_many(self, items: Sequence[tuple[bytes, Answer]]) -> None:
+    def put_many(self, items: Sequence[tuple[bytes, CachedAnswer]]) -> None:
         if not items or not self.breaker.allow():
             return
         try:
@@ -114,7 +123,7 @@ class RedisFaces:
             return
         self.breaker.succeeded()
 
-    def _lookup(self, keys: list[str]) -> list[Answer | None]:
+    def _lookup(self, keys: list[str]) -> list[CachedAnswer | None]:
         if not self.breaker.allow():
             return [None] * len(keys)
         try:
