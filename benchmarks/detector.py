@@ -52,12 +52,7 @@ def label(config: tuple[str, str]) -> str:
 
 def interleaved(calls: dict[str, Callable[[], object]], repeat: int) -> dict[str, float]:
     """Median milliseconds of each call, one call of each in turn per round."""
-    times: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in range(repeat):
-        for name, call in calls.items():
-            start = time.perf_counter()
-            call()
-            times[name].append((time.perf_counter() - start) * 1000)
+    times = harness.interleaved_ms(calls, repeat)
     return {name: harness.median(values) for name, values in times.items()}
 
 

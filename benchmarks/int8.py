@@ -180,16 +180,6 @@ def model_folder(model: Path, folder: Path) -> models.Installed:
     return models.require(folder)
 
 
-def interleaved(calls: dict[str, Callable[[], object]], repeat: int) -> dict[str, list[float]]:
-    times: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in range(repeat):
-        for name, call in calls.items():
-            start = time.perf_counter()
-            call()
-            times[name].append((time.perf_counter() - start) * 1000)
-    return times
-
-
 def detect_each(detector: det.RetinaFace, images: Sequence[RGBImage]) -> Callable[[], object]:
     """A call that detects each image in turn, one at a time."""
 
@@ -214,7 +204,7 @@ def speed(detectors: dict[str, det.RetinaFace], repeat: int) -> dict[str, Any]:
         calls = {name: detect_each(d, images) for name, d in detectors.items()}
         for call in calls.values():
             call()
-        times = interleaved(calls, repeat)
+        times = harness.interleaved_ms(calls, repeat)
         per = {name: harness.median(v) / len(images) for name, v in times.items()}
         results[load] = {
             "images_per_round": len(images),
