@@ -136,3 +136,24 @@ def test_batch_refuses_a_malformed_prefix(tmp_path: Path) -> None:
     done = focal("batch", "s3://Bad_Bucket/in/", tmp_path / "out")
     assert done.returncode == 2 and "not allowed" in done.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "expected"),
+    [
+        ("--batch", "0", "expected a positive integer, received '0'"),
+        ("--max-bytes", "ten", "expected a positive integer, received 'ten'"),
+        ("--face-crop-threshold", "1", "expected a number from 0 to below 1, received '1'"),
+        ("--face-crop-threshold", "nan", "expected a number from 0 to below 1, received 'nan'"),
+        ("--batch-window-ms", "inf", "expected a number of at least 0, received 'inf'"),
+        ("--batch-window-ms", "-1", "expected a number of at least 0, received '-1'"),
+    ],
+)
+def test_a_bad_number_flag_is_refused_by_name_and_nothing_is_written(
+    tmp_path: Path, flag: str, value: str, expected: str
+) -> None:
+    out = tmp_path / "out.jpg"
+    done = focal("transform", images.DEMO / "astronaut.jpg", "-o", out, f"{flag}={value}")
+    assert done.returncode == 2
+    assert f"argument {flag}: {expected}" in done.stderr
+    assert list(tmp_path.iterdir()) == []
