@@ -92,6 +92,17 @@ class Weak(Echo):
         return list(zip(answer(images), weak, strict=True))
 
 
+class Sided(Echo):
+    model_id = "fake-sided"
+
+    def __init__(self, max_side: int) -> None:
+        self.max_side = max_side
+
+
+def sided(max_side: int = 640) -> Sided:
+    return Sided(max_side)
+
+
 def weak() -> Weak:
     return Weak()
 

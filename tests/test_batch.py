@@ -60,11 +60,23 @@ def outputs(folder: Path, suffix: str) -> dict[str, Path]:
     return {p.name: p for p in folder.glob(f"*{suffix}")}
 
 
-def test_batch_crops_as_transform_does(ray_local: None, photos: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("side", [[], ["--detector-max-side", "512"]], ids=["1024", "512"])
+def test_batch_crops_as_transform_does(
+    ray_local: None, photos: Path, tmp_path: Path, side: list[str]
+) -> None:
     options = FACE + ",format=json"
-    assert main(["transform", str(photos), "-o", str(tmp_path / "cli"), "--options", options]) == 0
-    assert main(["batch", str(photos), str(tmp_path / "ray"), "--options", options]) == 0
+    job = ["--options", options, *side]
+    assert main(["transform", str(photos), "-o", str(tmp_path / "cli"), *job]) == 0
+    assert main(["batch", str(photos), str(tmp_path / "ray"), *job]) == 0
     cli, ray = outputs(tmp_path / "cli", ".json"), outputs(tmp_path / "ray", ".json")
+    if side:  # the 800 px photos were detected on 512 px copies: other boxes than at 1024
+        assert (
+            main(["transform", str(photos), "-o", str(tmp_path / "full"), "--options", options])
+            == 0
+        )
+        full = outputs(tmp_path / "full", ".json")
+        faces = [json.loads(p.read_text())["faces"] for p in (cli[n] for n in sorted(cli))]
+        assert faces != [json.loads(full[n].read_text())["faces"] for n in sorted(cli)]
     assert len(cli) == 10 and cli.keys() == ray.keys()
     found = 0
     for name in cli:

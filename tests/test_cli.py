@@ -147,6 +147,11 @@ def test_batch_refuses_a_malformed_prefix(tmp_path: Path) -> None:
         ("--face-crop-threshold", "nan", "expected a number from 0 to below 1, received 'nan'"),
         ("--batch-window-ms", "inf", "expected a number of at least 0, received 'inf'"),
         ("--batch-window-ms", "-1", "expected a number of at least 0, received '-1'"),
+        (
+            "--detector-max-side",
+            "2048",
+            "expected a whole number of pixels from 256 to 1024, received '2048'",
+        ),
     ],
 )
 def test_a_bad_number_flag_is_refused_by_name_and_nothing_is_written(

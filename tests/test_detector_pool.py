@@ -17,7 +17,7 @@ import pytest
 from tests.conftest import DEMO, ROOT
 from tests.fake_detectors import FAIL, SLOW, Echo, image_with
 
-from focal.detection import DetectionFailed, Face, RGBImage
+from focal.detection import DetectionFailed, Face, RGBImage, inference_cap
 from focal.errors import BusyError, ModelMissingError
 from focal.server.detector_pool import CachingDetector, DetectorPool, PoolSettings, image_key
 
@@ -430,6 +430,14 @@ def test_weak_candidates_come_through_the_pool_and_its_cache(make_pool: MakePool
     assert cache.detect_with_candidates([image_with(40)]) == first
     assert markers(cache.detect([image_with(40)])) == [40.0]  # faces alone: a key of their own
     assert (cache.hits, cache.misses) == (1, 2)
+
+
+def test_the_pool_and_its_cache_report_their_workers_detection_side(make_pool: MakePool) -> None:
+    pool = make_pool(fake("sided", ("max_side", 640)))
+    assert pool.max_side == 640 and CachingDetector(pool).max_side == 640
+    assert inference_cap(pool) == 640
+    plain = make_pool(fake("echo"))
+    assert plain.max_side == 1024 and inference_cap(CachingDetector(plain)) == 1024
 
 
 def test_a_pool_whose_detector_has_no_candidates_answers_none(make_pool: MakePool) -> None:

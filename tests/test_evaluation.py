@@ -3,6 +3,7 @@ transcription of the official Python evaluation, and on the official ground-trut
 
 from __future__ import annotations
 
+import argparse
 import json
 from collections import Counter
 from pathlib import Path
@@ -459,3 +460,19 @@ def test_threshold_tables_in_the_docs_are_the_ones_the_sweep_gives() -> None:
         assert f"| {t} | {p:.2f}% | {r:.2f}% | {row['false_positives']} | {negatives} |" in accuracy
         assert f"| {t} | {negatives} | {p:.2f}% | {r:.2f}% |" in cropping
     assert " ".join(report["command"].split()) in " ".join(cropping.split())
+
+
+@pytest.mark.parametrize(("text", "side"), [("0", 0), ("1024", 1024), ("768", 768), ("256", 256)])
+def test_eval_takes_original_scale_or_a_detection_side_focal_offers(text: str, side: int) -> None:
+    assert eval_command.max_side(text) == side
+
+
+@pytest.mark.parametrize("text", ["100", "2048", "-1", "big"])
+def test_eval_refuses_a_detection_side_focal_does_not_offer(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match="expected 0 or 256 to 1024"):
+        eval_command.max_side(text)
+
+
+def test_an_image_is_detected_as_is_where_it_fits_the_cap() -> None:
+    assert eval_command.within(700, 0) and eval_command.within(700, 768)
+    assert not eval_command.within(800, 768)

@@ -258,6 +258,35 @@ def test_face_gravity_maps_inference_boxes_back_to_the_original() -> None:
     assert crop["left"] + crop["width"] >= 300 and crop["top"] + crop["height"] >= 700
 
 
+class SidedDetector(FixedDetector):
+    """FixedDetector with a detection side of its own (detector_max_side)."""
+
+    def __init__(self, faces: Sequence[tuple[float, float, float, float]], side: int) -> None:
+        super().__init__(faces)
+        self.max_side = side
+
+
+def test_a_smaller_detection_side_detects_on_a_smaller_copy_and_maps_back() -> None:
+    big = images.demo("astronaut.jpg").resize(4).jpegsave_buffer(Q=90)  # 2048x2048
+    detector = SidedDetector([(50.0, 50.0, 75.0, 175.0)], 512)  # on a 512x512 inference image
+    _, description = run(
+        big, "format=json,width=256,height=256,fit=cover,gravity=face,zoom=1", detector=detector
+    )
+    assert detector.seen == [(512, 512)]
+    assert description["faces"] == [{"box": [200.0, 200.0, 300.0, 700.0], "score": 0.99}]
+    crop = description["crop"]
+    assert isinstance(crop, dict)
+    assert crop["left"] <= 200 and crop["top"] <= 200
+    assert crop["left"] + crop["width"] >= 300 and crop["top"] + crop["height"] >= 700
+
+
+def test_a_detector_never_sees_more_than_the_published_cap() -> None:
+    big = images.demo("astronaut.jpg").resize(4).jpegsave_buffer(Q=90)  # 2048x2048
+    detector = SidedDetector([(100.0, 100.0, 150.0, 350.0)], 2048)
+    run(big, "format=json,width=256,height=256,fit=cover,gravity=face", detector=detector)
+    assert detector.seen == [(1024, 1024)]
+
+
 def test_face_gravity_output_has_the_asked_size() -> None:
     detector = FixedDetector([(180.0, 60.0, 300.0, 220.0)])
     out, description = run(

@@ -442,6 +442,27 @@ def test_model_id_says_when_the_mirrored_pass_is_on() -> None:
 
 
 @pytest.mark.slow
+def test_onnx_runtime_threads_do_not_spin_between_runs(detector: det.RetinaFace) -> None:
+    assert isinstance(detector.session, rt.OnnxRuntimeSession)
+    options = detector.session._session.get_session_options()
+    assert options.get_session_config_entry(rt.SPINNING) == "0"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", singles())
+def test_a_smaller_detection_side_finds_each_labelled_portrait(
+    path: str, detector: det.RetinaFace
+) -> None:
+    small = det.RetinaFace(detector.session, "test", rf.Settings(max_side=256))
+    image, _ = det.load_inference_image(FACEDATA / path)
+    assert max(image.shape[:2]) > 256  # so the smaller side is a smaller copy
+    (faces,) = small.detect([image])
+    (plain,) = detector.detect([image])
+    assert len(faces) == len(plain) == 1
+    assert box_iou(faces[0].box, plain[0].box) > 0.8
+
+
+@pytest.mark.slow
 def test_candidates_come_from_the_same_pass_below_the_faces(detector: det.RetinaFace) -> None:
     image, _ = det.load_inference_image(FACEDATA / EQUIVALENCE_WIDER[0])
     (faces,) = detector.detect([image])
@@ -468,6 +489,40 @@ def test_the_mirrored_pass_finds_each_labelled_portrait_once(
     (plain,) = detector.detect([image])
     assert len(faces) == len(plain) == 1
     assert box_iou(faces[0].box, plain[0].box) > 0.8
+
+
+class RecordingShapes:
+    """A session that finds nothing and records the (height, width) of every batch it runs."""
+
+    precision = "fp32"
+
+    def __init__(self) -> None:
+        self.shapes: list[tuple[int, int]] = []
+
+    def run(self, batch: Any) -> rf.RawOutputs:
+        height, width = int(batch.shape[1]), int(batch.shape[2])
+        self.shapes.append((height, width))
+        anchors = len(rf.anchors(height, width))
+        return rf.RawOutputs(
+            boxes=np.zeros((len(batch), anchors, 4), np.float32),
+            landmarks=np.zeros((len(batch), anchors, 10), np.float32),
+            scores=np.zeros((len(batch), anchors), np.float32),
+        )
+
+
+def test_model_id_names_a_detection_side_below_the_cap() -> None:
+    assert rf.model_id("ab" * 32, rf.Settings(max_side=768)).endswith(":s0.5:n0.4:m768")
+    assert ":m" not in rf.model_id("ab" * 32, rf.Settings())
+
+
+def test_the_detector_fits_images_to_its_own_side() -> None:
+    session = RecordingShapes()
+    detector = det.RetinaFace(session, "test", rf.Settings(max_side=512))
+    assert detector.max_side == 512
+    for shape in ((1000, 800, 3), (300, 200, 3)):
+        assert detector.detect([np.zeros(shape, np.uint8)]) == [[]]
+    # 1000x800 fitted to 512 (410 wide, padded to 416); 300x200 as is (padded to 320x224)
+    assert session.shapes == [(512, 416), (320, 224)]
 
 
 def test_model_id_names_a_crop_threshold_other_than_the_default() -> None:

@@ -113,6 +113,8 @@ def test_unknown_config_key_names_it(tmp_path: Path) -> None:
             ["detector_runtime", "one of auto, onnxruntime, openvino, torch", "tensorflow"],
         ),
         ({"FOCAL_DETECTOR_PRECISION": "int8"}, ["detector_precision", "fp32, bf16, f16", "int8"]),
+        ({"FOCAL_DETECTOR_MAX_SIDE": "2048"}, ["detector_max_side", "256 to 1024", "2048"]),
+        ({"FOCAL_DETECTOR_MAX_SIDE": "100"}, ["detector_max_side", "256 to 1024", "100"]),
     ],
 )
 def test_bad_values_name_setting_source_and_value(env: dict[str, str], words: list[str]) -> None:
@@ -120,6 +122,13 @@ def test_bad_values_name_setting_source_and_value(env: dict[str, str], words: li
         load(environ=env)
     for word in words:
         assert word in info.value.public
+
+
+def test_the_detection_side_reaches_the_workers_detector() -> None:
+    from focal.server.app import detector_config
+
+    assert detector_config(load(environ={"FOCAL_DETECTOR_MAX_SIDE": "640"})).max_side == 640
+    assert detector_config(load(environ={})).max_side == 1024
 
 
 def test_configuration_doc_is_current() -> None:

@@ -13,6 +13,8 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
+from focal.geometry import INFERENCE_CAP
+
 RGBImage = npt.NDArray[np.uint8]
 Point = tuple[float, float]
 
@@ -59,6 +61,14 @@ class CandidateDetector(Detector, Protocol):
     ) -> list[tuple[list[Face], list[Face]]]:
         """(faces, candidates) for each image, in the order given."""
         ...
+
+
+def inference_cap(detector: Detector) -> int:
+    """The most pixels per side this detector runs on: its ``max_side`` where it has one
+    (``detector_max_side``: smaller is faster and finds fewer small faces, docs/detector.md),
+    never more than the published cap (SPEC section 2, step 1)."""
+    side = getattr(detector, "max_side", INFERENCE_CAP)
+    return min(INFERENCE_CAP, int(side))
 
 
 def faces_and_candidates(

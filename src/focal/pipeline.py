@@ -25,7 +25,7 @@ import pyvips
 
 from focal import geometry, steps
 from focal.decode import ANIMATED, MIME, Header, check, jpeg_shrink, load, read_header
-from focal.detection import DetectionFailed, Detector, Face, faces_and_candidates
+from focal.detection import DetectionFailed, Detector, Face, faces_and_candidates, inference_cap
 from focal.encode import ANIMATES, KEEPS_ALPHA, choose_format, content_type, encode
 from focal.errors import DeadlineError, ImageError, LimitError, OptionError, RedactionError
 from focal.geometry import (
@@ -170,6 +170,11 @@ class _Run:
     accept: str | None
     cancel: Cancel
 
+    @property
+    def cap(self) -> int:
+        """The inference image's largest side: the detector's (SPEC section 2, step 1)."""
+        return INFERENCE_CAP if self.detector is None else inference_cap(self.detector)
+
 
 def _transform(run: _Run, *, fail_on: str) -> Result:
     """The pipeline once, decoding with libvips' ``fail_on`` level."""
@@ -181,7 +186,7 @@ def _transform(run: _Run, *, fail_on: str) -> Result:
     if options.needs_faces:
         faces = _detect(run, header, working, timer, fail_on)
         run.cancel.check()
-    plan = _plan(options, working, faces)
+    plan = _plan(options, working, faces, cap=run.cap)
     _check_output(plan, frames, run.limits, steps.border_sides(options.border, options.dpr))
     shrink = 1 if options.trim and options.trim.border else _shrink_for(header, plan)
     with timer("decode"):
@@ -190,7 +195,7 @@ def _transform(run: _Run, *, fail_on: str) -> Result:
         )
         strip, pages = _prepare_all(image, frames, options, header)
     if options.gravity.mode is GravityMode.AUTO:
-        plan = _auto_plan(pages[0], working, plan, options)
+        plan = _auto_plan(pages[0], working, plan, options, run.cap)
     if faces.fallback and options.face_gravity:
         plan = replace(plan, fallback=faces.fallback)
     hidden = _redactions(run, header, working, plan, faces, frames, timer, fail_on)
@@ -240,6 +245,7 @@ def _plan(
     working: Size,
     faces: Faces = Faces(),
     focus: tuple[float, float] | None = None,
+    cap: int = INFERENCE_CAP,
 ) -> Plan:
     """geometry.plan for these options, with the faces found or gravity=auto's focus point."""
     return geometry.plan(
@@ -251,7 +257,7 @@ def _plan(
         faces=[Box(*face.box) for face in faces.found],
         zoom=options.zoom,
         focus=focus,
-        cap=INFERENCE_CAP,
+        cap=cap,
         candidates=[Box(*face.box) for face in faces.candidates],
     )
 
@@ -398,7 +404,7 @@ def _detect(run: _Run, header: Header, working: Size, timer: Timer, fail_on: str
         return Faces(fallback=NO_DETECTOR)
     if options.trim is not None and options.trim.border:
         return Faces(fallback=NOT_WITH_TRIM_BORDER)
-    inference, factor = geometry.inference_size(working, INFERENCE_CAP)
+    inference, factor = geometry.inference_size(working, run.cap)
     with timer("decode"):
         shrink = jpeg_shrink(1 / factor) if header.format == "jpeg" else 1
         page = run.cancel.watch(
@@ -460,7 +466,7 @@ def _detect_frames(
     fail_on: str,
 ) -> list[tuple[Face, ...]]:
     """The faces of every frame of an animation, in one batch, in working pixels."""
-    inference, factor = geometry.inference_size(working, INFERENCE_CAP)
+    inference, factor = geometry.inference_size(working, run.cap)
     with timer("decode"):
         strip = run.cancel.watch(load(run.data, header, animated=True, fail_on=fail_on))
         arrays = [
@@ -478,11 +484,11 @@ def _detect_frames(
     return [tuple(face.scaled(factor) for face in each) for each in found]
 
 
-def _auto_plan(page: pyvips.Image, working: Size, plan: Plan, options: Options) -> Plan:
+def _auto_plan(page: pyvips.Image, working: Size, plan: Plan, options: Options, cap: int) -> Plan:
     scale = page.width / working.width
     crop = Size(max(1, round(plan.crop.width * scale)), max(1, round(plan.crop.height * scale)))
     x, y = steps.attention_point(page, crop)
-    return _plan(options, working, focus=(x / scale, y / scale))
+    return _plan(options, working, focus=(x / scale, y / scale), cap=cap)
 
 
 def _check_animation(header: Header, frames: int, limits: Limits) -> None:

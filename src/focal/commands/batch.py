@@ -53,6 +53,7 @@ from focal.detection import DetectionFailed, Detector, Face, RGBImage, faces_and
 from focal.errors import FocalError, ModelMissingError, OptionError
 from focal.face.retinaface import PAD_MULTIPLE
 from focal.files import write_atomic
+from focal.geometry import INFERENCE_CAP
 from focal.options import Options, parse_options
 from focal.pipeline import Limits
 from focal.server import objectstore
@@ -260,6 +261,11 @@ class Job:
     def limits(self) -> Limits:
         return Limits(max_pixels=self.max_pixels, max_bytes=self.max_bytes)
 
+    @property
+    def max_side(self) -> int:
+        """The detection side the actors' detector runs at (DetectorConfig.max_side)."""
+        return int(self.detector_kwargs.get("max_side", INFERENCE_CAP))
+
 
 # ---- stage 1: read, decode and cap (CPU) ------------------------------------------------------
 
@@ -273,7 +279,7 @@ def prepare(row: dict[str, Any], job: Job) -> dict[str, Any]:
         limits = job.limits
         data = job.src.read(row["rel"], limits.max_bytes)
         out["data"] = data
-        array = inference_array(data, job.options, limits)
+        array = inference_array(data, job.options, limits, job.max_side)
     except (FocalError, OSError) as error:
         out["error"] = reason(error)
         return out
@@ -283,7 +289,9 @@ def prepare(row: dict[str, Any], job: Job) -> dict[str, Any]:
     return out
 
 
-def inference_array(data: bytes, options: Options, limits: Limits) -> RGBImage | None:
+def inference_array(
+    data: bytes, options: Options, limits: Limits, cap: int = INFERENCE_CAP
+) -> RGBImage | None:
     import pyvips
 
     from focal import geometry, pipeline, steps
@@ -294,7 +302,7 @@ def inference_array(data: bytes, options: Options, limits: Limits) -> RGBImage |
     header = read_header(data)
     check(header, max_pixels=limits.max_pixels, max_frames=limits.max_frames)
     working = pipeline._working_size(header, options)
-    inference, factor = geometry.inference_size(working, geometry.INFERENCE_CAP)
+    inference, factor = geometry.inference_size(working, cap)
     shrink = jpeg_shrink(1 / factor) if header.format == "jpeg" else 1
     for fail_on in ("warning", "none"):  # as the pipeline retries a damaged source
         try:
@@ -362,9 +370,10 @@ class Found:
 
     model_id = "batch"
 
-    def __init__(self, faces_json: str, expected_digest: str) -> None:
+    def __init__(self, faces_json: str, expected_digest: str, max_side: int) -> None:
         self.faces_json = faces_json
         self.expected_digest = expected_digest
+        self.max_side = max_side  # the pipeline prepares the image the actors saw
 
     def detect(self, images: Sequence[RGBImage]) -> list[list[Face]]:
         return [faces for faces, _ in self.detect_with_candidates(images)]
@@ -388,7 +397,9 @@ def finish(row: dict[str, Any], job: Job) -> dict[str, Any]:
         return record | {"status": "failed", "reason": row["error"]}
     options = job.options
     out = output_name(row["rel"], options)
-    detector = Found(row.get("faces", ""), row["digest"]) if options.needs_faces else None
+    detector = None
+    if options.needs_faces:
+        detector = Found(row.get("faces", ""), row["digest"], job.max_side)
     try:
         result = transform(row["data"], options, detector=detector, limits=job.limits)
         job.dest.write(out, result.data, result.content_type)

@@ -10,7 +10,8 @@ from typing import Any, TypeVar
 
 from focal.errors import FocalError
 from focal.face.retinaface import CROP_THRESHOLD
-from focal.face.sessions import PRECISIONS, RUNTIMES
+from focal.face.sessions import MIN_MAX_SIDE, PRECISIONS, RUNTIMES
+from focal.geometry import INFERENCE_CAP
 from focal.options import Format, Options
 from focal.pipeline import Limits
 
@@ -67,6 +68,13 @@ def add_job_arguments(p: Any, *, folder: str = "") -> None:
         help="CPU runtimes: also detect on the mirrored image (about twice the detector time)",
     )
     p.add_argument(
+        "--detector-max-side",
+        type=detection_side,
+        default=INFERENCE_CAP,
+        help=f"most pixels per side detection runs on ({MIN_MAX_SIDE} to {INFERENCE_CAP}; smaller "
+        "is faster and finds fewer small faces, docs/detector.md)",
+    )
+    p.add_argument(
         "--batch",
         type=positive_int,
         default=16,
@@ -84,6 +92,7 @@ def detector_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "max_batch": args.batch,
         "crop_threshold": args.face_crop_threshold,
         "flip": args.detector_flip,
+        "max_side": args.detector_max_side,
     }
 
 
@@ -103,6 +112,15 @@ def _checked(
 
 def positive_int(text: str) -> int:
     return _checked(text, int, lambda v: v >= 1, "a positive integer")
+
+
+def detection_side(text: str) -> int:
+    return _checked(
+        text,
+        int,
+        lambda v: MIN_MAX_SIDE <= v <= INFERENCE_CAP,
+        f"a whole number of pixels from {MIN_MAX_SIDE} to {INFERENCE_CAP}",
+    )
 
 
 def unit_float(text: str) -> float:

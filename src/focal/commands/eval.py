@@ -31,7 +31,13 @@ from focal.errors import FocalError, ModelMissingError
 from focal.face import evaluation as ev
 from focal.face import models, retinaface
 from focal.face.detector import RetinaFace, load_inference_image, oriented_size
-from focal.face.sessions import CPU_RUNTIMES, PRECISIONS, FrozenGraphHeads, load_detector
+from focal.face.sessions import (
+    CPU_RUNTIMES,
+    MIN_MAX_SIDE,
+    PRECISIONS,
+    FrozenGraphHeads,
+    load_detector,
+)
 from focal.geometry import INFERENCE_CAP
 
 DEFAULT_DATA = Path("../shared/facedata")
@@ -440,9 +446,12 @@ def summary(setting: dict[str, Any], resized: int) -> str:
         f"{neg['images']} images; ambiguous: "
         + ", ".join(f"{a['image']} {len(a['detections'])}" for a in neg["ambiguous"]),
         "  singles found: " + ", ".join(f"{s['image']} {s['found']}" for s in setting["singles"]),
-        f"  {resized} of {wider['images']} WIDER FACE images are larger than {MAX_SIDE} px on a "
-        "side: only these differ between the cap and original scale",
     ]
+    if setting["max_side"] == MAX_SIDE:
+        lines.append(
+            f"  {resized} of {wider['images']} WIDER FACE images are larger than {MAX_SIDE} px on "
+            "a side: only these differ between the cap and original scale"
+        )
     if "reference" in setting:
         ref = setting["reference"]
         lines.append(
@@ -469,6 +478,24 @@ class Images:
         return [max(oriented_size(p)) <= MAX_SIDE for p in paths]
 
 
+def within(longest: int, cap: int) -> bool:
+    """Whether an image of this longest side is detected as is at ``cap`` (0: original scale)."""
+    return cap == 0 or longest <= cap
+
+
+def max_side(text: str) -> int:
+    """--max-side: 0 (original scale) or a detection side focal offers."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value != 0 and not MIN_MAX_SIDE <= value <= INFERENCE_CAP:
+        raise argparse.ArgumentTypeError(
+            f"expected 0 or {MIN_MAX_SIDE} to {INFERENCE_CAP}, received {text!r}"
+        )
+    return value
+
+
 def evaluate(args: argparse.Namespace, say: Callable[[str], None]) -> dict[str, Any]:
     entries = read_manifest(args.data)
     images = Images(
@@ -486,14 +513,23 @@ def evaluate(args: argparse.Namespace, say: Callable[[str], None]) -> dict[str, 
         reference = RetinaFace(FrozenGraphHeads(graph), "frozen-graph", detector.settings)
     paths = {kind: images.paths(args.data, kind) for kind in ("wider", "negatives", "singles")}
     fits = {kind: Images.fits(p) for kind, p in paths.items()}
-    first: dict[str, Run] = {}  # the first setting's runs, reused where an image fits the cap
+    longest = {kind: [max(oriented_size(p)) for p in found] for kind, found in paths.items()}
+    # the first setting's runs, reused where an image fits both caps (the same pixels)
+    first: dict[str, tuple[int, Run]] = {}
+
+    def reused(kind: str, cap: int) -> tuple[Run | None, list[bool]]:
+        if kind not in first:
+            return None, []
+        prior, run = first[kind]
+        return run, [within(n, cap) and within(n, prior) for n in longest[kind]]
+
     settings = []
     for cap in args.max_side or list(CAPS):
         say(f"{setting_label(cap)}: {len(paths['wider'])} WIDER FACE images")
         runs = {}
         for kind in paths:
-            runs[kind] = run_detector(detector, paths[kind], cap, first.get(kind), fits[kind], say)
-            first.setdefault(kind, runs[kind])
+            runs[kind] = run_detector(detector, paths[kind], cap, *reused(kind, cap), say)
+            first.setdefault(kind, (cap, runs[kind]))
         setting: dict[str, Any] = {
             "max_side": cap,
             "wider": wider_report(images.wider, truths, runs["wider"].faces, args.threshold),
@@ -506,9 +542,9 @@ def evaluate(args: argparse.Namespace, say: Callable[[str], None]) -> dict[str, 
         if args.sweep:
             setting["sweep"] = sweep_report(images, truths, runs, args.sweep)
         if reference is not None:
-            reuse = first.get("reference")
-            ref_run = run_detector(reference, paths["wider"], cap, reuse, fits["wider"])
-            first.setdefault("reference", ref_run)
+            longest["reference"] = longest["wider"]
+            ref_run = run_detector(reference, paths["wider"], cap, *reused("reference", cap))
+            first.setdefault("reference", (cap, ref_run))
             ours = setting["wider"]["ap"]
             setting["reference"] = reference_report(
                 images.wider, truths, ref_run.faces, ours, runs["wider"].faces
@@ -539,10 +575,10 @@ def register(sub: Any) -> None:
     w.add_argument("--data", type=Path, default=DEFAULT_DATA, help="evaluation data folder")
     w.add_argument(
         "--max-side",
-        type=int,
-        choices=CAPS,
+        type=max_side,
         action="append",
-        help="1024: scale to fit 1024x1024 (as focal detects); 0: original scale (default: both)",
+        help="1024: scale to fit 1024x1024 (as focal detects by default); a smaller side as "
+        "detector_max_side does; 0: original scale (default: 1024 and 0)",
     )
     w.add_argument("--runtime", default="auto", choices=CPU_RUNTIMES)
     w.add_argument("--precision", default="fp32", choices=PRECISIONS)

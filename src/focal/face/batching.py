@@ -23,7 +23,14 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from focal.detection import CandidateDetector, Detector, Face, RGBImage, faces_and_candidates
+from focal.detection import (
+    CandidateDetector,
+    Detector,
+    Face,
+    RGBImage,
+    faces_and_candidates,
+    inference_cap,
+)
 from focal.face.retinaface import padded_size
 
 
@@ -54,6 +61,10 @@ class BatchingDetector:
     @property
     def model_id(self) -> str:
         return self.inner.model_id
+
+    @property
+    def max_side(self) -> int:
+        return inference_cap(self.inner)
 
     def detect(self, images: Sequence[RGBImage]) -> list[list[Face]]:
         """Faces for each image, in order; blocks until the batches holding them have run."""

@@ -85,6 +85,11 @@ class RetinaFace:
         self._model_sha256 = model_sha256
 
     @property
+    def max_side(self) -> int:
+        """The most pixels per side detection runs on (focal.detection.inference_cap)."""
+        return self.settings.max_side
+
+    @property
     def model_id(self) -> str:
         precision = self.session.precision
         return rf.model_id(
@@ -138,7 +143,7 @@ class RetinaFace:
         self, images: Sequence[RGBImage], floor: float, face_threshold: float
     ) -> list[tuple[list[Face], list[Face]]]:
         """(faces above face_threshold, the rest above floor) for each image."""
-        prepared = [fit_to_cap(image) for image in images]
+        prepared = [fit_to_cap(image, self.settings.max_side) for image in images]
         found = self.detect_prepared(prepared, floor)
         results = []
         for d, i, p in zip(found, images, prepared, strict=True):

@@ -41,22 +41,26 @@ class Settings:
     nms_iou) keep only the highest-scoring one. For a face crop (asked for apart), a face scores
     above crop_threshold, and a weak candidate above candidate_threshold but not above
     crop_threshold (it is never a face). flip: a second pass on the mirrored image, merged with
-    the first by the same NMS."""
+    the first by the same NMS. max_side: the most pixels per side detection runs on (at most
+    the published 1024 cap; larger images are scaled to fit it first)."""
 
     score_threshold: float = 0.5
     nms_iou: float = 0.4
     crop_threshold: float = CROP_THRESHOLD
     candidate_threshold: float = CANDIDATE_THRESHOLD
     flip: bool = False
+    max_side: int = geometry.INFERENCE_CAP
 
 
 def model_id(model_sha256: str, settings: Settings, tag: str = "") -> str:
     """The detector's identity (cache keys hold it): model file, thresholds (the crop-time one
-    when it is not the default), ``flip`` when the mirrored pass is on, and a tag for any runtime
-    or precision whose faces may differ from the fp32 reference ("" for those)."""
+    when it is not the default), ``flip`` when the mirrored pass is on, the detection side when
+    it is below the published cap, and a tag for any runtime or precision whose faces may differ
+    from the fp32 reference ("" for those)."""
     s = settings
     crop = f":c{s.crop_threshold}" if s.crop_threshold != CROP_THRESHOLD else ""
-    suffix = crop + (":flip" if s.flip else "") + (f":{tag}" if tag else "")
+    side = f":m{s.max_side}" if s.max_side != geometry.INFERENCE_CAP else ""
+    suffix = crop + (":flip" if s.flip else "") + side + (f":{tag}" if tag else "")
     return f"{MODEL_NAME}:{model_sha256[:16]}:s{s.score_threshold}:n{s.nms_iou}{suffix}"
 
 

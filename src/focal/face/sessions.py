@@ -30,6 +30,7 @@ import numpy.typing as npt
 
 from focal.errors import RuntimeChoiceError
 from focal.face.retinaface import OUTPUT_NAMES, RawOutputs, Session, Settings, raw_outputs
+from focal.geometry import INFERENCE_CAP
 
 if TYPE_CHECKING:
     from focal.detection import Detector
@@ -43,6 +44,10 @@ DEFAULT_RUNTIME = "onnxruntime"  # for fp32; bf16 and f16 need OpenVINO
 DEFAULT_PRECISION = "fp32"
 OPENVINO_HINTS = {"fp32": "f32", "bf16": "bf16", "f16": "f16"}
 OPENVINO_CAPABILITY = {"bf16": "BF16", "f16": "FP16"}
+MIN_MAX_SIDE = 256  # the smallest detection side offered (detector_max_side)
+
+
+SPINNING = "session.intra_op.allow_spinning"  # ONNX Runtime's session config key
 
 
 class OnnxRuntimeSession:
@@ -51,7 +56,9 @@ class OnnxRuntimeSession:
     Its memory arena stays on (the buffers of one run are reused by the next); its memory
     pattern, a buffer plan cached per input shape, is off by default: under a load of many image
     sizes the plans pile up (the detector worker reached 534 MiB after 80 distinct shapes with
-    it, 351 MiB without, at the same speed; docs/detector.md).
+    it, 351 MiB without, at the same speed; docs/detector.md). Its worker threads do not spin:
+    a spinning thread keeps polling for work between and after runs, CPU the image threads of
+    a busy server need (benchmarks/face_cost.py, docs/detector.md).
     """
 
     runtime = "onnxruntime"
@@ -63,11 +70,13 @@ class OnnxRuntimeSession:
         threads: int = 0,
         memory_arena: bool = True,
         memory_pattern: bool = False,
+        spinning: bool = False,
     ) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
+        options.add_session_config_entry(SPINNING, "1" if spinning else "0")
         options.log_severity_level = 3
         options.enable_cpu_mem_arena = memory_arena
         options.enable_mem_pattern = memory_pattern
@@ -250,7 +259,9 @@ class DetectorConfig:
     max_batch        torch only: most images in one forward pass
     score_threshold / nms_iou   focal.face.retinaface.Settings
     crop_threshold   CPU runtimes only: what counts as a face for a face crop (docs/cropping.md)
-    flip             CPU runtimes only: also detect on the mirrored image (docs/detector.md)"""
+    flip             CPU runtimes only: also detect on the mirrored image (docs/detector.md)
+    max_side         the most pixels per side detection runs on (at most the published 1024;
+                     smaller is faster and finds fewer small faces, docs/detector.md)"""
 
     model_dir: Path | None = None
     runtime: str = "auto"
@@ -262,6 +273,7 @@ class DetectorConfig:
     nms_iou: float = Settings.nms_iou
     crop_threshold: float = Settings.crop_threshold
     flip: bool = Settings.flip
+    max_side: int = Settings.max_side
 
     def factory_args(self) -> tuple[tuple[str, object], ...]:
         """Keyword arguments of FACTORY (picklable), for a detector built in another process."""
@@ -276,6 +288,15 @@ def build_detector(**fields: Any) -> Detector:
     return open_detector(DetectorConfig(**fields))
 
 
+def check_max_side(max_side: int) -> None:
+    """Refuse a detection side outside MIN_MAX_SIDE..INFERENCE_CAP (RuntimeChoiceError)."""
+    if not MIN_MAX_SIDE <= max_side <= INFERENCE_CAP:
+        raise RuntimeChoiceError(
+            f"max_side {max_side}: expected {MIN_MAX_SIDE} to {INFERENCE_CAP} pixels "
+            "(detection never runs on more than the published 1024 cap)"
+        )
+
+
 def load_detector(
     model_dir: Path | None = None,
     runtime: str = "auto",
@@ -284,18 +305,25 @@ def load_detector(
     nms_iou: float = Settings.nms_iou,
     flip: bool = Settings.flip,
     crop_threshold: float = Settings.crop_threshold,
+    max_side: int = Settings.max_side,
 ) -> RetinaFace:
     """The CPU detector over the installed model (ModelMissingError when `focal models fetch`
     has not been run). runtime: auto, onnxruntime or openvino; precision: fp32, bf16 or f16
     (openvino only); flip: a second, mirrored pass merged by NMS; crop_threshold: what counts
-    as a face for a face crop (weak candidates below it, docs/cropping.md)."""
+    as a face for a face crop (weak candidates below it, docs/cropping.md); max_side: the most
+    pixels per side detection runs on."""
     from focal.face import models
     from focal.face.detector import RetinaFace
 
     installed = models.require(model_dir)
     session = open_session(installed.model_path, runtime, precision)
+    check_max_side(max_side)
     settings = Settings(
-        score_threshold=score_threshold, nms_iou=nms_iou, crop_threshold=crop_threshold, flip=flip
+        score_threshold=score_threshold,
+        nms_iou=nms_iou,
+        crop_threshold=crop_threshold,
+        flip=flip,
+        max_side=max_side,
     )
     return RetinaFace(session, installed.manifest.model_sha256, settings)
 
@@ -314,11 +342,13 @@ def open_detector(config: DetectorConfig = DetectorConfig()) -> Detector:
             config.nms_iou,
             config.flip,
             config.crop_threshold,
+            config.max_side,
         )
     if config.flip:
         raise RuntimeChoiceError("the mirrored pass (flip) runs on the CPU runtimes only")
     from focal.face.torch_detector import load_torch_detector  # the optional dependency
 
+    check_max_side(config.max_side)
     return load_torch_detector(
         config.model_dir,
         device=config.device,
@@ -327,4 +357,5 @@ def open_detector(config: DetectorConfig = DetectorConfig()) -> Detector:
         nms_iou=config.nms_iou,
         idle_offload_s=config.idle_offload_s if config.idle_offload_s > 0 else None,
         max_batch=config.max_batch,
+        max_side=config.max_side,
     )

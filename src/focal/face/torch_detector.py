@@ -37,6 +37,7 @@ from focal.errors import TorchRuntimeError
 from focal.face import models, retinaface
 from focal.face.torch_graph import OnnxModule, load_module
 from focal.face.torch_postprocess import decode_batch
+from focal.geometry import INFERENCE_CAP
 
 log = logging.getLogger("focal.detector")
 
@@ -57,9 +58,9 @@ class Batch:
     indices: tuple[int, ...]
 
 
-def inference_shape(image: RGBImage) -> tuple[int, int]:
+def inference_shape(image: RGBImage, cap: int = INFERENCE_CAP) -> tuple[int, int]:
     """(height, width) detection runs at for this image (SPEC section 2, step 1)."""
-    width, height = retinaface.inference_size(int(image.shape[1]), int(image.shape[0]))
+    width, height = retinaface.inference_size(int(image.shape[1]), int(image.shape[0]), cap)
     return height, width
 
 
@@ -202,6 +203,10 @@ class TorchDetector:
         self.cold_start_s: float | None = None  # seconds the last load took
 
     @property
+    def max_side(self) -> int:
+        return self.settings.max_side
+
+    @property
     def model_id(self) -> str:
         """As the CPU detector's: fp32 gives the same faces as the CPU runtimes."""
         tag = "" if self.precision == "fp32" else f"torch-{self.precision}"
@@ -301,7 +306,7 @@ class TorchDetector:
             check_image(image)
         if not images:
             return []
-        shapes = [inference_shape(image) for image in images]
+        shapes = [inference_shape(image, self.settings.max_side) for image in images]
         results: list[list[Face]] = [[] for _ in images]
         with self._lock, torch.inference_mode():
             loaded = self._ensure_loaded()
@@ -415,6 +420,7 @@ def load_torch_detector(
     nms_iou: float = 0.4,
     max_batch: int = 32,
     idle_offload_s: float | None = 300.0,
+    max_side: int = INFERENCE_CAP,
     channels_last: bool = True,
     compile: bool = False,
     cuda_graphs: bool = False,
@@ -438,5 +444,7 @@ def load_torch_detector(
         idle_offload_s=idle_offload_s,
         cudnn_benchmark=cudnn_benchmark,
     )
-    settings = retinaface.Settings(score_threshold=score_threshold, nms_iou=nms_iou)
+    settings = retinaface.Settings(
+        score_threshold=score_threshold, nms_iou=nms_iou, max_side=max_side
+    )
     return TorchDetector(path, sha, settings, options)

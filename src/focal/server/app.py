@@ -193,6 +193,7 @@ def detector_config(settings: Settings) -> DetectorConfig:
         max_batch=settings.detector_max_batch,
         crop_threshold=settings.face_crop_threshold,
         flip=settings.detector_flip,
+        max_side=settings.detector_max_side,
     )
 
 

@@ -46,8 +46,16 @@ import numpy as np
 
 import focal
 from focal import errors
-from focal.detection import CandidateDetector, DetectionFailed, Detector, Face, RGBImage
+from focal.detection import (
+    CandidateDetector,
+    DetectionFailed,
+    Detector,
+    Face,
+    RGBImage,
+    inference_cap,
+)
 from focal.face import sessions
+from focal.geometry import INFERENCE_CAP
 from focal.server import detector_worker as proto
 
 log = logging.getLogger("focal.detector")
@@ -103,6 +111,7 @@ class _Worker:
         self.conn = conn
         self.pid = process.pid
         self.model_id = ""
+        self.max_side = INFERENCE_CAP
 
     @classmethod
     def launch(cls, settings: PoolSettings) -> _Worker:
@@ -124,7 +133,7 @@ class _Worker:
         """Wait for Ready; on failure, kill the process and raise what the factory raised."""
         message = self.receive(time.monotonic() + timeout)
         if isinstance(message, proto.Ready):
-            self.model_id = message.model_id
+            self.model_id, self.max_side = message.model_id, message.max_side
             return
         self.kill()
         if isinstance(message, proto.StartFailed):
@@ -210,6 +219,7 @@ class DetectorPool:
         self._closing = threading.Event()
         self._running = False
         self._model_id: str | None = None
+        self._max_side = INFERENCE_CAP
         self._batch_ids = itertools.count(1)
         self._restarts = 0
         self._batches = 0
@@ -232,7 +242,7 @@ class DetectorPool:
                 _kill_quietly(worker)
             raise
         self._workers = list(launched)
-        self._model_id = launched[0].model_id
+        self._model_id, self._max_side = launched[0].model_id, launched[0].max_side
         self._running = True
         self._lanes = [
             threading.Thread(
@@ -269,6 +279,11 @@ class DetectorPool:
         if self._model_id is None:
             raise RuntimeError("the detector pool has not been started")
         return self._model_id
+
+    @property
+    def max_side(self) -> int:
+        """The workers' detection side (focal.detection.inference_cap)."""
+        return self._max_side
 
     def detect(self, images: Sequence[RGBImage]) -> list[list[Face]]:
         found: list[list[Face]] = self._ask(images, candidates=False)
@@ -529,6 +544,10 @@ class CachingDetector:
     @property
     def model_id(self) -> str:
         return self._inner.model_id
+
+    @property
+    def max_side(self) -> int:
+        return inference_cap(self._inner)
 
     def detect(self, images: Sequence[RGBImage]) -> list[list[Face]]:
         def inner(missing: list[RGBImage]) -> list[tuple[list[Face], list[Face]]]:

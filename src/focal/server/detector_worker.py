@@ -9,7 +9,7 @@ DetectBatch message names the shapes, then each image follows as one raw byte me
                        DetectBatch(batch_id, shapes, candidates), then len(shapes) raw
                        uint8 buffers (candidates: answer (faces, weak candidates) per image)
                        Stop()
-    worker -> server   Ready(model_id, pid) | StartFailed(error_type, message)   once, at start
+    worker -> server   Ready(model_id, pid, max_side) | StartFailed(error_type, message)   once
                        BatchDone(batch_id, results)   one per DetectBatch
 
 The worker exits on Stop, or when the server's end closes (the server exited, even by kill -9).
@@ -33,7 +33,8 @@ from typing import cast
 
 import numpy as np
 
-from focal.detection import Detector, Face, RGBImage, faces_and_candidates
+from focal.detection import Detector, Face, RGBImage, faces_and_candidates, inference_cap
+from focal.geometry import INFERENCE_CAP
 
 WORKER_NICENESS = 10  # as the image threads (focal.server.memory.IMAGE_THREAD_NICENESS)
 
@@ -49,6 +50,7 @@ class Start:
 class Ready:
     model_id: str
     pid: int
+    max_side: int = INFERENCE_CAP  # focal.detection.inference_cap of the worker's detector
 
 
 @dataclass(frozen=True)
@@ -113,11 +115,11 @@ def main(conn: Connection, start: Start) -> None:
         os.nice(WORKER_NICENESS)  # the server's event loop runs first when every core is busy
     try:
         detector = load_factory(start.factory)(**dict(start.factory_args))
-        model_id = detector.model_id
+        model_id, max_side = detector.model_id, inference_cap(detector)
     except Exception as exc:
         conn.send(StartFailed(_qualified_name(exc), str(exc)))
         return
-    conn.send(Ready(model_id, os.getpid()))
+    conn.send(Ready(model_id, os.getpid(), max_side))
     serve(conn, detector)
 
 

@@ -264,6 +264,15 @@ SETTINGS: tuple[Setting, ...] = (
         "CPU runtimes: also detect on the mirrored image, merged by NMS (about twice the "
         "detector time; docs/detector.md).",
     ),
+    _s(
+        "detector_max_side",
+        "int",
+        sessions.DetectorConfig.max_side,
+        "detector",
+        f"Most pixels per side detection runs on, {sessions.MIN_MAX_SIDE} to "
+        f"{sessions.DetectorConfig.max_side} (the published cap): smaller is faster and finds "
+        "fewer small faces (docs/detector.md).",
+    ),
     _s("detection_cache_entries", "int", 1024, "detector", "Detections kept per image content."),
     _s(
         "presets",
@@ -392,6 +401,7 @@ class Settings:
     detector_idle_offload_s: float = DEFAULTS["detector_idle_offload_s"]
     face_crop_threshold: float = DEFAULTS["face_crop_threshold"]
     detector_flip: bool = DEFAULTS["detector_flip"]
+    detector_max_side: int = DEFAULTS["detector_max_side"]
     detection_cache_entries: int = DEFAULTS["detection_cache_entries"]
     presets: tuple[tuple[str, str], ...] = DEFAULTS["presets"]
     presets_only: bool = DEFAULTS["presets_only"]
@@ -409,6 +419,12 @@ class Settings:
             )
         if self.workers < 1:
             raise SettingsError(f"Expected at least 1 for workers but received {self.workers}")
+        low, high = sessions.MIN_MAX_SIDE, sessions.DetectorConfig.max_side
+        if not low <= self.detector_max_side <= high:
+            raise SettingsError(
+                f"Expected {low} to {high} pixels for detector_max_side but received "
+                f"{self.detector_max_side}"
+            )
 
     @property
     def threads(self) -> int:
