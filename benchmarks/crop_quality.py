@@ -24,7 +24,7 @@ Reported per aspect and method: the share of faces kept, and the share of images
 face was kept among the images where the oracle keeps them all.
 
     .venv/bin/python benchmarks/crop_quality.py [--limit N] [--skip-thumbor] [--flip]
-        [--crop-threshold T] [--methods a,b] [--out NAME] [--time-flip N]
+        [--crop-threshold T] [--max-side S] [--methods a,b] [--out NAME] [--time-flip N]
 
 --skip-thumbor reuses the thumbor rows of the saved results (benchmarks/results/crop_quality.json)
 where they exist, and says so in the results. --time-flip N times the detector with and without
@@ -231,6 +231,10 @@ class CachedDetector:
     @property
     def model_id(self) -> str:
         return str(self.inner.model_id)
+
+    @property
+    def max_side(self) -> int:
+        return int(self.inner.max_side)
 
     def detect(self, images: Sequence[npt.NDArray[np.uint8]]) -> list[Any]:
         return [faces for faces, _ in self.detect_with_candidates(images)]
@@ -539,15 +543,17 @@ def _item_of(path: Path) -> Item:
 
 
 def load_focal_detector(
-    crop_threshold: float | None = None, flip: bool = False
+    crop_threshold: float | None = None, flip: bool = False, max_side: int | None = None
 ) -> tuple[Any, str | None]:
     try:
         from focal.face.sessions import load_detector
 
-        if crop_threshold is None:
-            detector = load_detector(flip=flip)
-        else:
-            detector = load_detector(crop_threshold=crop_threshold, flip=flip)
+        chosen: dict[str, Any] = {"flip": flip}
+        if crop_threshold is not None:
+            chosen["crop_threshold"] = crop_threshold
+        if max_side is not None:
+            chosen["max_side"] = max_side
+        detector = load_detector(**chosen)
     except Exception as error:
         return None, f"{type(error).__name__}: {error}"
     return CachedDetector(detector), None
@@ -633,6 +639,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--flip", action="store_true", help="the detector's mirrored pass on")
     parser.add_argument(
+        "--max-side",
+        type=int,
+        default=None,
+        help="what-if: the detector's detection side (detector_max_side; default 1024)",
+    )
+    parser.add_argument(
         "--time-flip", type=int, default=0, help="time the mirrored pass on N images and exit"
     )
     args = parser.parse_args(argv)
@@ -644,7 +656,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.time_flip:
         print(time_flip(selected, args.time_flip))
         return 0
-    detector, detector_error = load_focal_detector(args.crop_threshold, args.flip)
+    detector, detector_error = load_focal_detector(args.crop_threshold, args.flip, args.max_side)
     errors: dict[str, str] = {}
     if detector_error:
         errors["focal"] = detector_error
@@ -671,7 +683,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     found = failures(rows) if "focal-face" in methods else {}
     for aspect, block in found.items():
         print(f"{aspect} gravity=face failures: {block['causes']}")
-    partial = bool(args.limit or args.methods or args.crop_threshold is not None or args.flip)
+    what_if = args.crop_threshold is not None or args.flip or args.max_side is not None
+    partial = bool(args.limit or args.methods or what_if)
     if args.no_write or (partial and not args.out):
         return 0
     data = {
@@ -697,6 +710,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         detector.inner.settings.crop_threshold if detector is not None else None
     )
     data["detector_flip"] = args.flip
+    data["detector_max_side"] = detector.max_side if detector is not None else None
     if detector is not None:
         data["detector_seconds"] = round(detector.seconds, 1)
         data["detector_calls"] = detector.calls

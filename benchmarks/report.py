@@ -7,6 +7,7 @@ files, each made by the command named next to its table).
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -266,6 +267,12 @@ def _median_of(rows: Sequence[dict[str, Any]], key: str) -> str:
     return f"{_median(values):.1f}" if values else "n/a"
 
 
+THREEWAY_TITLES = {
+    "threeway": "## 2b. Three-way: focal, thumbor and ipx",
+    "threeway_face": "## 2e. Face crops against thumbor, per detection side",
+}
+
+
 def threeway_section(data: dict[str, Any]) -> str:
     """A benchmarks/threeway.py result: per cell, median req/s of every server, the ratios
     taken within each round (min / median / max) and the servers' CPU time per request."""
@@ -274,18 +281,15 @@ def threeway_section(data: dict[str, Any]) -> str:
     servers = list(dict.fromkeys(r["server"] for r in rows_in))
     focal = [n for n in servers if n.startswith("focal")]
     others = [n for n in ("thumbor", "ipx") if n in servers]
-    title = (
-        "## 2b. Three-way: focal, thumbor and ipx"
-        if data["benchmark"] == "threeway"
-        else "## 2c. Serving levers: focal configurations side by side"
+    title = THREEWAY_TITLES.get(
+        data["benchmark"], "## 2c. Serving levers: focal configurations side by side"
     )
     text = [
         f"{title}\n",
         f"`{data['command']}` ({data['seconds']:.0f} s; {setup['rounds']} rounds per cell of "
         f"{setup['seconds_per_measurement']:.0f} s per server, the order rotating each round; "
         f"load generator {setup['load_generator']})\n",
-        f"- thumbor: {setup['thumbor']}",
-        f"- ipx: {setup['ipx']}",
+        *(f"- {name}: {setup[name]}" for name in others),
         "- focal: "
         + "; ".join(
             f"`{name}` {' '.join(v['flags']) or '(defaults)'}"
@@ -464,6 +468,95 @@ def breakdown_section(data: dict[str, Any]) -> str:
     )
 
 
+SIDE_QUALITY = "crop_quality_side_{side}"  # benchmarks/crop_quality.py --max-side S --out ...
+SIDES_AP = RESULTS / "widerface_sides.json"  # focal eval widerface --max-side S ... --out ...
+
+
+def _side_quality(side: int) -> str:
+    """gravity=face's all-kept shares at one detection side, from its crop-quality run."""
+    data = harness.read_result("crop_quality" if side == 1024 else SIDE_QUALITY.format(side=side))
+    if data is None:
+        return "-"
+    shares = [
+        block["methods"].get("focal-face", {}).get("all_kept_share")
+        for block in data["summary"].values()
+    ]
+    return " / ".join(pct(s) for s in shares)
+
+
+def _side_accuracy() -> dict[int, tuple[str, str]]:
+    """Per detection side: WIDER FACE AP easy / medium / hard, and negatives with a face at the
+    crop threshold (0.3), from `focal eval widerface --max-side ... --sweep 0.3`."""
+    if not SIDES_AP.exists():
+        return {}
+    found: dict[int, tuple[str, str]] = {}
+    for setting in json.loads(SIDES_AP.read_text())["settings"]:
+        ap = setting["wider"]["ap"]
+        sweep = {row["threshold"]: row for row in setting.get("sweep", [])}
+        at = sweep.get(0.3)
+        negatives = (
+            "-"
+            if at is None
+            else f"{len(at['negatives_with_detections'])} of {at['negative_images']}"
+        )
+        found[setting["max_side"]] = (
+            f"{ap['easy']:.2f} / {ap['medium']:.2f} / {ap['hard']:.2f}",
+            negatives,
+        )
+    return found
+
+
+def face_cost_section(data: dict[str, Any]) -> str:
+    summary = data["summary"]
+    accuracy = _side_accuracy()
+    rows = []
+    for name, row in summary.items():
+        config = data["configurations"][name]
+        side = config["max_side"]
+        quality, (ap, negatives) = "-", ("-", "-")
+        if not config["spinning"]:
+            quality, (ap, negatives) = _side_quality(side), accuracy.get(side, ("-", "-"))
+        rows.append(
+            [
+                name,
+                f"{row['wall_ms']:.1f} ({row['wall_ratio']['median']:.2f})",
+                f"{row['cpu_ms']:.1f} ({row['cpu_ratio']['median']:.2f}; "
+                f"{row['cpu_ratio']['min']:.2f}-{row['cpu_ratio']['max']:.2f})",
+                f"{row['split_ms'].get('detect', 0):.1f}",
+                quality,
+                ap,
+                negatives,
+            ]
+        )
+    header = [
+        "configuration",
+        "wall ms per crop (x default)",
+        "CPU ms per crop (x default; min-max)",
+        "detect ms",
+        "all faces kept 1:1 / 4:5 / 16:9",
+        "WIDER AP easy / medium / hard",
+        "negatives with a face at 0.3",
+    ]
+    return "\n".join(
+        [
+            "## 4b. Face-crop cost per detector configuration\n",
+            f"`{data['command']}` ({data['seconds']:.0f} s; {data['rounds']} rounds, the order "
+            "rotating each round)\n",
+            f"Every JPEG of benchmarks/work/inputs/face/ ({len(data['sources'])} portraits and group "
+            f"photos) to `{data['job']}` through `focal.pipeline.transform`, {data['detector']}. "
+            "CPU time is the process's own, every thread included: what a busy server pays per "
+            "crop. Ratios are to `side=1024` (the default) within each round. Crop quality per side: "
+            "`.venv/bin/python benchmarks/crop_quality.py --skip-thumbor --methods focal-face,center "
+            "--max-side S --out crop_quality_side_S` (section 1's run for 1024); AP and negatives: "
+            "`.venv/bin/focal eval widerface --data ../shared/facedata --max-side 1024 --max-side 896 "
+            "--max-side 768 --max-side 640 --max-side 512 --sweep 0.3 --out "
+            "benchmarks/results/widerface_sides.json`.\n",
+            table(header, rows),
+            "",
+        ]
+    )
+
+
 def memory_section(data: dict[str, Any]) -> str:
     rows = []
     for name, r in data["summary"].items():
@@ -535,15 +628,17 @@ def startup_section(data: dict[str, Any]) -> str:
 
 STEP_OF = {"face_crop_breakdown": "breakdown"}
 # studies run by hand (each result names its command): left out of the page until measured
-OPTIONAL = {"levers", "jpeg_decode"}
+OPTIONAL = {"levers", "jpeg_decode", "threeway_face"}
 SECTIONS = (
     ("crop_quality", crop_section),
     ("throughput", throughput_section),
     ("threeway", threeway_section),
     ("levers", threeway_section),
     ("jpeg_decode", jpeg_decode_section),
+    ("threeway_face", threeway_section),
     ("floor", floor_section),
     ("face_crop_breakdown", breakdown_section),
+    ("face_cost", face_cost_section),
     ("memory", memory_section),
     ("startup", startup_section),
 )

@@ -57,6 +57,13 @@ STEPS: tuple[tuple[str, str, list[str], list[str], int], ...] = (
     ),
     ("floor", "floor.py", [], ["--repeat", "3", "--cli-repeat", "1"], 600),
     ("breakdown", "breakdown.py", [], ["--repeat", "5"], 600),
+    (
+        "face_cost",
+        "face_cost.py",
+        [],
+        ["--rounds", "1", "--passes", "1", "--sides", "1024,640"],
+        600,
+    ),
     ("startup", "startup.py", [], ["--repeat", "3"], 300),
     (
         "memory",
