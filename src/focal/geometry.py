@@ -557,14 +557,30 @@ def _face_crop(
     if not inside:
         return Rect(left, top, width, height), None
     published = (left, top)
+    # faces left out that the published crop holds all the same stay held (candidates never
+    # cost a face the crop had)
+    extra = [b for b in face.left_out if _holds(left, width, b.left, b.right)]
+    extra = [b for b in extra if _holds(top, height, b.top, b.bottom)]
     low, high = keep_range(fx, width, source.width, keep_x)
+    low, high = _also_holding(low, high, width, [(b.left, b.right) for b in extra])
     rows = [(c.left, c.right) for c in inside if _holds(top, height, c.top, c.bottom)]
     left, _ = steer(left, low, high, width, rows)
     low, high = keep_range(fy, height, source.height, keep_y)
+    low, high = _also_holding(low, high, height, [(b.top, b.bottom) for b in extra])
     cols = [(c.top, c.bottom) for c in inside if _holds(left, width, c.left, c.right)]
     top, held = steer(top, low, high, height, cols)
     steering = Steering(len(inside), held, (left, top) != published)
     return Rect(left, top, width, height), steering
+
+
+def _also_holding(
+    low: int, high: int, length: int, spans: Sequence[tuple[float, float]]
+) -> tuple[int, int]:
+    """The starts within ``low..high`` of a ``length`` span that also hold every span whole
+    (``spans`` are held by some start of the range, so the result is never empty)."""
+    for lo, hi in spans:
+        low, high = max(low, ceil_pos(hi) - length), min(high, floor_pos(lo))
+    return low, high
 
 
 def _holds(start: int, length: int, lo: float, hi: float) -> bool:
