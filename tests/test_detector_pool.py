@@ -327,6 +327,32 @@ def test_caching_detector_keys_on_pixels_shape_and_model() -> None:
     assert image_key("m", image) != image_key("m", changed)
 
 
+class Marked:
+    """Answers one face with landmarks, and one weak candidate with landmarks."""
+
+    model_id = "marked"
+
+    def detect(self, images: Sequence[RGBImage]) -> list[list[Face]]:
+        return [faces for faces, _ in self.detect_with_candidates(images)]
+
+    def detect_with_candidates(
+        self, images: Sequence[RGBImage]
+    ) -> list[tuple[list[Face], list[Face]]]:
+        face = Face(box=(1, 2, 3, 4), score=0.9, landmarks=((1.5, 2.5), (2.5, 2.5)))
+        weak = Face(box=(5, 6, 7, 8), score=0.1, landmarks=((5.5, 6.5),))
+        return [([face], [weak]) for _ in images]
+
+
+def test_caching_detector_keeps_and_answers_no_landmarks() -> None:
+    cache = CachingDetector(Marked())
+    for _ in range(2):  # a miss, then a hit
+        ((faces, weak),) = cache.detect_with_candidates([image_with(1)])
+        assert [(f.box, f.score, f.landmarks) for f in faces] == [((1, 2, 3, 4), 0.9, ())]
+        assert [(f.box, f.score, f.landmarks) for f in weak] == [((5, 6, 7, 8), 0.1, ())]
+        assert cache.detect([image_with(2)])[0][0].landmarks == ()
+    assert cache.hits == 2 and cache.misses == 2
+
+
 def test_caching_detector_evicts_the_least_recently_used() -> None:
     inner = Counting()
     cache = CachingDetector(inner, max_entries=2)

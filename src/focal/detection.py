@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -27,6 +27,10 @@ class Face:
     box: tuple[float, float, float, float]
     score: float
     landmarks: tuple[Point, ...] = ()
+
+    def box_and_score(self) -> Face:
+        """This face without its landmarks: what a cache may keep (docs/cropping.md, Privacy)."""
+        return Face(box=self.box, score=self.score)
 
     def scaled(self, factor: float) -> Face:
         x1, y1, x2, y2 = self.box
@@ -61,6 +65,20 @@ class CandidateDetector(Detector, Protocol):
     ) -> list[tuple[list[Face], list[Face]]]:
         """(faces, candidates) for each image, in the order given."""
         ...
+
+
+def face_rows(faces: Sequence[Face]) -> list[list[Any]]:
+    """Faces as JSON-ready rows ``[[x1, y1, x2, y2], score]``: boxes and scores, no landmarks."""
+    return [[list(face.box), face.score] for face in faces]
+
+
+def faces_from_rows(rows: Any) -> list[Face]:
+    """Faces from :func:`face_rows`' rows (ValueError, TypeError or IndexError for anything
+    else)."""
+    return [
+        Face(box=(float(b[0]), float(b[1]), float(b[2]), float(b[3])), score=float(score))
+        for b, score in rows
+    ]
 
 
 def inference_cap(detector: Detector) -> int:

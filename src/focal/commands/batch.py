@@ -49,7 +49,15 @@ from focal.commands.common import (
     positive_int,
     reason,
 )
-from focal.detection import DetectionFailed, Detector, Face, RGBImage, faces_and_candidates
+from focal.detection import (
+    DetectionFailed,
+    Detector,
+    Face,
+    RGBImage,
+    face_rows,
+    faces_and_candidates,
+    faces_from_rows,
+)
 from focal.errors import FocalError, ModelMissingError, OptionError
 from focal.face.retinaface import PAD_MULTIPLE
 from focal.files import write_atomic
@@ -345,21 +353,15 @@ class DetectActor:
             try:
                 found = faces_and_candidates(self.detector, [images[i] for i in members])
                 for i, (answer, weak) in zip(members, found, strict=True):
-                    faces[i] = json.dumps({"faces": _rows(answer), "candidates": _rows(weak)})
+                    faces[i] = json.dumps(
+                        {"faces": face_rows(answer), "candidates": face_rows(weak)}
+                    )
             except Exception as error:  # every image of the call falls back, marked
                 for i in members:
                     faces[i] = json.dumps({"failed": f"{type(error).__name__}: {error}"})
         result = {k: v for k, v in batch.items() if k != "pixels"}
         result["faces"] = np.array(faces, dtype=object)
         return result
-
-
-def _rows(faces: Sequence[Face]) -> list[Any]:
-    return [[list(f.box), f.score] for f in faces]
-
-
-def _faces(rows: Sequence[Any]) -> list[Face]:
-    return [Face(box=(b[0], b[1], b[2], b[3]), score=score) for b, score in rows]
 
 
 # ---- stage 3: crop, encode and write (CPU) ------------------------------------------------------
@@ -386,7 +388,8 @@ class Found:
             raise DetectionFailed(answer["failed"])
         if len(images) != 1 or digest(images[0]) != self.expected_digest:
             raise DetectionFailed("the image differs from the one detected")
-        return [(_faces(answer.get("faces", [])), _faces(answer.get("candidates", [])))]
+        found = answer.get("faces", []), answer.get("candidates", [])
+        return [(faces_from_rows(found[0]), faces_from_rows(found[1]))]
 
 
 def finish(row: dict[str, Any], job: Job) -> dict[str, Any]:

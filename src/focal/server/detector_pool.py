@@ -522,8 +522,9 @@ class CachingDetector:
     """Wraps any Detector with an in-memory LRU of its answers, and optionally a shared tier.
 
     Keyed by blake2b of the model id and each image's shape and bytes (:func:`image_key`,
-    computed once per image for both tiers). Only the faces (boxes, scores, landmarks) are kept,
-    never pixels. Failures are not cached. Answers with weak candidates
+    computed once per image for both tiers). Only the faces' boxes and scores are kept: no
+    landmarks (they are dropped from what ``inner`` answers, hit or miss alike), never pixels.
+    Failures are not cached. Answers with weak candidates
     (``detect_with_candidates``) are kept under keys of their own. Lookup order: the LRU, then
     ``shared`` (its answers fill the LRU), then ``inner`` (its answers go to both).
     ``max_entries=0`` keeps no LRU. ``hits`` counts images answered without ``inner``,
@@ -592,7 +593,7 @@ class CachingDetector:
             detected = inner([images[i] for i in missing])
             stored: list[tuple[bytes, CachedAnswer]] = []
             for i, (faces, weak) in zip(missing, detected, strict=True):
-                answer = (tuple(faces), tuple(weak))
+                answer = (_kept(faces), _kept(weak))
                 found[i] = answer
                 self._store(keys[i], answer)
                 stored.append((keys[i], answer))
@@ -618,6 +619,10 @@ class CachingDetector:
             self._entries.move_to_end(key)
             while len(self._entries) > self._max_entries:
                 self._entries.popitem(last=False)
+
+
+def _kept(faces: Sequence[Face]) -> tuple[Face, ...]:
+    return tuple(face.box_and_score() for face in faces)
 
 
 def image_key(model_id: str, image: RGBImage) -> bytes:

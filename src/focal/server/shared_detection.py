@@ -3,8 +3,8 @@ not detected again by any other. Needs the ``redis`` extra.
 
 Keys are ``<prefix><hex of focal.server.detector_pool.image_key>``: blake2b of the model id and
 the pixels the detector is given, so instances with another model or runtime never share an
-answer. Values are the faces and the weak candidates as JSON (boxes, scores, landmarks: never
-pixels), with a TTL.
+answer. Values are the faces and the weak candidates as JSON (boxes and scores: no landmarks,
+never pixels), with a TTL.
 
 Lookups of a batch are one MGET, stores one pipeline of SETs. Every Redis call is bounded by
 ``timeout_s`` (connect and read); any failure is a miss, answered by the detector behind, with a
@@ -20,27 +20,11 @@ import threading
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from focal.detection import Face
+from focal.detection import Face, face_rows, faces_from_rows
 from focal.server.detector_pool import CachedAnswer, CachingDetector
 from focal.server.objectstore import Breaker, register
 
 KEY_PREFIX = "focal:faces:"
-
-
-def _rows(faces: Sequence[Face]) -> list[Any]:
-    return [[list(f.box), f.score, [list(p) for p in f.landmarks]] for f in faces]
-
-
-def _faces(rows: Any) -> list[Face]:
-    """Faces from :func:`_rows`' lists (ValueError, TypeError or IndexError for anything else)."""
-    return [
-        Face(
-            box=(float(b[0]), float(b[1]), float(b[2]), float(b[3])),
-            score=float(score),
-            landmarks=tuple((float(x), float(y)) for x, y in marks),
-        )
-        for b, score, marks in rows
-    ]
 
 
 def _json(value: Any) -> bytes:
@@ -48,26 +32,26 @@ def _json(value: Any) -> bytes:
 
 
 def encode_faces(faces: Sequence[Face]) -> bytes:
-    return _json(_rows(faces))
+    return _json(face_rows(faces))
 
 
 def decode_faces(raw: bytes) -> list[Face] | None:
     try:
-        return _faces(json.loads(raw))
+        return faces_from_rows(json.loads(raw))
     except (ValueError, TypeError, IndexError):
         return None
 
 
 def encode_answer(answer: CachedAnswer) -> bytes:
     faces, candidates = answer
-    return _json([_rows(faces), _rows(candidates)])
+    return _json([face_rows(faces), face_rows(candidates)])
 
 
 def decode_answer(raw: bytes) -> CachedAnswer | None:
     """(faces, candidates) from :func:`encode_answer`; None for anything else (a miss)."""
     try:
         faces, candidates = json.loads(raw)
-        return tuple(_faces(faces)), tuple(_faces(candidates))
+        return tuple(faces_from_rows(faces)), tuple(faces_from_rows(candidates))
     except (ValueError, TypeError, IndexError):
         return None
 
