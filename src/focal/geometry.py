@@ -559,8 +559,11 @@ def _face_crop(
     published = (left, top)
     # faces left out that the published crop holds all the same stay held (candidates never
     # cost a face the crop had)
-    extra = [b for b in face.left_out if _holds(left, width, b.left, b.right)]
-    extra = [b for b in extra if _holds(top, height, b.top, b.bottom)]
+    extra = [
+        b
+        for b in face.left_out
+        if _holds(left, width, b.left, b.right) and _holds(top, height, b.top, b.bottom)
+    ]
     low, high = keep_range(fx, width, source.width, keep_x)
     low, high = _also_holding(low, high, width, [(b.left, b.right) for b in extra])
     rows = [(c.left, c.right) for c in inside if _holds(top, height, c.top, c.bottom)]

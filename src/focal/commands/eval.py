@@ -464,7 +464,7 @@ def summary(setting: dict[str, Any], resized: int) -> str:
 
 @dataclass(frozen=True)
 class Images:
-    """The manifest's images by kind, with whether each fits the cap (same at both settings)."""
+    """The manifest's images by kind."""
 
     wider: list[Entry]
     negatives: list[Entry]
@@ -472,10 +472,6 @@ class Images:
 
     def paths(self, data: Path, kind: str) -> list[Path]:
         return [data / e.path for e in getattr(self, kind)]
-
-    @staticmethod
-    def fits(paths: Sequence[Path]) -> list[bool]:
-        return [max(oriented_size(p)) <= MAX_SIDE for p in paths]
 
 
 def within(longest: int, cap: int) -> bool:
@@ -512,8 +508,8 @@ def evaluate(args: argparse.Namespace, say: Callable[[str], None]) -> dict[str, 
         graph = models.require(args.model_dir).graph_path
         reference = RetinaFace(FrozenGraphHeads(graph), "frozen-graph", detector.settings)
     paths = {kind: images.paths(args.data, kind) for kind in ("wider", "negatives", "singles")}
-    fits = {kind: Images.fits(p) for kind, p in paths.items()}
     longest = {kind: [max(oriented_size(p)) for p in found] for kind, found in paths.items()}
+    fits = {kind: [within(n, MAX_SIDE) for n in sides] for kind, sides in longest.items()}
     # the first setting's runs, reused where an image fits both caps (the same pixels)
     first: dict[str, tuple[int, Run]] = {}
 

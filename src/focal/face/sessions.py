@@ -315,9 +315,9 @@ def load_detector(
     from focal.face import models
     from focal.face.detector import RetinaFace
 
+    check_max_side(max_side)
     installed = models.require(model_dir)
     session = open_session(installed.model_path, runtime, precision)
-    check_max_side(max_side)
     settings = Settings(
         score_threshold=score_threshold,
         nms_iou=nms_iou,
