@@ -16,10 +16,13 @@ import signal
 import socket
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from focal.errors import FocalError
 from focal.server.settings import Settings, add_arguments, load
+
+if TYPE_CHECKING:
+    from focal.server.detector_host import Link, PoolHost
 
 BACKLOG = 2048
 RESTART_PAUSE_S = 1.0  # between restarts of a worker that died
@@ -92,8 +95,9 @@ def uvicorn_config(app: Any, settings: Settings) -> Any:
     )
 
 
-def serve_on(sock: socket.socket, settings: Settings) -> int:
-    """Build the application and serve it on ``sock`` until told to stop (one process)."""
+def serve_on(sock: socket.socket, settings: Settings, link: Link | None = None) -> int:
+    """Build the application and serve it on ``sock`` until told to stop (one process; ``link``:
+    the supervisor's detector pool, for a worker of several)."""
     import uvicorn
 
     from focal.server import logs, memory
@@ -102,7 +106,7 @@ def serve_on(sock: socket.socket, settings: Settings) -> int:
     memory.tune()
     logs.configure(settings.log_level)
     try:
-        app = create_app(settings)
+        app = create_app(settings, link=link)
     except ValueError as error:  # a malformed remote prefix or network
         print(f"focal serve: {error}", file=sys.stderr)
         return 2
@@ -110,13 +114,35 @@ def serve_on(sock: socket.socket, settings: Settings) -> int:
     return 0
 
 
-def _worker(sock: socket.socket, settings: Settings) -> None:  # pragma: no cover (a child)
-    sys.exit(serve_on(sock, settings))
+def _worker(sock: socket.socket, settings: Settings, link: Link) -> None:  # pragma: no cover
+    sys.exit(serve_on(sock, settings, link))
+
+
+def host_detection(settings: Settings) -> tuple[PoolHost | None, str]:
+    """The one detector pool every worker asks (None and why not, when face detection is off or
+    cannot start)."""
+    from focal.server import detector_host
+    from focal.server.detector_pool import DetectorPool
+
+    if not settings.face:
+        return None, "face detection is off"
+    pool = detector_host.start_pool(DetectorPool(detector_host.pool_settings(settings)))
+    if isinstance(pool, str):
+        return None, pool
+    assert isinstance(pool, DetectorPool)
+    from focal.server import logs
+
+    logs.event("face detection ready", {"model": pool.model_id, "shared by": settings.workers})
+    return detector_host.PoolHost(pool), ""
 
 
 def supervise(sock: socket.socket, settings: Settings) -> int:
-    """Run ``settings.workers`` spawned processes on ``sock``; restart one that dies; on
-    SIGTERM or SIGINT stop them all (each finishes its requests, as uvicorn does)."""
+    """Run ``settings.workers`` spawned processes on ``sock``, all asking this process's one
+    detector pool; restart one that dies; on SIGTERM or SIGINT stop them all (each finishes its
+    requests, as uvicorn does), then the pool."""
+    from focal.server import logs
+    from focal.server.detector_host import Link
+
     context = multiprocessing.get_context("spawn")  # no fork of a process with libvips threads
     stopping = False
 
@@ -126,10 +152,16 @@ def supervise(sock: socket.socket, settings: Settings) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    logs.configure(settings.log_level)
+    host, unavailable = host_detection(settings)
 
     def start() -> Any:
-        process = context.Process(target=_worker, args=(sock, settings), name="focal-worker")
+        conn = host.connect() if host is not None else None
+        link = Link(conn=conn, unavailable=unavailable)
+        process = context.Process(target=_worker, args=(sock, settings, link), name="focal-worker")
         process.start()
+        if conn is not None:
+            conn.close()  # the worker has its copy; the host sees end-of-file when it exits
         return process
 
     processes = [start() for _ in range(settings.workers)]
@@ -154,6 +186,8 @@ def supervise(sock: socket.socket, settings: Settings) -> int:
         if process.is_alive():
             process.kill()
             process.join(5)
+    if host is not None:
+        host.stop()
     return status
 
 

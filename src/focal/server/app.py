@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -53,12 +52,12 @@ from focal.errors import (
     RequestError,
     SignatureError,
 )
-from focal.face.sessions import FACTORY, DetectorConfig
 from focal.options import Format, Options, normalise, parse_options
 from focal.pipeline import Cancel, Limits, Result, transform
 from focal.presets import check as check_presets
 from focal.presets import expand as expand_presets
 from focal.server import (
+    detector_host,
     detector_pool,
     hints,
     logs,
@@ -141,7 +140,7 @@ class Detection:
     """The detector the pipeline gets (None: gravity=face falls back), and what runs it."""
 
     detector: Detector | None = None
-    pool: detector_pool.DetectorPool | None = None
+    pool: detector_host.Pool | None = None
     state: str = "off"
 
     def model_id(self) -> str:
@@ -162,52 +161,25 @@ class Detection:
         )
 
 
-def start_detection(settings: Settings) -> Detection:
-    """Start the detector pool; on a missing model or runtime, serve on with the fallback."""
+def start_detection(settings: Settings, link: detector_host.Link | None = None) -> Detection:
+    """Start the detector pool, or with ``link`` (a worker of ``workers`` > 1) connect to the
+    supervisor's; on a missing model or runtime, serve on with the fallback."""
     if not settings.face:
         logs.event("face detection off: gravity=face falls back to centre", {"setting": "face"})
         return Detection(state="off")
-    try:
-        pool = detector_pool.DetectorPool(pool_settings(settings))
-        pool.start()
-    except (FocalError, ImportError, OSError, RuntimeError, TimeoutError) as error:
-        public = getattr(error, "public", None) or "the face detector could not start"
-        logs.event(
-            "face detection unavailable: gravity=face falls back to centre",
-            {"reason": public, "detail": repr(error), "fix": "focal models fetch"},
-            logging.WARNING,
-        )
-        return Detection(state="unavailable: " + public)
+    if link is not None and link.conn is None:  # the supervisor logged why
+        return Detection(state="unavailable: " + link.unavailable)
+    pool = detector_host.start_pool(
+        detector_host.RemotePool(link.conn, settings.detector_deadline_s)
+        if link is not None and link.conn is not None
+        else detector_pool.DetectorPool(detector_host.pool_settings(settings))
+    )
+    if isinstance(pool, str):
+        return Detection(state="unavailable: " + pool)
     detector = detector_pool.CachingDetector(pool, max_entries=settings.detection_cache_entries)
-    logs.event("face detection ready", {"model": pool.model_id})
+    if link is None:
+        logs.event("face detection ready", {"model": pool.model_id})
     return Detection(detector=detector, pool=pool, state="ready")
-
-
-def detector_config(settings: Settings) -> DetectorConfig:
-    """The detector each worker builds (focal.face.sessions.open_detector)."""
-    return DetectorConfig(
-        runtime=settings.detector_runtime,
-        precision=settings.detector_precision,
-        device=settings.detector_device,
-        idle_offload_s=settings.detector_idle_offload_s,
-        max_batch=settings.detector_max_batch,
-        crop_threshold=settings.face_crop_threshold,
-        flip=settings.detector_flip,
-        max_side=settings.detector_max_side,
-    )
-
-
-def pool_settings(settings: Settings) -> detector_pool.PoolSettings:
-    return detector_pool.PoolSettings(
-        workers=settings.detector_workers,
-        queue_size=settings.detector_queue,
-        deadline_s=settings.detector_deadline_s,
-        batch_window_ms=settings.detector_batch_window_ms,
-        max_batch=settings.detector_max_batch,
-        rss_limit_mb=settings.detector_rss_limit_mb,
-        factory=FACTORY,
-        factory_args=detector_config(settings).factory_args(),
-    )
 
 
 class ImageWorkers:
@@ -741,14 +713,17 @@ def quiet_libvips() -> None:
     pyvips.cache_set_max_files(0)
 
 
-def create_app(settings: Settings, origins: Origins | None = None) -> Starlette:
-    """The application. ``origins`` replaces the configured origins (tests)."""
+def create_app(
+    settings: Settings, origins: Origins | None = None, link: detector_host.Link | None = None
+) -> Starlette:
+    """The application. ``origins`` replaces the configured origins (tests); ``link`` connects
+    it to the supervisor's detector pool instead of starting one (workers > 1)."""
     quiet_libvips()
     service = build_service(settings, origins)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        service.detection = await anyio.to_thread.run_sync(start_detection, settings)
+        service.detection = await anyio.to_thread.run_sync(start_detection, settings, link)
         if settings.detection_cache_url:  # shared by every instance (the redis extra)
             shared_detection.share_detection(service)
         app.state.detector = service.detection.detector

@@ -94,7 +94,7 @@ class PoolStats:
 
 
 @dataclass(eq=False)
-class _Request:
+class Request:
     images: list[RGBImage]
     future: Future[list[Any]]  # per image: faces, or (faces, candidates) with ``candidates``
     deadline: float
@@ -213,7 +213,7 @@ class DetectorPool:
             raise ValueError("workers, queue_size and max_batch must be at least 1")
         self._settings = settings
         self._cond = threading.Condition()
-        self._pending: deque[_Request] = deque()
+        self._pending: deque[Request] = deque()
         self._workers: list[_Worker | None] = [None] * settings.workers
         self._lanes: list[threading.Thread] = []
         self._closing = threading.Event()
@@ -300,22 +300,29 @@ class DetectorPool:
     def _ask(self, images: Sequence[RGBImage], candidates: bool) -> list[Any]:
         if len(images) == 0:
             return []
-        request = _Request(
+        request = self.submit(images, candidates)
+        try:
+            return request.future.result(timeout=request.deadline - time.monotonic())
+        except TimeoutError:
+            self.withdraw(request)
+            raise DetectionFailed(
+                f"face detection passed its {self._settings.deadline_s:g} s deadline"
+            ) from None
+        except CancelledError:
+            raise DetectionFailed("the detector pool stopped") from None
+
+    def submit(self, images: Sequence[RGBImage], candidates: bool = False) -> Request:
+        """Queue one request without waiting for it (BusyError when the queue is full): its
+        future gets, per image, faces or (with ``candidates``) (faces, weak candidates), or
+        DetectionFailed. A caller that gives up calls withdraw()."""
+        request = Request(
             images=[np.ascontiguousarray(image, dtype=np.uint8) for image in images],
             future=Future(),
             deadline=time.monotonic() + self._settings.deadline_s,
             candidates=candidates,
         )
         self._enqueue(request)
-        try:
-            return request.future.result(timeout=request.deadline - time.monotonic())
-        except TimeoutError:
-            self._withdraw(request)
-            raise DetectionFailed(
-                f"face detection passed its {self._settings.deadline_s:g} s deadline"
-            ) from None
-        except CancelledError:
-            raise DetectionFailed("the detector pool stopped") from None
+        return request
 
     def stats(self) -> PoolStats:
         with self._cond:
@@ -335,7 +342,7 @@ class DetectorPool:
 
     # -- requests ---------------------------------------------------------------------------
 
-    def _enqueue(self, request: _Request) -> None:
+    def _enqueue(self, request: Request) -> None:
         with self._cond:
             if not self._running:
                 raise DetectionFailed("the detector pool is not running")
@@ -346,7 +353,8 @@ class DetectorPool:
             self._pending.append(request)
             self._cond.notify()
 
-    def _withdraw(self, request: _Request) -> None:
+    def withdraw(self, request: Request) -> None:
+        """Drop a request that has not started (one in a batch already running finishes)."""
         with self._cond:
             if request.future.cancel():
                 with contextlib.suppress(ValueError):  # stop() may have emptied the queue
@@ -356,7 +364,7 @@ class DetectorPool:
         batches_ahead = len(self._pending) / self._settings.max_batch + 1
         return max(1, math.ceil(self._batch_seconds * batches_ahead / self._settings.workers))
 
-    def _take_batch(self, worker: _Worker) -> list[_Request]:
+    def _take_batch(self, worker: _Worker) -> list[Request]:
         """Wait for a request, then up to batch_window_ms for more; [] if closing or worker died."""
         with self._cond:
             first = self._next_request(worker)
@@ -381,7 +389,7 @@ class DetectorPool:
                     size += len(following.images)
             return batch
 
-    def _next_request(self, worker: _Worker) -> _Request | None:
+    def _next_request(self, worker: _Worker) -> Request | None:
         """The oldest live request (lock held), or None if closing or the worker died."""
         while not self._closing.is_set():
             if not self._pending:
@@ -419,7 +427,7 @@ class DetectorPool:
             worker = self._replace(slot, worker, "the worker passed its memory limit")
         return worker
 
-    def _run_batch(self, slot: int, worker: _Worker, batch: list[_Request]) -> _Worker | None:
+    def _run_batch(self, slot: int, worker: _Worker, batch: list[Request]) -> _Worker | None:
         images = [image for request in batch for image in request.images]
         batch_id = next(self._batch_ids)
         started = time.monotonic()
@@ -442,7 +450,7 @@ class DetectorPool:
         return self._replace(slot, worker, "the worker died during a batch")
 
     def _complete(
-        self, batch: list[_Request], results: Sequence[proto.Answer], seconds: float
+        self, batch: list[Request], results: Sequence[proto.Answer], seconds: float
     ) -> None:
         with self._cond:
             self._batches += 1
@@ -493,7 +501,7 @@ class DetectorPool:
             self._workers[slot] = worker
 
 
-def _fail(requests: Sequence[_Request], message: str) -> None:
+def _fail(requests: Sequence[Request], message: str) -> None:
     for request in requests:
         if not request.future.done():
             request.future.set_exception(DetectionFailed(message))

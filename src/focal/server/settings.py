@@ -80,8 +80,8 @@ SETTINGS: tuple[Setting, ...] = (
         "int",
         1,
         "server",
-        "HTTP worker processes sharing the one listening socket, each with its own image threads "
-        "and detector pool (docs/deployment.md, Workers).",
+        "HTTP worker processes sharing the one listening socket, each with its own image threads; "
+        "all of them ask one detector pool, the supervisor's (docs/deployment.md, Workers).",
     ),
     _s(
         "loop",
