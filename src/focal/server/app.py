@@ -67,7 +67,7 @@ from focal.server import (
     shared_detection,
     signing,
 )
-from focal.server.cache import Meta, VariantCache, VariantStore, etag_for, variant_key
+from focal.server.cache import Entry, Meta, VariantCache, VariantStore, etag_for, variant_key
 from focal.server.metrics import CONTENT_TYPE as METRICS_TYPE
 from focal.server.metrics import Gauges, Metrics
 from focal.server.settings import Settings
@@ -106,6 +106,13 @@ class Origin(Protocol):
 
 class IdentifyingOrigin(Origin, Protocol):
     async def identify(self, source: str) -> SourceInfoLike | None: ...
+
+
+@runtime_checkable
+class BlockingIdentifier(Protocol):
+    """An origin that tells a source's identity quickly enough for a thread (a local file)."""
+
+    def identify_now(self, source: str) -> SourceInfoLike: ...
 
 
 @dataclass(frozen=True)
@@ -400,14 +407,12 @@ async def produce(service: Service, request: Request, trace: Trace) -> Response:
     accept_header = request.headers.get("accept")
     accept = accept_class(options, accept_header)
     model = service.detection.model_id() if options.needs_faces else ""
-    known = await identify(service, source_raw, trace)
-    if known is not None:  # a cached variant is answered without reading the source
-        key = variant_key(known.identity, normalise(options), accept, model)
-        cached = await lookup(service, key, trace)
-        if cached is not None:
-            return variant_response(request, settings, cached, known.last_modified, trace)
+    normal = normalise(options)
+    known, cached = await find_variant(service, source_raw, normal, accept, model, trace)
+    if known is not None and cached is not None:  # answered without reading the source
+        return variant_response(request, settings, cached, known.last_modified, trace)
     source = await fetch(service, source_raw, trace)
-    key = variant_key(source.identity, normalise(options), accept, model)
+    key = variant_key(source.identity, normal, accept, model)
     if known is None or known.identity != source.identity:
         cached = await lookup(service, key, trace)
         if cached is not None:
@@ -439,11 +444,43 @@ def _transform_job(
     return job
 
 
+async def find_variant(
+    service: Service, source: str, normal: str, accept: str, model: str, trace: Trace
+) -> tuple[SourceInfoLike | None, tuple[Meta, Result] | None]:
+    """The source's identity from its metadata and, if a variant of it is cached, that variant,
+    without reading the source. A local file takes one trip to a thread (open and fstat of the
+    source, then the cache file: what a cached answer costs is mostly such trips); other origins
+    identify first (an s3 HEAD), then look up."""
+    origin = service.origins.remote if service.origins.is_remote(source) else service.origins.local
+    cache = service.cache
+    if cache is None or not isinstance(origin, BlockingIdentifier):
+        known = await identify(service, source, trace)
+        if known is None:
+            return None, None
+        key = variant_key(known.identity, normal, accept, model)
+        return known, await lookup(service, key, trace)
+    local = origin
+
+    def identify_and_get() -> tuple[SourceInfoLike, Entry | None]:
+        info = local.identify_now(source)
+        return info, cache.get(variant_key(info.identity, normal, accept, model))
+
+    start = time.perf_counter()
+    try:
+        known, entry = await run_in_threadpool(identify_and_get)
+    finally:
+        trace.timings["fetch"] = logs.now_ms(start)
+    return known, cached_result(entry, trace)
+
+
 async def lookup(service: Service, key: str, trace: Trace) -> tuple[Meta, Result] | None:
     if service.cache is None:
         trace.cache = "bypass"
         return None
-    entry = await run_in_threadpool(service.cache.get, key)
+    return cached_result(await run_in_threadpool(service.cache.get, key), trace)
+
+
+def cached_result(entry: Entry | None, trace: Trace) -> tuple[Meta, Result] | None:
     trace.cache = "hit" if entry is not None else "miss"
     if entry is None:
         return None

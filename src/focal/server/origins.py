@@ -91,7 +91,13 @@ class LocalOrigin:
     async def identify(self, path: str) -> SourceInfo:
         """The source's identity from its metadata alone (same checks as fetch, no read): a
         cached variant can then be answered without reading the source."""
-        return await asyncio.to_thread(self._identify, path)
+        return await asyncio.to_thread(self.identify_now, path)
+
+    def identify_now(self, path: str) -> SourceInfo:
+        """identify(), blocking (an open and an fstat): for a caller already in a thread."""
+        fd, info, full = self._open(path)
+        os.close(fd)
+        return self._info(full, info, info.st_size)
 
     def _resolve(self, path: str) -> str:
         relative = decode_local_path(path)
@@ -133,11 +139,6 @@ class LocalOrigin:
         relpath = os.path.relpath(full, self._root)
         identity = f"file:{relpath}:{info.st_mtime_ns}:{size}"
         return SourceInfo(identity=identity, last_modified=info.st_mtime)
-
-    def _identify(self, requested: str) -> SourceInfo:
-        fd, info, full = self._open(requested)
-        os.close(fd)
-        return self._info(full, info, info.st_size)
 
     def _read(self, requested: str) -> Source:
         fd, info, full = self._open(requested)
