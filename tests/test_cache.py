@@ -7,7 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from focal.server.cache import TMP_PREFIX, Meta, VariantCache, decode, etag_for, variant_key
+from focal.server.cache import (
+    SOURCE_RECHECK_S,
+    TMP_PREFIX,
+    Entry,
+    HotVariants,
+    Meta,
+    VariantCache,
+    decode,
+    etag_for,
+    variant_key,
+)
 
 
 def meta(size: int, gravity: str = "center") -> Meta:
@@ -147,3 +157,30 @@ def test_a_hit_marks_the_entry_used_at_most_once_a_minute(tmp_path: Path) -> Non
     os.utime(path, (old, old))
     assert cache.get(key) is not None
     assert path.stat().st_mtime > time.time() - 60  # now the most recently used
+
+
+def test_hot_variants_stay_within_their_bytes_least_recently_used_first_out() -> None:
+    hot: HotVariants[str] = HotVariants(max_bytes=800)
+    meta = Meta("image/jpeg", "jpeg", 1, 1, "centre", '"e"', False, 100)
+    for name in "abcdefgh":
+        hot.put(name, Entry(meta, b"x" * 100))
+    assert hot.size == 800 and len(hot) == 8
+    assert hot.get("a") is not None  # now the most recently used
+    hot.put("i", Entry(meta, b"x" * 100))
+    assert hot.get("b") is None and hot.get("a") is not None and hot.size == 800
+    hot.put("big", Entry(meta, b"x" * 101))  # over an eighth of the bound: never kept
+    assert hot.get("big") is None and hot.size == 800
+    hot.put("a", Entry(meta, b"y" * 50))  # replaced, not counted twice
+    assert hot.size == 750 and hot.get("a") == Entry(meta, b"y" * 50)
+
+
+def test_a_remembered_source_expires_after_the_recheck_time() -> None:
+    now = [100.0]
+    hot: HotVariants[str] = HotVariants(max_bytes=1000, max_sources=2, clock=lambda: now[0])
+    hot.remember_source("a.jpg", "file:a.jpg:1:10")
+    assert hot.source("a.jpg") == "file:a.jpg:1:10"
+    now[0] += SOURCE_RECHECK_S + 0.01
+    assert hot.source("a.jpg") is None
+    for name in ("b", "c", "d"):
+        hot.remember_source(name, name)
+    assert hot.source("b") is None and hot.source("d") == "d"  # at most max_sources kept

@@ -32,9 +32,10 @@ from tests.live import Live, free_port, serve
 
 from focal.detection import DetectionFailed
 from focal.errors import BusyError
+from focal.server import cache as cache_module
 from focal.server import signing
 from focal.server.app import Detection, ImageWorkers, Origins, create_app, error_response
-from focal.server.origins import LocalOrigin, Source, is_remote
+from focal.server.origins import LocalOrigin, Source, SourceInfo, is_remote
 from focal.server.settings import Settings
 
 DEMO = Path(__file__).resolve().parents[1] / "src" / "focal" / "demo"
@@ -739,7 +740,7 @@ def test_a_cached_variant_is_served_without_reading_the_source(tmp_path: Path) -
     root = tmp_path / "root"
     root.mkdir()
     shutil.copy(DEMO / "coffee.jpg", root / "a.jpg")
-    settings = Settings(root=root, cache_dir=tmp_path / "cache", face=False)
+    settings = Settings(root=root, cache_dir=tmp_path / "cache", face=False, memory_cache_mb=0)
     origin = CountingOrigin(root, settings.max_bytes)
     app = create_app(settings, Origins(local=origin, remote=None, is_remote=is_remote))
 
@@ -760,3 +761,50 @@ def test_a_cached_variant_is_served_without_reading_the_source(tmp_path: Path) -
     assert [r.headers["focal-cache"] for r in (first, second, third)] == ["miss", "hit", "miss"]
     assert second.content == first.content
     assert CountingOrigin.reads == 2  # the hit read nothing
+
+
+class IdentifyingOrigin(CountingOrigin):
+    """Counts the source checks too (an open and an fstat each)."""
+
+    checks = 0
+
+    def identify_now(self, path: str) -> SourceInfo:
+        IdentifyingOrigin.checks += 1
+        return super().identify_now(path)
+
+
+def test_a_variant_asked_again_is_answered_from_memory_and_a_change_seen_after_the_recheck(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cache_module, "SOURCE_RECHECK_S", 0.3)
+    root = tmp_path / "root"
+    root.mkdir()
+    shutil.copy(DEMO / "coffee.jpg", root / "a.jpg")
+    settings = Settings(root=root, cache_dir=tmp_path / "cache", face=False)
+    origin = IdentifyingOrigin(root, settings.max_bytes)
+    app = create_app(settings, Origins(local=origin, remote=None, is_remote=is_remote))
+    url = "/cdn-cgi/image/width=50/a.jpg"
+
+    async def ask() -> list[tuple[str, int, bytes]]:
+        transport = httpx.ASGITransport(app=app)
+        seen = []
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            for step in ("first", "again", "changed", "after the recheck"):
+                if step == "changed":
+                    os.utime(root / "a.jpg", ns=(1, 10**18))
+                if step == "after the recheck":
+                    await asyncio.sleep(0.5)
+                reply = await client.get(url)
+                seen.append((reply.headers["focal-cache"], IdentifyingOrigin.checks, reply.content))
+        return seen
+
+    IdentifyingOrigin.checks = CountingOrigin.reads = 0
+    try:
+        first, again, changed, rechecked = asyncio.run(ask())
+    finally:
+        app.state.service.workers.shutdown()
+    assert first[:2] == ("miss", 1)
+    assert again == ("hit", 1, first[2])  # from memory: not even the source was checked
+    assert changed[:2] == ("hit", 1)  # within the recheck time the old identity stands
+    assert rechecked[:2] == ("miss", 2)  # then the change is seen: a new variant
+    assert CountingOrigin.reads == 2

@@ -67,7 +67,15 @@ from focal.server import (
     shared_detection,
     signing,
 )
-from focal.server.cache import Entry, Meta, VariantCache, VariantStore, etag_for, variant_key
+from focal.server.cache import (
+    Entry,
+    HotVariants,
+    Meta,
+    VariantCache,
+    VariantStore,
+    etag_for,
+    variant_key,
+)
 from focal.server.metrics import CONTENT_TYPE as METRICS_TYPE
 from focal.server.metrics import Gauges, Metrics
 from focal.server.settings import Settings
@@ -243,6 +251,7 @@ class Service:
     limits: Limits
     metrics: Metrics = field(default_factory=Metrics)
     detection: Detection = field(default_factory=Detection)
+    hot: HotVariants[SourceInfoLike] | None = None  # in front of ``cache`` (memory_cache_mb)
 
 
 def build_service(settings: Settings, origins: Origins | None) -> Service:
@@ -267,6 +276,9 @@ def build_service(settings: Settings, origins: Origins | None) -> Service:
         workers=ImageWorkers(settings.threads, settings.image_queue),
         limits=limits,
         metrics=metrics,
+        hot=HotVariants(settings.memory_cache_mb << 20)
+        if cache is not None and settings.memory_cache_mb > 0
+        else None,
     )
 
 
@@ -425,6 +437,8 @@ async def produce(service: Service, request: Request, trace: Trace) -> Response:
     meta = meta_for(result, key)
     if service.cache is not None and cacheable(options, result, accept):
         await run_in_threadpool(service.cache.put, key, meta, result.data)
+        if service.hot is not None:
+            service.hot.put(key, Entry(meta, result.data))
     if result.fallback and options.face_gravity:
         service.metrics.record_fallback()
     return variant_response(request, settings, (meta, result), source.last_modified, trace)
@@ -459,25 +473,46 @@ async def find_variant(
             return None, None
         key = variant_key(known.identity, normal, accept, model)
         return known, await lookup(service, key, trace)
-    local = origin
+    local, hot = origin, service.hot
+    remembered = hot.source(source) if hot is not None else None
+    if hot is not None and remembered is not None:  # asked again within a second: no trip
+        entry = hot.get(variant_key(remembered.identity, normal, accept, model))
+        if entry is not None:
+            return remembered, cached_result(entry, trace)
 
     def identify_and_get() -> tuple[SourceInfoLike, Entry | None]:
         info = local.identify_now(source)
-        return info, cache.get(variant_key(info.identity, normal, accept, model))
+        return info, get_variant(service, variant_key(info.identity, normal, accept, model))
 
     start = time.perf_counter()
     try:
         known, entry = await run_in_threadpool(identify_and_get)
     finally:
         trace.timings["fetch"] = logs.now_ms(start)
+    if hot is not None:
+        hot.remember_source(source, known)
     return known, cached_result(entry, trace)
+
+
+def get_variant(service: Service, key: str) -> Entry | None:
+    """A cached variant from memory, else from the cache (blocking), kept in memory if found."""
+    hot = service.hot
+    entry = hot.get(key) if hot is not None else None
+    if entry is None and service.cache is not None:
+        entry = service.cache.get(key)
+        if entry is not None and hot is not None:
+            hot.put(key, entry)
+    return entry
 
 
 async def lookup(service: Service, key: str, trace: Trace) -> tuple[Meta, Result] | None:
     if service.cache is None:
         trace.cache = "bypass"
         return None
-    return cached_result(await run_in_threadpool(service.cache.get, key), trace)
+    hot = service.hot.get(key) if service.hot is not None else None
+    if hot is not None:
+        return cached_result(hot, trace)
+    return cached_result(await run_in_threadpool(get_variant, service, key), trace)
 
 
 def cached_result(entry: Entry | None, trace: Trace) -> tuple[Meta, Result] | None:

@@ -17,10 +17,11 @@ import os
 import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 from focal.files import write_atomic
 
@@ -232,3 +233,71 @@ def _unlink(path: Path) -> bool:
     except OSError:
         return False
     return True
+
+
+SOURCE_RECHECK_S = 1.0  # a local source's identity is read again at most this often
+
+
+Info = TypeVar("Info")
+
+
+class HotVariants(Generic[Info]):
+    """The most recently used variants, in this process's memory, and the identities of the
+    local sources they came from: a variant asked again is answered on the event loop, with no
+    trip to a thread or the disk. Bounded by ``max_bytes`` of variant bytes (least recently used
+    first out); a source's identity is trusted for SOURCE_RECHECK_S after it was read, so a
+    replaced source is noticed within that time (the disk tier notices it at once). Thread-safe."""
+
+    def __init__(
+        self, max_bytes: int, max_sources: int = 4096, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.max_bytes = max_bytes
+        self._clock = clock
+        self._max_sources = max_sources
+        self._variants: OrderedDict[str, Entry] = OrderedDict()
+        self._sources: OrderedDict[str, tuple[Info, float]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> Entry | None:
+        with self._lock:
+            entry = self._variants.get(key)
+            if entry is not None:
+                self._variants.move_to_end(key)
+            return entry
+
+    def put(self, key: str, entry: Entry) -> None:
+        size = len(entry.data)
+        if size > self.max_bytes // 8:  # one variant never takes more than an eighth
+            return
+        with self._lock:
+            old = self._variants.pop(key, None)
+            if old is not None:
+                self._bytes -= len(old.data)
+            self._variants[key] = entry
+            self._bytes += size
+            while self._bytes > self.max_bytes:
+                _, evicted = self._variants.popitem(last=False)
+                self._bytes -= len(evicted.data)
+
+    def source(self, name: str) -> Info | None:
+        """The identity remembered for a source, if read within SOURCE_RECHECK_S."""
+        with self._lock:
+            found = self._sources.get(name)
+        if found is None or self._clock() - found[1] > SOURCE_RECHECK_S:
+            return None
+        return found[0]
+
+    def remember_source(self, name: str, info: Info) -> None:
+        with self._lock:
+            self._sources[name] = (info, self._clock())
+            self._sources.move_to_end(name)
+            while len(self._sources) > self._max_sources:
+                self._sources.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._variants)
+
+    @property
+    def size(self) -> int:
+        return self._bytes

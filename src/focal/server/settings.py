@@ -152,6 +152,15 @@ SETTINGS: tuple[Setting, ...] = (
         "cache",
         "Size bound of the variant cache; least recently used variants are evicted past it.",
     ),
+    _s(
+        "memory_cache_mb",
+        "int",
+        32,
+        "cache",
+        "The most recently used variants also kept in each worker's memory (0: off), answered "
+        "without a trip to the disk; a local source's identity is then re-read at most once a "
+        "second, so a replaced source is noticed within a second.",
+    ),
     _s("max_age", "int", 86400, "cache", "Cache-Control max-age (seconds) of variants."),
     _s(
         "cache_backend",
@@ -374,6 +383,7 @@ class Settings:
     cache_enabled: bool = DEFAULTS["cache_enabled"]
     cache_dir: Path = field(default_factory=lambda: Path(DEFAULTS["cache_dir"]).expanduser())
     cache_max_mb: int = DEFAULTS["cache_max_mb"]
+    memory_cache_mb: int = DEFAULTS["memory_cache_mb"]
     max_age: int = DEFAULTS["max_age"]
     cache_backend: str = DEFAULTS["cache_backend"]
     cache_s3_prefix: str = DEFAULTS["cache_s3_prefix"]
