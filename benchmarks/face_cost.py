@@ -12,6 +12,8 @@ rotating from round to round, so drift on the shared cores falls on all alike):
   side=S           detector_max_side S (1024, the default and the published cap, down to 512)
   1024 spinning    the default side with ONNX Runtime's worker threads spinning between runs
                    (ONNX Runtime's own default; focal turns it off)
+  1024 1 thread    the default side on one ONNX Runtime thread (the default is one per core):
+                   what a detector process costs per crop when each has one core of its own
 
 Reported per configuration: median over rounds of the wall and CPU milliseconds per crop,
 their ratio to the default (side=1024) within each round (min / median / max), and the median
@@ -38,6 +40,7 @@ COMMAND = ".venv/bin/python benchmarks/face_cost.py"
 OPTIONS = "width=256,height=256,fit=cover,gravity=face,format=jpeg,quality=80,metadata=none"
 DEFAULT = "side=1024"
 SPINNING = "1024 spinning"
+ONE_THREAD = "1024 1 thread"
 
 
 @dataclass(frozen=True)
@@ -45,10 +48,15 @@ class Config:
     name: str
     max_side: int
     spinning: bool = False
+    threads: int = 0  # ONNX Runtime's intra-op threads; 0: its default, one per core
 
 
 def configurations(sides: Sequence[int]) -> list[Config]:
-    return [*(Config(f"side={s}", s) for s in sides), Config(SPINNING, 1024, spinning=True)]
+    return [
+        *(Config(f"side={s}", s) for s in sides),
+        Config(SPINNING, 1024, spinning=True),
+        Config(ONE_THREAD, 1024, threads=1),
+    ]
 
 
 def build(config: Config) -> Detector:
@@ -58,7 +66,9 @@ def build(config: Config) -> Detector:
     from focal.face.sessions import OnnxRuntimeSession
 
     installed = models.require(None)
-    session = OnnxRuntimeSession(installed.model_path, spinning=config.spinning)
+    session = OnnxRuntimeSession(
+        installed.model_path, threads=config.threads, spinning=config.spinning
+    )
     return RetinaFace(session, installed.manifest.model_sha256, Settings(max_side=config.max_side))
 
 
@@ -148,7 +158,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "rounds": args.rounds,
         "passes": args.passes,
         "configurations": {
-            c.name: {"max_side": c.max_side, "spinning": c.spinning} for c in configs
+            c.name: {"max_side": c.max_side, "spinning": c.spinning, "threads": c.threads}
+            for c in configs
         },
         "summary": summary,
         "seconds": round(time.monotonic() - started, 1),

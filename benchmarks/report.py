@@ -71,7 +71,7 @@ def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def machine_table(results: dict[str, dict[str, Any]]) -> str:
-    first = next(iter(results.values()))["machine"]
+    first = max(results.values(), key=lambda r: str(r["machine"]["date"]))["machine"]
     rows = [
         ["CPU", f"{first['cpu']}, {first['cores']} cores, {first['memory_gib']} GiB"],
         ["OS", first["os"]],
@@ -87,12 +87,16 @@ def machine_table(results: dict[str, dict[str, Any]]) -> str:
         ],
         ["load generator", first["wrk"]],
     ]
-    dates = [[name, r["machine"]["date"], f"`{r['command']}`"] for name, r in results.items()]
+    dates = [
+        [name, r["machine"]["date"], r["machine"]["cpu"], f"`{r['command']}`"]
+        for name, r in results.items()
+    ]
     return (
-        "## Machine and versions\n\n"
+        "## Machine and versions\n\nThe machine of the latest result:\n\n"
         + table(["", ""], rows)
-        + "\n\n"
-        + table(["result", "measured", "command"], dates)
+        + "\n\nThe results were not all measured on the same machine; compare ratios within one "
+        "result, which are always taken between servers of the same run.\n\n"
+        + table(["result", "measured", "CPU", "command"], dates)
         + "\n"
     )
 
@@ -270,6 +274,8 @@ def _median_of(rows: Sequence[dict[str, Any]], key: str) -> str:
 THREEWAY_TITLES = {
     "threeway": "## 2b. Three-way: focal, thumbor and ipx",
     "threeway_face": "## 2e. Face crops against thumbor, per detection side",
+    "warm_hops": "## 2f. Cached variants: one trip to a thread instead of two",
+    "warm_memory": "## 2g. Cached variants: the in-memory tier",
 }
 
 
@@ -628,7 +634,7 @@ def startup_section(data: dict[str, Any]) -> str:
 
 STEP_OF = {"face_crop_breakdown": "breakdown"}
 # studies run by hand (each result names its command): left out of the page until measured
-OPTIONAL = {"levers", "jpeg_decode", "threeway_face"}
+OPTIONAL = {"levers", "jpeg_decode", "threeway_face", "warm_hops", "warm_memory"}
 SECTIONS = (
     ("crop_quality", crop_section),
     ("throughput", throughput_section),
@@ -636,6 +642,8 @@ SECTIONS = (
     ("levers", threeway_section),
     ("jpeg_decode", jpeg_decode_section),
     ("threeway_face", threeway_section),
+    ("warm_hops", threeway_section),
+    ("warm_memory", threeway_section),
     ("floor", floor_section),
     ("face_crop_breakdown", breakdown_section),
     ("face_cost", face_cost_section),
