@@ -404,6 +404,7 @@ def test_a_variant_cache_outage_with_head_identities_is_served_as_misses(
     dead = stores(f"http://127.0.0.1:{free_port()}", timeout=0.3)
     cache = S3VariantCache("s3://cache/head-test/", dead, Breaker("variant", pause_s=600))
     app.state.service.cache = cache
+    app.state.service.hot = None  # the store alone (the memory tier would answer the repeat)
     path = "/cdn-cgi/image/width=80/s3://images/originals/astronaut.jpg"
     first, second = asyncio.run(get_twice(app, path))
     for response in (first, second):

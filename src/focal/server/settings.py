@@ -158,8 +158,8 @@ SETTINGS: tuple[Setting, ...] = (
         32,
         "cache",
         "The most recently used variants also kept in each worker's memory (0: off), answered "
-        "without a trip to the disk; a local source's identity is then re-read at most once a "
-        "second, so a replaced source is noticed within a second.",
+        "without reading the cache file; a local source's identity is then re-read at most once "
+        "a second, so a replaced source is noticed within a second.",
     ),
     _s("max_age", "int", 86400, "cache", "Cache-Control max-age (seconds) of variants."),
     _s(
