@@ -377,8 +377,9 @@ async def fetch(service: Service, source: str, trace: Trace) -> SourceLike:
 
 
 async def identify(service: Service, source: str, trace: Trace) -> SourceInfoLike | None:
-    """A source's identity from its metadata (a local file's, an s3 object's HEAD), when a
-    variant cache can use it; None when the origin can only tell it by reading the source."""
+    """A source's identity from its metadata (an s3 object's HEAD; a local file's is read in
+    find_variant's thread), when a variant cache can use it; None when the origin can only tell
+    it by reading the source."""
     origins = service.origins
     origin = origins.remote if origins.is_remote(source) else origins.local
     if service.cache is None or origin is None or not hasattr(origin, "identify"):

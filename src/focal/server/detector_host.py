@@ -38,12 +38,18 @@ from typing import Any
 
 import numpy as np
 
-from focal.detection import DetectionFailed, Face, RGBImage
+from focal.detection import DetectionFailed, RGBImage
 from focal.errors import BusyError, FocalError
 from focal.face.sessions import FACTORY, DetectorConfig
-from focal.geometry import INFERENCE_CAP
 from focal.server import logs
-from focal.server.detector_pool import DetectorPool, PoolSettings, PoolStats, Request
+from focal.server.detector_pool import (
+    AskingDetector,
+    DetectorPool,
+    PoolSettings,
+    PoolStats,
+    Request,
+    past_deadline,
+)
 from focal.server.settings import Settings
 
 log = logging.getLogger("focal.detector")
@@ -237,9 +243,11 @@ class PoolHost:
 # -- an HTTP worker's side ------------------------------------------------------------------
 
 
-class RemotePool:
+class RemotePool(AskingDetector):
     """The host's pool, seen from one HTTP worker: the same Detector interface and stats as a
     DetectorPool of its own (stats as of the host's last report, at most STATS_INTERVAL_S old)."""
+
+    _not_started = "the detector host link has not been started"
 
     def __init__(self, conn: Connection, deadline_s: float) -> None:
         self._conn = conn
@@ -248,8 +256,6 @@ class RemotePool:
         self._waiting: dict[int, Future[list[Any]]] = {}
         self._ids = itertools.count(1)
         self._closed = threading.Event()
-        self._model_id: str | None = None
-        self._max_side = INFERENCE_CAP
         self._stats = PoolStats(0, 0, (), 0, 0)
         self._pids: tuple[int, ...] = ()
         self._reader: threading.Thread | None = None
@@ -272,26 +278,6 @@ class RemotePool:
         else:
             hang_up(self._conn)  # the reader sees end-of-file and closes it
         self._fail_all("the detector host link closed")
-
-    @property
-    def model_id(self) -> str:
-        if self._model_id is None:
-            raise RuntimeError("the detector host link has not been started")
-        return self._model_id
-
-    @property
-    def max_side(self) -> int:
-        return self._max_side
-
-    def detect(self, images: Sequence[RGBImage]) -> list[list[Face]]:
-        found: list[list[Face]] = self._ask(images, candidates=False)
-        return found
-
-    def detect_with_candidates(
-        self, images: Sequence[RGBImage]
-    ) -> list[tuple[list[Face], list[Face]]]:
-        pairs = self._ask(images, candidates=True)
-        return [(list(faces), list(weak)) for faces, weak in pairs]
 
     def stats(self) -> PoolStats:
         return self._stats
@@ -321,9 +307,7 @@ class RemotePool:
         except TimeoutError:
             self._waiting.pop(ask_id, None)
             self._send(Withdraw(ask_id))
-            raise DetectionFailed(
-                f"face detection passed its {self._deadline_s:g} s deadline"
-            ) from None
+            raise past_deadline(self._deadline_s) from None
 
     def _send(self, message: object) -> None:
         with self._send_lock, contextlib.suppress(OSError, ValueError):

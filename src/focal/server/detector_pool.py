@@ -205,7 +205,48 @@ def _start_error(failure: proto.StartFailed) -> Exception:
     return RuntimeError(f"detector worker failed to start: {failure.error_type}: {failure.message}")
 
 
-class DetectorPool:
+class AskingDetector:
+    """The Detector interface of a pool whose answers come from ``_ask`` (DetectorPool here,
+    focal.server.detector_host.RemotePool in a worker of several): ``_model_id`` is set once
+    it has started, ``_max_side`` is its detectors' side."""
+
+    _model_id: str | None = None
+    _max_side: int = INFERENCE_CAP
+    _not_started = "the detector pool has not been started"
+
+    @property
+    def model_id(self) -> str:
+        if self._model_id is None:
+            raise RuntimeError(self._not_started)
+        return self._model_id
+
+    @property
+    def max_side(self) -> int:
+        """The detection side of the pool's detectors (focal.detection.inference_cap)."""
+        return self._max_side
+
+    def detect(self, images: Sequence[RGBImage]) -> list[list[Face]]:
+        found: list[list[Face]] = self._ask(images, candidates=False)
+        return found
+
+    def detect_with_candidates(
+        self, images: Sequence[RGBImage]
+    ) -> list[tuple[list[Face], list[Face]]]:
+        """(faces, weak candidates) for each image, from the pool's detector (no candidates
+        when it has none); such requests are batched apart from face-only ones."""
+        pairs = self._ask(images, candidates=True)
+        return [(list(faces), list(weak)) for faces, weak in pairs]
+
+    def _ask(self, images: Sequence[RGBImage], candidates: bool) -> list[Any]:
+        """Per image: faces, or with ``candidates`` (faces, weak candidates)."""
+        raise NotImplementedError
+
+
+def past_deadline(deadline_s: float) -> DetectionFailed:
+    return DetectionFailed(f"face detection passed its {deadline_s:g} s deadline")
+
+
+class DetectorPool(AskingDetector):
     """A Detector whose work runs in worker processes; see the module docstring."""
 
     def __init__(self, settings: PoolSettings) -> None:
@@ -272,31 +313,6 @@ class DetectorPool:
                 self._workers[slot] = None
         self._lanes = []
 
-    # -- the Detector interface -------------------------------------------------------------
-
-    @property
-    def model_id(self) -> str:
-        if self._model_id is None:
-            raise RuntimeError("the detector pool has not been started")
-        return self._model_id
-
-    @property
-    def max_side(self) -> int:
-        """The workers' detection side (focal.detection.inference_cap)."""
-        return self._max_side
-
-    def detect(self, images: Sequence[RGBImage]) -> list[list[Face]]:
-        found: list[list[Face]] = self._ask(images, candidates=False)
-        return found
-
-    def detect_with_candidates(
-        self, images: Sequence[RGBImage]
-    ) -> list[tuple[list[Face], list[Face]]]:
-        """(faces, weak candidates) for each image, from the workers' detector (no candidates
-        when it has none); such requests are batched apart from face-only ones."""
-        pairs = self._ask(images, candidates=True)
-        return [(list(faces), list(weak)) for faces, weak in pairs]
-
     def _ask(self, images: Sequence[RGBImage], candidates: bool) -> list[Any]:
         if len(images) == 0:
             return []
@@ -305,9 +321,7 @@ class DetectorPool:
             return request.future.result(timeout=request.deadline - time.monotonic())
         except TimeoutError:
             self.withdraw(request)
-            raise DetectionFailed(
-                f"face detection passed its {self._settings.deadline_s:g} s deadline"
-            ) from None
+            raise past_deadline(self._settings.deadline_s) from None
         except CancelledError:
             raise DetectionFailed("the detector pool stopped") from None
 

@@ -88,13 +88,10 @@ class LocalOrigin:
         self._resolve(path)
         return "/" + quote(decode_local_path(path), safe="/!$&'()*+,;=:@-._~")
 
-    async def identify(self, path: str) -> SourceInfo:
-        """The source's identity from its metadata alone (same checks as fetch, no read): a
-        cached variant can then be answered without reading the source."""
-        return await asyncio.to_thread(self.identify_now, path)
-
     def identify_now(self, path: str) -> SourceInfo:
-        """identify(), blocking (an open and an fstat): for a caller already in a thread."""
+        """The source's identity from its metadata alone (same checks as fetch, no read: an open
+        and an fstat), blocking, for a caller in a thread: a cached variant can then be answered
+        without reading the source."""
         fd, info, full = self._open(path)
         os.close(fd)
         return self._info(full, info, info.st_size)
