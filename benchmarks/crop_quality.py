@@ -543,12 +543,15 @@ def _item_of(path: Path) -> Item:
 
 
 def load_focal_detector(
-    crop_threshold: float | None = None, flip: bool = False, max_side: int | None = None
+    crop_threshold: float | None = None,
+    flip: bool = False,
+    max_side: int | None = None,
+    precision: str = "fp32",
 ) -> tuple[Any, str | None]:
     try:
         from focal.face.sessions import load_detector
 
-        chosen: dict[str, Any] = {"flip": flip}
+        chosen: dict[str, Any] = {"flip": flip, "precision": precision}
         if crop_threshold is not None:
             chosen["crop_threshold"] = crop_threshold
         if max_side is not None:
@@ -645,6 +648,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="what-if: the detector's detection side (detector_max_side; default 1024)",
     )
     parser.add_argument(
+        "--precision",
+        default="fp32",
+        help="what-if: the detector's precision (detector_precision: fp32, bf16 or f16)",
+    )
+    parser.add_argument(
         "--time-flip", type=int, default=0, help="time the mirrored pass on N images and exit"
     )
     args = parser.parse_args(argv)
@@ -656,7 +664,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.time_flip:
         print(time_flip(selected, args.time_flip))
         return 0
-    detector, detector_error = load_focal_detector(args.crop_threshold, args.flip, args.max_side)
+    detector, detector_error = load_focal_detector(
+        args.crop_threshold, args.flip, args.max_side, args.precision
+    )
     errors: dict[str, str] = {}
     if detector_error:
         errors["focal"] = detector_error
@@ -683,7 +693,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     found = failures(rows) if "focal-face" in methods else {}
     for aspect, block in found.items():
         print(f"{aspect} gravity=face failures: {block['causes']}")
-    what_if = args.crop_threshold is not None or args.flip or args.max_side is not None
+    what_if = (
+        args.crop_threshold is not None
+        or args.flip
+        or args.max_side is not None
+        or args.precision != "fp32"
+    )
     partial = bool(args.limit or args.methods or what_if)
     if args.no_write or (partial and not args.out):
         return 0
@@ -711,6 +726,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     data["detector_flip"] = args.flip
     data["detector_max_side"] = detector.max_side if detector is not None else None
+    data["detector_precision"] = args.precision
     if detector is not None:
         data["detector_seconds"] = round(detector.seconds, 1)
         data["detector_calls"] = detector.calls
