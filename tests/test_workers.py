@@ -1,5 +1,6 @@
 """`focal serve --workers N`: N processes accept on one listening socket, and every accepted
-connection has TCP_NODELAY set (a keep-alive client otherwise waits out Nagle's delay).
+connection has TCP_NODELAY set (a keep-alive client otherwise waits out Nagle's delay); a scrape
+of /metrics counts the requests of every worker, whichever answers it.
 
 The server side of a connection is read from the worker itself: pidfd_getfd(2) copies the
 worker's socket descriptor into the test, which then asks it for TCP_NODELAY and its peer.
@@ -12,7 +13,9 @@ import ctypes
 import http.client
 import importlib.util
 import os
+import signal
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -75,6 +78,38 @@ def loops() -> list[str]:
     if importlib.util.find_spec("uvloop") is not None:
         found.append("uvloop")
     return found
+
+
+def answering(workers: list[int], client: http.client.HTTPConnection) -> int | None:
+    """The worker that accepted ``client``'s connection (None: the kernel hides it)."""
+    assert client.sock is not None
+    here = client.sock.getsockname()
+    for pid in workers:
+        accepted = server_side(pid, here)
+        if accepted is not None:
+            accepted.close()
+            return pid
+    return None
+
+
+def get(port: int, path: str, workers: list[int]) -> tuple[int | None, str]:
+    """GET ``path`` on a connection of its own: (the worker that answered, the body)."""
+    client = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        client.request("GET", path)
+        reply = client.getresponse()
+        body = reply.read()
+        assert reply.status == 200, (path, reply.status, body[:200])
+        return answering(workers, client), body.decode("latin-1")
+    finally:
+        client.close()
+
+
+def counted(text: str, sample: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(sample + " "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{sample} not in /metrics")
 
 
 @pytest.fixture(scope="module", params=loops())
@@ -172,3 +207,75 @@ def test_a_loop_or_parser_that_is_not_installed_is_named_with_its_extra(
         "loop = uvloop needs uvloop, which is not installed: pip install uvloop"
     )
     assert command.missing_extra(Settings(loop="asyncio", http="h11")) is None
+
+
+IMAGES_COUNTED = 'focal_stage_seconds_count{stage="total"}'  # image requests only
+
+
+def http_workers(pid: int) -> list[int]:
+    """The supervisor's worker processes (not multiprocessing's resource tracker)."""
+    found = []
+    for child in children(pid):
+        with contextlib.suppress(OSError):
+            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                found.append(child)
+    return found
+
+
+def scrapes_until_each_worker_counts(
+    port: int, workers: list[int], expected: int, seconds: float = 60
+) -> dict[int, float]:
+    """Scrape /metrics until a scrape answered by each of ``workers`` counts ``expected`` image
+    requests; what each worker's last scrape counted."""
+    seen: dict[int, float] = {}
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        pid, text = get(port, "/metrics", workers)
+        if pid is None:
+            pytest.skip("this kernel does not let the test read the workers' sockets")
+        seen[pid] = counted(text, IMAGES_COUNTED)
+        if len(seen) == len(workers) and all(v == expected for v in seen.values()):
+            return seen
+        time.sleep(0.1)
+    raise AssertionError(f"after {seconds} s the workers' scrapes counted {seen}, not {expected}")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_a_scrape_of_either_worker_counts_every_workers_requests_and_keeps_an_exited_ones(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "photo.jpg").write_bytes(images.exif_rotated_jpeg())
+    args = ["--root", str(root), "--no-face", "--no-cache-enabled", "--workers", "2"]
+    live = serve(tmp_path, [*args, "--log-level", "warning"])
+    try:
+        port = int(live.base.rsplit(":", 1)[1])
+        workers = http_workers(live.process.pid)
+        assert len(workers) == 2, workers
+        served: dict[int | None, int] = {}
+        for _ in range(MAX_CONNECTIONS):  # until each worker has made at least one image
+            pid, _ = get(port, "/cdn-cgi/image/width=100,format=jpeg/photo.jpg", workers)
+            if pid is None:
+                pytest.skip("this kernel does not let the test read the workers' sockets")
+            served[pid] = served.get(pid, 0) + 1
+            if len(served) == 2:
+                break
+        assert len(served) == 2, f"only {served} answered"
+        total = sum(served.values())
+        scrapes_until_each_worker_counts(port, workers, total)
+
+        # a worker that dies: its successor and the survivor still count what it served
+        os.kill(workers[0], signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            now = http_workers(live.process.pid)
+            if len(now) == 2 and workers[0] not in now:
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError(f"the killed worker was not replaced: {now}")
+        scrapes_until_each_worker_counts(port, now, total)
+    finally:
+        live.stop()

@@ -12,9 +12,11 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -154,10 +156,11 @@ def supervise(sock: socket.socket, settings: Settings) -> int:
     signal.signal(signal.SIGINT, stop)
     logs.configure(settings.log_level)
     host, unavailable = host_detection(settings)
+    metrics_dir = tempfile.mkdtemp(prefix="focal-metrics-")  # the workers' /metrics counters
 
     def start() -> Any:
         conn = host.connect() if host is not None else None
-        link = Link(conn=conn, unavailable=unavailable)
+        link = Link(conn=conn, unavailable=unavailable, metrics_dir=metrics_dir)
         process = context.Process(target=_worker, args=(sock, settings, link), name="focal-worker")
         process.start()
         if conn is not None:
@@ -188,6 +191,7 @@ def supervise(sock: socket.socket, settings: Settings) -> int:
             process.join(5)
     if host is not None:
         host.stop()
+    shutil.rmtree(metrics_dir, ignore_errors=True)
     return status
 
 

@@ -23,6 +23,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from email.utils import formatdate
+from pathlib import Path
 from typing import Any, Protocol, cast, runtime_checkable
 from urllib.parse import unquote
 
@@ -77,7 +78,7 @@ from focal.server.cache import (
     variant_key,
 )
 from focal.server.metrics import CONTENT_TYPE as METRICS_TYPE
-from focal.server.metrics import Gauges, Metrics
+from focal.server.metrics import Gauges, Metrics, SharedMetrics, merge
 from focal.server.settings import Settings
 
 PREFIX = b"/cdn-cgi/image/"
@@ -252,6 +253,13 @@ class Service:
     metrics: Metrics = field(default_factory=Metrics)
     detection: Detection = field(default_factory=Detection)
     hot: HotVariants[SourceInfoLike] | None = None  # in front of ``cache`` (memory_cache_mb)
+    shared_metrics: SharedMetrics | None = None  # a worker of several: the others' counters
+
+    def metrics_text(self) -> str:
+        """This process's own exposition (counters, histograms, gauges read now)."""
+        cache_bytes = self.cache.approx_size() if self.cache is not None else 0
+        gauges = self.detection.gauges(cache_bytes, self.workers.waiting())
+        return self.metrics.render(gauges)
 
 
 def build_service(settings: Settings, origins: Origins | None) -> Service:
@@ -681,9 +689,10 @@ async def healthz(request: Request) -> Response:
 
 async def metrics(request: Request) -> Response:
     service: Service = request.app.state.service
-    cache_bytes = service.cache.approx_size() if service.cache is not None else 0
-    gauges = service.detection.gauges(cache_bytes, service.workers.waiting())
-    text = service.metrics.render(gauges)
+    text = service.metrics_text()
+    if service.shared_metrics is not None:  # every worker's requests, not only this one's
+        others = await anyio.to_thread.run_sync(service.shared_metrics.others)
+        text = merge(text, others)
     return Response(text, media_type=METRICS_TYPE, headers={"Cache-Control": "no-store"})
 
 
@@ -793,6 +802,8 @@ def create_app(
     it to the supervisor's detector pool instead of starting one (workers > 1)."""
     quiet_libvips()
     service = build_service(settings, origins)
+    if link is not None and link.metrics_dir:
+        service.shared_metrics = SharedMetrics(Path(link.metrics_dir))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -800,11 +811,17 @@ def create_app(
         if settings.detection_cache_url:  # shared by every instance (the redis extra)
             shared_detection.share_detection(service)
         app.state.detector = service.detection.detector
-        lag = asyncio.ensure_future(service.metrics.loop_lag.watch())
+        tasks = [asyncio.ensure_future(service.metrics.loop_lag.watch())]
+        shared = service.shared_metrics
+        if shared is not None:
+            tasks.append(asyncio.ensure_future(shared.keep_publishing(service.metrics_text)))
         try:
             yield
         finally:
-            lag.cancel()
+            for task in tasks:
+                task.cancel()
+            if shared is not None:  # the final counts stay for the workers that go on
+                await anyio.to_thread.run_sync(shared.publish, service.metrics_text())
             service.workers.shutdown()
             if service.detection.pool is not None:
                 await anyio.to_thread.run_sync(service.detection.pool.stop)

@@ -129,10 +129,12 @@ class Stats:
 @dataclass(frozen=True)
 class Link:
     """What an HTTP worker gets from its supervisor: its end of the socket to the host, or why
-    the host has no detector (then gravity=face falls back in every worker)."""
+    the host has no detector (then gravity=face falls back in every worker); and the folder where
+    the workers share their /metrics counters (focal.server.metrics.SharedMetrics)."""
 
     conn: Connection | None = None
     unavailable: str = ""
+    metrics_dir: str = ""
 
 
 # -- the supervisor's side ------------------------------------------------------------------

@@ -1,18 +1,24 @@
 """Prometheus text exposition (format 0.0.4), without a client library.
 
 Counters and histograms live in one :class:`Metrics` object per server process; gauges (detector
-queue, restarts, RSS) are read when /metrics is scraped.
+queue, restarts, RSS) are read when /metrics is scraped. With ``workers`` > 1 every worker also
+publishes its exposition to a folder of the supervisor's (:class:`SharedMetrics`), and the worker
+that answers a scrape adds the others' to its own (:func:`merge`), so that one scrape counts the
+requests of every worker.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import resource
+import secrets
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 STAGES = ("fetch", "decode", "detect", "process", "encode", "total")
@@ -186,3 +192,109 @@ def _gauges(g: Gauges) -> Iterable[str]:
     yield from _gauge(
         "focal_image_jobs_waiting", "gauge", "Requests waiting for a thread.", g.image_jobs_waiting
     )
+
+
+# ---- several workers, one scrape ----------------------------------------------------------
+
+SHARE_INTERVAL_S = 1.0  # how often a worker publishes its exposition for the others
+STALE_AFTER_S = 5.0  # a snapshot older than this is a worker that has exited
+HOST_WIDE = ("focal_detector_", "focal_cache_bytes")  # the same in every worker: the host's own
+PEAKS = ("focal_event_loop_lag_max_seconds",)  # the largest, not the sum
+
+
+@dataclass
+class Family:
+    """One metric family of an exposition: its HELP and TYPE lines and its samples in order."""
+
+    name: str
+    kind: str = "untyped"
+    header: list[str] = field(default_factory=list)
+    samples: dict[str, str] = field(default_factory=dict)  # "name{labels}" -> value
+
+
+def parse(text: str) -> dict[str, Family]:
+    """The families of an exposition as :meth:`Metrics.render` writes it, in order."""
+    families: dict[str, Family] = {}
+    current: Family | None = None
+    for line in text.splitlines():
+        if line.startswith(("# HELP ", "# TYPE ")):
+            words = line.split(" ", 3)
+            current = families.setdefault(words[2], Family(words[2]))
+            current.header.append(line)
+            if words[1] == "TYPE":
+                current.kind = words[3].strip()
+        elif line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            base = key.split("{", 1)[0]
+            if current is None or not base.startswith(current.name):
+                current = families.setdefault(base, Family(base))
+            current.samples[key] = value
+    return families
+
+
+def _combined(mine: str, theirs: str, peak: bool) -> str:
+    a, b = float(mine), float(theirs)
+    value = max(a, b) if peak else a + b
+    if all(c.isdigit() or c == "-" for c in mine + theirs) and math.isfinite(value):
+        return str(int(value))
+    return f"{value:.6f}"
+
+
+def merge(own: str, others: Sequence[tuple[str, bool]]) -> str:
+    """This worker's exposition with the other workers' added: counters and histograms summed
+    over every snapshot (those of exited workers too, so that totals never go down), gauges over
+    the live ones only (``(text, live)``), peaks as the largest; the host-wide families (the
+    detector pool's, the variant cache's size: every worker reads the same) stay this worker's."""
+    merged = parse(own)
+    for text, live in others:
+        for name, family in parse(text).items():
+            if name.startswith(HOST_WIDE) or (family.kind == "gauge" and not live):
+                continue
+            mine = merged.setdefault(name, Family(name, family.kind, family.header))
+            for key, value in family.samples.items():
+                known = mine.samples.get(key)
+                mine.samples[key] = (
+                    value if known is None else _combined(known, value, name in PEAKS)
+                )
+    lines: list[str] = []
+    for family in merged.values():
+        lines += family.header
+        lines += [f"{key} {value}" for key, value in family.samples.items()]
+    return "\n".join(lines) + "\n"
+
+
+class SharedMetrics:
+    """One worker's place in the supervisor's metrics folder: it publishes its own exposition
+    there (a file per worker process, replaced atomically) and reads the others'."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        # pid and a random part: a later worker that gets a recycled pid keeps its own file
+        self.path = folder / f"worker-{os.getpid()}-{secrets.token_hex(4)}.prom"
+
+    def publish(self, text: str) -> None:
+        temporary = self.folder / f".{self.path.name}.tmp"
+        temporary.write_text(text, encoding="utf-8")
+        os.replace(temporary, self.path)
+
+    def others(self) -> list[tuple[str, bool]]:
+        """Every other worker's last exposition, and whether that worker is still publishing."""
+        now = time.time()
+        found = []
+        for path in sorted(self.folder.glob("worker-*.prom")):
+            if path == self.path:
+                continue
+            try:
+                text, written = path.read_text(encoding="utf-8"), path.stat().st_mtime
+            except OSError:  # replaced or removed while being read: next scrape
+                continue
+            found.append((text, now - written <= STALE_AFTER_S))
+        return found
+
+    async def keep_publishing(self, render: Callable[[], str]) -> None:
+        """Publish ``render()`` every SHARE_INTERVAL_S until cancelled (a lifespan task)."""
+        import anyio.to_thread
+
+        while True:
+            await anyio.to_thread.run_sync(self.publish, render())
+            await asyncio.sleep(SHARE_INTERVAL_S)
