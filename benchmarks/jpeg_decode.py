@@ -3,7 +3,13 @@
 - decode: libvips' shrink-on-load (``new_from_buffer(shrink=N)``, libvips' bundled mozjpeg) against
   a DCT-scaled libjpeg-turbo decode (PyPI ``simplejpeg``, which bundles libjpeg-turbo, at the
   same scale) handed to libvips with ``pyvips.Image.new_from_memory``;
-- encode: progressive (focal's default ``format=jpeg``) against baseline (``baseline-jpeg``).
+- encode: progressive (focal's default ``format=jpeg``) against baseline (``baseline-jpeg``);
+- thumbor's PIL engine steps for the same job, in process (Pillow: ``draft`` at the target size,
+  which decodes at the same 1/4 DCT scale, LANCZOS resize, JPEG q80 optimised progressive), and
+  Pillow's draft decode alone. One request at a time, a resize runs on one core from decode to
+  encode and a JPEG's entropy decoding is sequential, so thumbor's pipeline over the cheapest of
+  the three decodes is the most focal's req/s can be over thumbor's at concurrency 1, were every
+  other step free ("ceiling at concurrency 1").
 
 CPU milliseconds per image (``time.process_time``, this process's threads), on the 2400 px
 sources of benchmarks/work/inputs/large/ (2400 px on the long side, 1596-2400 px on the
@@ -12,12 +18,14 @@ within a round and reported as min / median / max.
 
     .venv/bin/python benchmarks/jpeg_decode.py [--rounds 12]
 
-simplejpeg is not a dependency of focal: ``.venv/bin/python -m pip install simplejpeg`` first.
+simplejpeg and Pillow are not dependencies of focal: ``.venv/bin/python -m pip install
+simplejpeg pillow==12.3.0`` first (the Pillow thumbor 7.8 runs on in benchmarks/threeway.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -35,6 +43,7 @@ SHRINK = 4  # what focal picks for 2400 px -> 512 (decode.jpeg_shrink)
 def cases() -> dict[str, Callable[[bytes], object]]:
     import pyvips
     import simplejpeg
+    from PIL import Image
 
     from focal.options import parse_options
     from focal.pipeline import transform
@@ -58,11 +67,31 @@ def cases() -> dict[str, Callable[[bytes], object]]:
         image = pyvips.Image.new_from_memory(pixels.data, width, height, bands, "uchar")
         return image.copy_memory()
 
+    def pillow_decode(data: bytes) -> object:
+        image = Image.open(io.BytesIO(data))
+        image.draft("RGB", (image.width // SHRINK, image.height // SHRINK))
+        image.load()
+        return image
+
+    def pillow_pipeline(data: bytes) -> object:
+        # thumbor's PILEngine: resize() drafts at the target size, then LANCZOS; save() with
+        # quality, optimize and (PROGRESSIVE_JPEG, its default) progressive
+        image = Image.open(io.BytesIO(data))
+        scale = min(512 / image.width, 512 / image.height, 1.0)
+        size = (round(image.width * scale), round(image.height * scale))
+        image.draft(None, size)
+        resized = image.resize(size, Image.Resampling.LANCZOS)
+        out = io.BytesIO()
+        resized.save(out, "JPEG", quality=80, optimize=True, progressive=True)
+        return out.getvalue()
+
     return {
         "decode_libvips_shrink": vips_decode,
         "decode_libjpeg_turbo_scaled": turbo_decode,
+        "decode_pillow_draft": pillow_decode,
         "transform_progressive": lambda data: transform(data, progressive),
         "transform_baseline": lambda data: transform(data, baseline),
+        "thumbor_pillow_pipeline": pillow_pipeline,
     }
 
 
@@ -102,6 +131,13 @@ def measure(rounds: int) -> dict[str, Any]:
         "transform baseline / progressive (CPU)": _cost_ratio(
             rows, "transform_baseline", "transform_progressive"
         ),
+        "decode Pillow draft / libvips (CPU)": _cost_ratio(
+            rows, "decode_pillow_draft", "decode_libvips_shrink"
+        ),
+        "thumbor's Pillow pipeline / focal transform (CPU)": _cost_ratio(
+            rows, "thumbor_pillow_pipeline", "transform_progressive"
+        ),
+        "ceiling at concurrency 1: thumbor's Pillow pipeline / cheapest decode": _ceiling(rows),
     }
     return {"sources": prepare.inputs("large"), "cpu_ms": per_case, "ratios": ratios, "rows": rows}
 
@@ -112,6 +148,16 @@ def _cost_ratio(rows: Sequence[dict[str, Any]], a: str, b: str) -> dict[str, flo
     return threeway.spread(by[(i, a)] / by[(i, b)] for i in rounds if (i, a) in by and (i, b) in by)
 
 
+def _ceiling(rows: Sequence[dict[str, Any]]) -> dict[str, float] | None:
+    """Per round: thumbor's pipeline over the cheapest of the decodes."""
+    by = {(r["round"], r["server"]): r["cpu_ms"] for r in rows}
+    decodes = ("decode_libvips_shrink", "decode_libjpeg_turbo_scaled", "decode_pillow_draft")
+    rounds = sorted({r["round"] for r in rows})
+    return threeway.spread(
+        by[(i, "thumbor_pillow_pipeline")] / min(by[(i, d)] for d in decodes) for i in rounds
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="In-process JPEG decode and encode costs.")
     parser.add_argument("--rounds", type=int, default=12)
@@ -120,8 +166,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     prepare.prepare()
     try:
         import simplejpeg  # noqa: F401
+        from PIL import Image  # noqa: F401
     except ImportError:
-        raise SystemExit("needs simplejpeg: .venv/bin/python -m pip install simplejpeg") from None
+        raise SystemExit(
+            "needs simplejpeg and Pillow: .venv/bin/python -m pip install simplejpeg pillow==12.3.0"
+        ) from None
     data = measure(args.rounds)
     for name, spread in data["cpu_ms"].items():
         print(f"  {name:30s} CPU ms/image min/median/max {spread}")

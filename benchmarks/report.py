@@ -276,6 +276,7 @@ THREEWAY_TITLES = {
     "threeway_face": "## 2e. Face crops against thumbor, per detection side",
     "warm_hops": "## 2f. Cached variants: one trip to a thread instead of two",
     "warm_memory": "## 2g. Cached variants: the in-memory tier",
+    "threeway_face_bf16": "## 2h. Face crops with the detector in bf16 (opt-in)",
 }
 
 
@@ -634,7 +635,14 @@ def startup_section(data: dict[str, Any]) -> str:
 
 STEP_OF = {"face_crop_breakdown": "breakdown"}
 # studies run by hand (each result names its command): left out of the page until measured
-OPTIONAL = {"levers", "jpeg_decode", "threeway_face", "warm_hops", "warm_memory"}
+OPTIONAL = {
+    "levers",
+    "jpeg_decode",
+    "threeway_face",
+    "warm_hops",
+    "warm_memory",
+    "threeway_face_bf16",
+}
 SECTIONS = (
     ("crop_quality", crop_section),
     ("throughput", throughput_section),
@@ -644,6 +652,7 @@ SECTIONS = (
     ("threeway_face", threeway_section),
     ("warm_hops", threeway_section),
     ("warm_memory", threeway_section),
+    ("threeway_face_bf16", threeway_section),
     ("floor", floor_section),
     ("face_crop_breakdown", breakdown_section),
     ("face_cost", face_cost_section),
