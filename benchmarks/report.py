@@ -277,6 +277,10 @@ THREEWAY_TITLES = {
     "warm_hops": "## 2f. Cached variants: one trip to a thread instead of two",
     "warm_memory": "## 2g. Cached variants: the in-memory tier",
     "threeway_face_bf16": "## 2h. Face crops with the detector in bf16 (opt-in)",
+    "threeway_threads": "## 2i. Image threads per worker: cold resizes",
+    "threeway_threads_face": "## 2j. Image threads per worker: face crops and cached variants",
+    "threeway_workers_threads": "## 2k. Two workers, one or two image threads each: cold resizes",
+    "threeway_workers_threads_face": "## 2l. Two workers, one or two image threads each: face crops",
 }
 
 
@@ -642,6 +646,10 @@ OPTIONAL = {
     "warm_hops",
     "warm_memory",
     "threeway_face_bf16",
+    "threeway_threads",
+    "threeway_threads_face",
+    "threeway_workers_threads",
+    "threeway_workers_threads_face",
 }
 SECTIONS = (
     ("crop_quality", crop_section),
@@ -653,6 +661,10 @@ SECTIONS = (
     ("warm_hops", threeway_section),
     ("warm_memory", threeway_section),
     ("threeway_face_bf16", threeway_section),
+    ("threeway_threads", threeway_section),
+    ("threeway_threads_face", threeway_section),
+    ("threeway_workers_threads", threeway_section),
+    ("threeway_workers_threads_face", threeway_section),
     ("floor", floor_section),
     ("face_crop_breakdown", breakdown_section),
     ("face_cost", face_cost_section),
