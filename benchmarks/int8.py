@@ -236,10 +236,14 @@ def widerface(folder: Path | None, out: Path) -> dict[str, Any]:
     command += ["--model-dir", str(folder)] if folder else []
     subprocess.run(command, check=True, cwd=harness.ROOT, stdout=subprocess.DEVNULL)
     report = json.loads(out.read_text())
+    return {"model_id": report["model_id"], **ap_summary(report)}
+
+
+def ap_summary(report: dict[str, Any]) -> dict[str, Any]:
+    """AP, the operating point and the negatives of a focal eval report's first setting."""
     setting = report["settings"][0]
     point = setting["wider"]["operating_point"]
     return {
-        "model_id": report["model_id"],
         "ap": setting["wider"]["ap"],
         "operating_point": {k: point[k] for k in ("threshold", "precision", "recall")},
         "negatives_with_detections": setting["negatives"]["images_with_detections"],
@@ -356,14 +360,7 @@ def widerface_ir(ir: Path, out: Path) -> dict[str, Any]:
 
     with mock.patch.object(sessions, "open_session", on_ir):
         report = evaluation.evaluate(args, lambda _: None)
-    setting = report["settings"][0]
-    point = setting["wider"]["operating_point"]
-    return {
-        "model": ir.name,
-        "ap": setting["wider"]["ap"],
-        "operating_point": {k: point[k] for k in ("threshold", "precision", "recall")},
-        "negatives_with_detections": setting["negatives"]["images_with_detections"],
-    }
+    return {"model": ir.name, **ap_summary(report)}
 
 
 def nncf_openvino(args: argparse.Namespace) -> int:
