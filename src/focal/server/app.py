@@ -820,6 +820,8 @@ def create_app(
         finally:
             for task in tasks:
                 task.cancel()
+            # a publish under way finishes first: the final one writes the same temporary file
+            await asyncio.gather(*tasks, return_exceptions=True)
             if shared is not None:  # the final counts stay for the workers that go on
                 await anyio.to_thread.run_sync(shared.publish, service.metrics_text())
             service.workers.shutdown()
