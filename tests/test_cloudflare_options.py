@@ -9,7 +9,16 @@ import pytest
 import pyvips
 
 from focal.errors import OptionError
-from focal.options import Border, Fit, Options, Trim, normalise, parse_options
+from focal.options import (
+    CLOUDFLARE,
+    Border,
+    Fit,
+    Options,
+    Trim,
+    cloudflare_markdown,
+    normalise,
+    parse_options,
+)
 from focal.pipeline import transform
 
 DEMO = Path(__file__).resolve().parents[1] / "src" / "focal" / "demo"
@@ -21,6 +30,7 @@ CLOUDFLARE_OPTIONS = [
     *("rotate", "saturation", "segment", "sharpen", "slow-connection-quality", "trim"),
     *("trim.top", "trim.right", "trim.bottom", "trim.left", "trim.width", "trim.height"),
     *("upscale", "width", "zoom"),
+    *("draw", "trim.border.color", "trim.border.tolerance", "trim.border.keep", "origin-auth"),
 ]
 
 
@@ -29,7 +39,6 @@ CLOUDFLARE_OPTIONS = [
     [
         ("segment=foreground", "segment"),
         ("upscale=generate", "upscale=generate"),
-        ("fit=aspect-crop", "fit=aspect-crop"),
         ("fit=outside", "fit=outside"),
         ("fit=none", "fit=none"),
     ],
@@ -128,9 +137,11 @@ def test_compression_fast_picks_jpeg_over_webp_and_avif() -> None:
 
 def test_every_cloudflare_option_is_in_the_docs_table() -> None:
     docs = (Path(__file__).resolve().parents[1] / "docs" / "options.md").read_text()
+    assert cloudflare_markdown() in docs, "regenerate: python -m focal.options --cloudflare"
     table = docs.split("## Cloudflare's options, one by one", 1)[1].split("\n## ", 1)[0]
     names = CLOUDFLARE_OPTIONS
     for name in names:
-        assert f"`{name}`" in table, name
+        assert f"| `{name}` |" in table, name
+    assert {name for name, _ in CLOUDFLARE} == set(names)  # each one row, none unaccounted for
     assert "width=auto" in table
     assert Options().border is None
