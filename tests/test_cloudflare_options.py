@@ -145,3 +145,103 @@ def test_every_cloudflare_option_is_in_the_docs_table() -> None:
     assert {name for name, _ in CLOUDFLARE} == set(names)  # each one row, none unaccounted for
     assert "width=auto" in table
     assert Options().border is None
+
+
+# ---- fit=scale-up, fit=aspect-crop ------------------------------------------------------------
+
+
+def size_of(text: str, data: bytes = COFFEE) -> tuple[int, int]:
+    result = transform(data, parse_options(text))
+    image = pyvips.Image.new_from_buffer(result.data, "")
+    assert (image.width, image.height) == (result.width, result.height)
+    return image.width, image.height
+
+
+def test_fit_scale_up_enlarges_to_fit_and_never_shrinks() -> None:
+    assert (SIZE.width, SIZE.height) == (600, 400)
+    assert size_of("width=900,height=900,fit=scale-up") == (900, 600)
+    assert size_of("width=1200,fit=scale-up") == (1200, 800)
+    assert size_of("width=300,height=300,fit=scale-up") == (600, 400)  # would shrink: kept
+    assert size_of("height=200,fit=scale-up") == (600, 400)
+
+
+def test_fit_aspect_crop_takes_the_aspect_and_never_enlarges() -> None:
+    # larger than the source: cropped to 4:1 at the source's size (Cloudflare's 612x613 at
+    # 1920x1120 gives 612x357)
+    assert size_of("width=2400,height=600,fit=aspect-crop") == (600, 150)
+    assert size_of("width=1920,height=1120,fit=aspect-crop") == (600, 350)
+    # smaller: as cover
+    assert size_of("width=100,height=100,fit=aspect-crop") == (100, 100)
+    assert size_of("width=2400,height=600,fit=crop") == (600, 400)  # crop keeps the source's
+    assert size_of("width=2400,height=600,fit=cover") == (2400, 600)  # cover enlarges
+
+
+def test_aspect_crop_uses_gravity() -> None:
+    left = transform(COFFEE, parse_options("width=400,height=400,fit=aspect-crop,gravity=left"))
+    assert left.description["crop"] == {"left": 0, "top": 0, "width": 400, "height": 400}
+    right = transform(COFFEE, parse_options("width=800,height=800,fit=aspect-crop,gravity=right"))
+    assert right.description["crop"] == {"left": 200, "top": 0, "width": 400, "height": 400}
+    assert (right.width, right.height) == (400, 400)
+
+
+# ---- trim=border and trim.border.* --------------------------------------------------------------
+
+
+def bordered(colour: list[int], width: int = 30) -> bytes:
+    """The coffee photo inside a flat border of ``colour`` (PNG, so the border stays flat)."""
+    image = SIZE.embed(
+        width, width, 600 + 2 * width, 400 + 2 * width, extend="background", background=colour
+    )
+    return bytes(image.pngsave_buffer())
+
+
+def test_trim_border_detects_the_border_colour() -> None:
+    # the border is green: the colour is read from the image (white was assumed before)
+    assert size_of("trim=border", bordered([0, 160, 0])) == (600, 400)
+    assert size_of("trim=border", bordered([255, 255, 255])) == (600, 400)
+
+
+def test_trim_border_color_and_tolerance_choose_what_is_cut() -> None:
+    data = bordered([200, 0, 0])
+    assert size_of("trim=border,trim.border.color=rgb(206 0 0)", data) == (600, 400)
+    # tolerance 250: a pixel must be within 5 of the colour to be border; 200 is 6 away
+    exact = "trim=border,trim.border.color=rgb(206 0 0),trim.border.tolerance=250"
+    assert size_of(exact, data) == (660, 460)
+    assert size_of("trim=border,trim.border.color=blue", data) == (660, 460)
+
+
+def test_trim_border_keep_leaves_that_much_border() -> None:
+    assert size_of("trim=border,trim.border.keep=7", bordered([0, 0, 90])) == (614, 414)
+    assert size_of("trim=border,trim.border.keep=99", bordered([0, 0, 90])) == (660, 460)
+
+
+def test_trim_border_options_need_trim_border() -> None:
+    for text in ("trim.border.keep=3", "trim=1;2;3;4,trim.border.color=red"):
+        with pytest.raises(OptionError, match="Expected trim=border alongside it"):
+            parse_options(text)
+    with pytest.raises(OptionError, match=r"for trim.border.tolerance but received .256."):
+        parse_options("trim=border,trim.border.tolerance=256")
+    assert normalise(parse_options("trim=border,trim.border.keep=2")) == "trim=border;keep:2"
+
+
+def test_fractional_trim_is_refused_as_cloudflare_documents_pixels() -> None:
+    for text in ("trim=0.1;0;0;0", "trim.top=0.5"):
+        with pytest.raises(OptionError, match="for trim"):
+            parse_options(text)
+
+
+# ---- flip before rotate -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("flip", "rotate"), [("h", 90), ("v", 90), ("h", 270), ("hv", 90)])
+def test_flip_comes_before_rotate_as_cloudflare_does(flip: str, rotate: int) -> None:
+    result = transform(COFFEE, parse_options(f"flip={flip},rotate={rotate},format=png"))
+    out = pyvips.Image.new_from_buffer(result.data, "")
+    expected = SIZE
+    if "h" in flip:
+        expected = expected.fliphor()
+    if "v" in flip:
+        expected = expected.flipver()
+    expected = expected.rot(f"d{rotate}")
+    assert (out.width, out.height) == (expected.width, expected.height)
+    assert (out - expected).abs().max() <= 1

@@ -47,7 +47,7 @@ from focal.geometry import (
     Plan,
     Size,
 )
-from focal.options import Format, GravityMode, Options, Overlay, check_rules
+from focal.options import Format, GravityMode, Options, Overlay, Trim, check_rules
 
 MATERIALISE_PIXELS = 4_000_000
 
@@ -193,8 +193,10 @@ class _Run:
 
 def _transform(run: _Run, *, fail_on: str) -> Result:
     """The pipeline once, decoding with libvips' ``fail_on`` level."""
-    options, timer = run.options, Timer()
+    timer = Timer()
     header = _checked_header(run, timer)
+    run = _resolve_trim_border(run, header, timer, fail_on)
+    options = run.options
     drawn = _overlay_images(run, timer, fail_on)
     fmt, negotiated, frames = _output_format(run, header)
     working = _working_size(header, options)
@@ -243,6 +245,21 @@ def _checked_header(run: _Run, timer: Timer) -> Header:
         header = read_header(run.data)
         check(header, max_pixels=limits.max_pixels, max_frames=limits.max_frames)
     return header
+
+
+def _resolve_trim_border(run: _Run, header: Header, timer: Timer, fail_on: str) -> _Run:
+    """trim=border turned into the pixels it cuts, found on the first frame (oriented, sRGB):
+    from there on it is a trim like any other, and the plan is made for the trimmed image."""
+    trim = run.options.trim
+    if trim is None or not trim.border:
+        return run
+    with timer("decode"):
+        page = run.cancel.watch(load(run.data, header, animated=False, fail_on=fail_on))
+        page = steps.to_srgb(steps.orient(page))
+        left, top, width, height = steps.border_box(page, trim)
+    right, bottom = page.width - left - width, page.height - top - height
+    sides = Trim(top=top, right=right, bottom=bottom, left=left)
+    return replace(run, options=replace(run.options, trim=sides))
 
 
 def _overlay_images(run: _Run, timer: Timer, fail_on: str) -> list[tuple[Overlay, pyvips.Image]]:

@@ -57,20 +57,29 @@ def trim(frame: pyvips.Image, spec: Trim | None, scale: float = 1.0) -> pyvips.I
 
 
 def trim_border(frame: pyvips.Image, spec: Trim) -> pyvips.Image:
-    """Cut the border of ``spec.border_colour`` (else the top-left pixel's colour), a pixel
-    counting as border while it differs from it by at most 255 - tolerance, leaving
-    ``border_keep`` pixels of it on each side."""
+    """The frame without its border (:func:`border_box`)."""
+    left, top, width, height = border_box(frame, spec)
+    if (width, height) == (frame.width, frame.height):
+        return frame
+    return frame.crop(left, top, width, height)
+
+
+def border_box(frame: pyvips.Image, spec: Trim) -> tuple[int, int, int, int]:
+    """(left, top, width, height) inside the border of ``spec.border_colour`` (else the top-left
+    pixel's colour), a pixel counting as border while it differs from it by at most
+    255 - tolerance, with ``border_keep`` pixels of the border left on each side; the whole
+    frame when it is all border."""
     colour = spec.border_colour or tuple(int(v) for v in frame(0, 0))
     background = [float(v) for v in colour[: min(3, frame.bands)]]
     threshold = 255 - spec.border_tolerance
     left, top, width, height = frame.find_trim(threshold=threshold, background=background)
     if width == 0 or height == 0:
-        return frame
+        return 0, 0, frame.width, frame.height
     keep = spec.border_keep
     right = min(frame.width, left + width + keep)
     bottom = min(frame.height, top + height + keep)
     left, top = max(0, left - keep), max(0, top - keep)
-    return frame.crop(left, top, right - left, bottom - top)
+    return left, top, right - left, bottom - top
 
 
 def rotate_flip(frame: pyvips.Image, options: Options) -> pyvips.Image:
