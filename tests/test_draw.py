@@ -369,3 +369,40 @@ def test_draw_names_a_presets_draw_list() -> None:
         expand("draw=avatar", PRESETS)  # its draw names another preset: one level only
     with pytest.raises(ValueError, match="Preset 'bad'"):
         check_presets({"bad": "draw=nothing"})
+
+
+# ---- focal transform ----------------------------------------------------------------------------
+
+
+def test_focal_transform_reads_overlays_under_the_overlay_root(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from focal.cli import main
+
+    (tmp_path / "marks").mkdir()
+    (tmp_path / "marks" / "m.png").write_bytes(LOGO)
+    (tmp_path / "in.png").write_bytes(BASE)
+    draw = draw_b64([{"url": "marks/m.png", "top": 0, "left": 0}])
+    out = tmp_path / "out.png"
+    args = ["transform", str(tmp_path / "in.png"), "-o", str(out), "--options", f"draw={draw}"]
+    assert main([*args, "--overlay-root", str(tmp_path)]) == 0
+    image = pixels(pyvips.Image.new_from_file(str(out)))
+    assert box_of(image, RED) == (0, 0, 20, 10)
+    out.unlink()
+    for url, words in (("marks/none.png", "source not found"), ("../x.png", "not allowed")):
+        draw = draw_b64([{"url": url}])
+        code = main(
+            [
+                "transform",
+                str(tmp_path / "in.png"),
+                "-o",
+                str(out),
+                "--options",
+                f"draw={draw}",
+                "--overlay-root",
+                str(tmp_path / "marks"),
+            ]
+        )
+        error = capsys.readouterr().err
+        assert code == 1 and f"draw[0] overlay '{url}'" in error and words in error
+        assert not out.exists()
