@@ -406,3 +406,14 @@ def test_focal_transform_reads_overlays_under_the_overlay_root(
         error = capsys.readouterr().err
         assert code == 1 and f"draw[0] overlay '{url}'" in error and words in error
         assert not out.exists()
+
+
+def test_focal_batch_refuses_draw_at_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from focal.cli import main
+
+    draw = draw_b64([{"url": "m.png"}])
+    assert main(["batch", str(tmp_path), str(tmp_path / "out"), "--options", f"draw={draw}"]) == 2
+    assert "draw is not supported here" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
