@@ -478,10 +478,14 @@ def draw(frame: pyvips.Image, layers: Sequence[Layer]) -> pyvips.Image:
     return frame
 
 
-def _composite(frame: pyvips.Image, layer: Layer) -> pyvips.Image:
-    left, top = max(0, layer.left), max(0, layer.top)
+def _composite(
+    frame: pyvips.Image, layer: Layer, rows: tuple[int, int] | None = None
+) -> pyvips.Image:
+    """One layer drawn, only inside ``rows`` of the frame (default all)."""
+    top_limit, bottom_limit = rows if rows is not None else (0, frame.height)
+    left, top = max(0, layer.left), max(top_limit, layer.top)
     right = min(frame.width, layer.left + layer.image.width)
-    bottom = min(frame.height, layer.top + layer.image.height)
+    bottom = min(bottom_limit, layer.top + layer.image.height)
     if right <= left or bottom <= top:
         return frame
     width, height = right - left, bottom - top
@@ -500,7 +504,12 @@ def _composite(frame: pyvips.Image, layer: Layer) -> pyvips.Image:
 
 
 def draw_strip(strip: pyvips.Image, count: int, layers: Sequence[Layer]) -> pyvips.Image:
-    """:func:`draw` on every frame of a strip."""
-    if not layers:
-        return strip
-    return each(strip, count, lambda frame: draw(frame, layers))
+    """:func:`draw` on every frame of a strip, in place on the strip (each layer moved down to
+    its frame and kept inside that frame's rows)."""
+    height = strip.height // count
+    for index in range(count):
+        top = index * height
+        for layer in layers:
+            moved = Layer(layer.image, layer.left, layer.top + top, layer.composite)
+            strip = _composite(strip, moved, rows=(top, top + height))
+    return strip
