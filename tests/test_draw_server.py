@@ -228,3 +228,20 @@ def test_draw_over_a_real_server_by_preset_and_by_url(served: tuple[str, str]) -
     )
     unknown = httpx.get(f"{base}/cdn-cgi/image/width=200,draw=nothing/coffee.jpg", timeout=30)
     assert unknown.status_code == 400 and "draw list (brand) for draw" in unknown.json()["error"]
+
+
+class SlowOverlayOrigin(LocalOrigin):
+    """The root, with one overlay that takes a minute to arrive."""
+
+    async def fetch(self, path: str) -> Source:
+        if path == "brand/slow.png":
+            await asyncio.sleep(60)
+        return await super().fetch(path)
+
+
+def test_an_overlay_counts_in_the_requests_deadline(root: Path) -> None:
+    settings = Settings(root=root, cache_enabled=False, face=False, request_timeout_s=0.5)
+    (root / "brand" / "slow.png").write_bytes(solid_png(4, 4, RED))
+    origins = Origins(local=SlowOverlayOrigin(root, 10 << 20), remote=None, is_remote=is_remote)
+    (response,) = get_all(settings, [path_for([{"url": "brand/slow.png"}])], origins=origins)
+    assert response.status_code == 504 and "too long" in response.json()["error"]

@@ -634,9 +634,11 @@ def _overlay_value(name: str, key: str, value: object) -> object:
         return int(number)
     if key in ("width", "height"):
         return _overlay_size(name, value)
+    if key == "rotate" and isinstance(value, int | float) and not isinstance(value, bool):
+        value = int(value) if float(value).is_integer() else value
     if key in ("rotate", "fit", "gravity", "background", "composite"):
         if not isinstance(value, str | int) or isinstance(value, bool):
-            raise expected(name, "a string", value)
+            raise expected(name, "a string" if key != "rotate" else "0, 90, 180 or 270", value)
         return _overlay_text(name, key, str(value))
     raise expected(name, "a known key", key)  # unreachable: keys are checked first
 
