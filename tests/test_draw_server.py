@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -52,6 +52,9 @@ class Clock:
     def __call__(self) -> float:
         return self.now
 
+    def tick(self) -> None:
+        self.now += 2  # past the overlay cache's recheck interval
+
 
 class CountingOrigin(LocalOrigin):
     def __init__(self, root: Path) -> None:
@@ -63,25 +66,27 @@ class CountingOrigin(LocalOrigin):
         return await super().fetch(path)
 
 
-def get_all(settings: Settings, paths: list[str], **kwargs: object) -> list[httpx.Response]:
+Step = str | Callable[[], None]  # a path to GET, or something to do between requests
+
+
+def get_all(
+    settings: Settings, steps: list[Step], service: dict[str, object] | None = None
+) -> list[httpx.Response]:
+    """The responses to the GETs of ``steps``, in order, from one in-process app (its service's
+    attributes replaced by ``service``)."""
     app = create_app(settings)
-    for name, value in kwargs.items():
+    for name, value in (service or {}).items():
         setattr(app.state.service, name, value)
 
     async def run() -> list[httpx.Response]:
         transport = httpx.ASGITransport(app=app)
         responses = []
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-            for path in paths:
-                if path == "tick":
-                    kwargs["clock"].now += 2  # type: ignore[attr-defined]
-                    continue
-                if path.startswith("write:"):
-                    target, _, colour = path[len("write:") :].partition("=")
-                    rgb = tuple(int(c) for c in colour.split(";"))
-                    Path(target).write_bytes(solid_png(30, 10, rgb))  # type: ignore[arg-type]
-                    continue
-                responses.append(await client.get(path))
+            for step in steps:
+                if callable(step):
+                    step()
+                else:
+                    responses.append(await client.get(step))
         return responses
 
     try:
@@ -136,13 +141,8 @@ def test_an_overlay_is_fetched_once_and_reused_while_unchanged(root: Path) -> No
     app_origins = Origins(local=origin, remote=None, is_remote=is_remote)
     overlay = [{"url": "brand/mark.png", "top": 0, "left": 0}]
     paths = [path_for(overlay, f"width={w},format=png") for w in (100, 120)]
-    responses = get_all(
-        settings,
-        [paths[0], paths[1], "tick", paths[0]],
-        origins=app_origins,
-        overlay_cache=OverlayCache(clock=clock),
-        clock=clock,
-    )
+    service = {"origins": app_origins, "overlay_cache": OverlayCache(clock=clock)}
+    responses = get_all(settings, [paths[0], paths[1], clock.tick, paths[0]], service)
     assert [r.status_code for r in responses] == [200, 200, 200]
     assert origin.fetched.count("brand/mark.png") == 1  # reused; after the tick, its identity read
 
@@ -152,12 +152,12 @@ def test_a_changed_overlay_file_makes_a_new_variant(root: Path, tmp_path: Path) 
     clock = Clock()
     path = path_for([{"url": "brand/mark.png", "top": 0, "left": 0}])
     mark = root / "brand" / "mark.png"
-    responses = get_all(
-        settings,
-        [path, path, f"write:{mark}=0;255;0", "tick", path, path],
-        overlay_cache=OverlayCache(clock=clock),
-        clock=clock,
-    )
+
+    def change() -> None:
+        mark.write_bytes(solid_png(30, 10, (0, 255, 0)))
+
+    service = {"overlay_cache": OverlayCache(clock=clock)}
+    responses = get_all(settings, [path, path, change, clock.tick, path, path], service)
     first, again, changed, changed_again = responses
     assert [r.headers["focal-cache"] for r in responses] == ["miss", "hit", "miss", "hit"]
     assert pixel(first, 5, 5)[:3] == RED and pixel(again, 5, 5)[:3] == RED
@@ -243,5 +243,5 @@ def test_an_overlay_counts_in_the_requests_deadline(root: Path) -> None:
     settings = Settings(root=root, cache_enabled=False, face=False, request_timeout_s=0.5)
     (root / "brand" / "slow.png").write_bytes(solid_png(4, 4, RED))
     origins = Origins(local=SlowOverlayOrigin(root, 10 << 20), remote=None, is_remote=is_remote)
-    (response,) = get_all(settings, [path_for([{"url": "brand/slow.png"}])], origins=origins)
+    (response,) = get_all(settings, [path_for([{"url": "brand/slow.png"}])], {"origins": origins})
     assert response.status_code == 504 and "too long" in response.json()["error"]
