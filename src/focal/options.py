@@ -88,7 +88,7 @@ class Trim:
     border: bool = False
     width: int | None = None
     height: int | None = None
-    # trim=border only: the border's colour (None: libvips' guess, the corner's colour), how
+    # trim=border only: the border's colour (None: the top-left pixel's colour), how
     # closely a pixel must match it (0 = anything matches .. 255 = exactly), pixels kept
     border_colour: tuple[int, int, int, int] | None = None
     border_tolerance: int = 245
@@ -676,7 +676,8 @@ def _overlay_size(name: str, value: object) -> float:
 
 
 def draw_text(overlays: tuple[Overlay, ...]) -> str:
-    """The canonical JSON of a draw list (every key, in order): for cache keys and URL builders."""
+    """The canonical JSON of a draw list (the keys that differ from their defaults, in a fixed
+    order; Cloudflare's shapes): one text per draw list, for cache keys and logs."""
     return json.dumps([_overlay_json(overlay) for overlay in overlays], separators=(",", ":"))
 
 

@@ -265,7 +265,7 @@ def _resolve_trim_border(run: _Run, header: Header, timer: Timer, fail_on: str) 
 def _overlay_images(run: _Run, timer: Timer, fail_on: str) -> list[tuple[Overlay, pyvips.Image]]:
     """Every overlay of ``draw``, checked like a source (bytes, header, pixels; all overlays
     together at most ``max_pixels``) and loaded lazily (first frame). A problem is the error a
-    source would get, naming the overlay (``draw[1] 'logo.png': ...``)."""
+    source would get, naming the overlay (``draw[1] overlay 'logo.png': ...``)."""
     limits, loaded, pixels = run.limits, [], 0
     for index, spec in enumerate(run.options.draw):
         data = run.overlays.get(spec.url)
