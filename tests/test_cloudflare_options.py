@@ -245,3 +245,26 @@ def test_flip_comes_before_rotate_as_cloudflare_does(flip: str, rotate: int) -> 
     expected = expected.rot(f"d{rotate}")
     assert (out.width, out.height) == (expected.width, expected.height)
     assert (out - expected).abs().max() <= 1
+
+
+@pytest.mark.slow
+def test_gravity_face_works_with_trim_border() -> None:
+    # the border is found before the plan, so the faces are detected on the trimmed photo (it
+    # used to fall back to the centre: "gravity=face cannot be combined with trim=border")
+    from tests.model_fixtures import require_model_dir
+
+    from focal.face.sessions import load_detector
+
+    astronaut = pyvips.Image.new_from_file(str(DEMO / "astronaut.jpg"))
+    framed = astronaut.embed(
+        150, 90, 512 + 300, 512 + 180, extend="background", background=[128, 128, 128]
+    )
+    options = parse_options("trim=border,width=200,height=300,fit=cover,gravity=face,format=json")
+    result = transform(
+        bytes(framed.pngsave_buffer()), options, detector=load_detector(require_model_dir())
+    )
+    described = result.description
+    assert (described["gravity"], described["fallback"]) == ("face", None)
+    assert len(described["faces"]) == 1
+    crop = described["crop"]
+    assert crop["left"] + crop["width"] <= 512 and crop["top"] + crop["height"] <= 512

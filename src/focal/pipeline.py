@@ -42,7 +42,6 @@ from focal.geometry import (
     INFERENCE_CAP,
     NO_DETECTOR,
     NO_FACE,
-    NOT_WITH_TRIM_BORDER,
     Box,
     Plan,
     Size,
@@ -476,8 +475,6 @@ def _detect(run: _Run, header: Header, working: Size, timer: Timer, fail_on: str
     options, detector = run.options, run.detector
     if detector is None:
         return Faces(fallback=NO_DETECTOR)
-    if options.trim is not None and options.trim.border:
-        return Faces(fallback=NOT_WITH_TRIM_BORDER)
     inference, factor = geometry.inference_size(working, run.cap)
     with timer("decode"):
         shrink = jpeg_shrink(1 / factor) if header.format == "jpeg" else 1
