@@ -6,6 +6,8 @@ const PREFIX = "/cdn-cgi/image/";
 
 function encodeValue(value) {
   if (typeof value === "boolean") return value ? "true" : "false";
+  // a list (draw's overlays): b64: and its JSON in base64url, the URL form of draw
+  if (Array.isArray(value)) return "b64:" + base64url(new TextEncoder().encode(JSON.stringify(value)));
   const text = String(value);
   // kept as they are: ; : ( ) and, inside parentheses (rgb(1,2,3)), commas
   return encodeURIComponent(text)

@@ -19,6 +19,7 @@ from focal.geometry import (
     Rect,
     Size,
     Steering,
+    crop_target,
     face_crop_size,
     face_region,
     faces_that_fit,
@@ -399,10 +400,10 @@ def holds(crop: Rect, box: Box) -> bool:
 
 
 def aspect_of_box(image: Size, width: int, height: int, fit: Fit) -> float:
-    """The aspect a cropping fit must reach (fit=crop first limits the box to the image)."""
-    if fit is Fit.CROP:
-        width, height = min(width, image.width), min(height, image.height)
-    return width / height
+    """The aspect a cropping fit must reach (fit=crop first limits the box to the image,
+    fit=aspect-crop shrinks it into the image)."""
+    box = crop_target(image, Size(width, height), fit)
+    return box.width / box.height
 
 
 def rounded_out(box: Box) -> Box:
@@ -423,15 +424,21 @@ def check_sizes(result: Plan, width: int | None, height: int | None, fit: Fit) -
         if fit in (Fit.CONTAIN, Fit.PAD):
             assert resize.width <= width and resize.height <= height
             assert resize.width == width or resize.height == height
-        if fit in (Fit.SCALE_DOWN, Fit.CROP):
+        if fit in (Fit.SCALE_DOWN, Fit.CROP, Fit.ASPECT_CROP):
             assert resize.width <= width and resize.height <= height
+        if fit is Fit.SCALE_UP and resize != crop.size:
+            assert resize.width <= width and resize.height <= height
+            assert resize.width == width or resize.height == height
     elif width is not None or height is not None:
         given = resize.width if width is not None else resize.height
-        assert given == (width or height) or fit in (Fit.SCALE_DOWN, Fit.CROP)
+        kept = (Fit.SCALE_DOWN, Fit.CROP, Fit.ASPECT_CROP, Fit.SCALE_UP)
+        assert given == (width or height) or (fit in kept and resize == crop.size)
     else:
         assert resize == crop.size
-    if fit in (Fit.SCALE_DOWN, Fit.CROP):
+    if fit in (Fit.SCALE_DOWN, Fit.CROP, Fit.ASPECT_CROP):
         assert resize.width <= crop.width and resize.height <= crop.height
+    if fit is Fit.SCALE_UP:
+        assert resize.width >= crop.width or resize.height >= crop.height
     if fit is Fit.PAD:
         assert result.offset == (
             (canvas.width - resize.width) // 2,
@@ -467,7 +474,9 @@ def test_plan_stays_inside_and_has_the_requested_size(
     result = plan(image, width, height, fit, gravity, focus=focus_px)
     assert_inside(result.crop, image)
     check_sizes(result, width, height, fit)
-    cropping = width is not None and height is not None and fit in (Fit.COVER, Fit.CROP)
+    cropping = (
+        width is not None and height is not None and fit in (Fit.COVER, Fit.CROP, Fit.ASPECT_CROP)
+    )
     if not cropping:
         assert result.crop == Rect(0, 0, image.width, image.height)
     target = (
@@ -499,7 +508,7 @@ def test_face_crop_keeps_the_faces_whenever_the_aspect_allows(
     assert outer == outer_box(kept)
     assert_inside(result.crop, image)
     check_sizes(result, width, height, fit)
-    if width is None or height is None or fit not in (Fit.COVER, Fit.CROP):
+    if width is None or height is None or fit not in (Fit.COVER, Fit.CROP, Fit.ASPECT_CROP):
         assert holds(result.crop, outer)
         return
     # Cropping fits: a crop of aspect a inside W x H is at most min(W, H*a) x min(H, W/a). When

@@ -102,7 +102,11 @@ def test_quality_names() -> None:
             "from 0 to 1 for gravity but received 'sideways'",
         ),
         ("gravity=2x0.5", "for gravity but received '2x0.5'"),
-        ("fit=stretch", "Expected one of scale-down, contain, cover, crop, pad, squeeze for fit"),
+        (
+            "fit=stretch",
+            "Expected one of scale-down, contain, cover, crop, pad, squeeze, scale-up, "
+            "aspect-crop for fit",
+        ),
         ("width=1,w=2", "Expected a single value for width but received 'width=1 and w=2'"),
         ("width=1,width=1", "Expected a single value for width"),
         ("width", "Expected key=value pairs separated by commas for width but received 'width'"),

@@ -30,6 +30,13 @@ REQUESTS: list[dict[str, Any]] = [
     {"source": "astronaut.jpg", "preset": "avatar"},
     {"source": "astronaut.jpg", "preset": "avatar", "options": {"format": "png"}},
     {"source": "with space.jpg", "options": "width=90,border=width:2;color:%23000"},
+    {
+        "source": "coffee.jpg",
+        "options": {
+            "width": 100,
+            "draw": [{"url": "astronaut.jpg", "width": 0.25, "bottom": 2, "right": 2}],
+        },
+    },
 ]
 
 
@@ -80,6 +87,11 @@ def test_python_builds_checked_urls() -> None:
         focal.url("a.jpg", {"width": 0})
     with pytest.raises(ValueError, match="needs options or a preset"):
         focal.url("a.jpg")
+    drawn = focal.url("a.jpg", {"draw": [{"url": "logo.png", "repeat": True, "opacity": 0.2}]})
+    encoded = "W3sidXJsIjoibG9nby5wbmciLCJyZXBlYXQiOnRydWUsIm9wYWNpdHkiOjAuMn1d"
+    assert drawn == f"/cdn-cgi/image/draw=b64:{encoded}/a.jpg"
+    with pytest.raises(OptionError, match=r"for draw\[0\].opacity"):
+        focal.url("a.jpg", {"draw": [{"url": "logo.png", "opacity": 2}]})
 
 
 @pytest.mark.skipif(NODE is None, reason="node is not installed")

@@ -39,8 +39,8 @@ NO_FOCUS = "no focus point"
 
 LEFT_OUT = "smaller than the faces kept, and not all faces fit the output's aspect ratio"
 
-CROPPING_FITS = frozenset({Fit.COVER, Fit.CROP})
-NEVER_ENLARGE = frozenset({Fit.SCALE_DOWN, Fit.CROP})
+CROPPING_FITS = frozenset({Fit.COVER, Fit.CROP, Fit.ASPECT_CROP})
+NEVER_ENLARGE = frozenset({Fit.SCALE_DOWN, Fit.CROP, Fit.ASPECT_CROP})
 
 
 class FacePolicy(StrEnum):
@@ -379,32 +379,38 @@ def _one_side(crop: Size, width: int | None, height: int | None, fit: Fit) -> Si
         factor = height / crop.height
     else:
         return crop
-    if fit in NEVER_ENLARGE and factor > 1:
+    if (fit in NEVER_ENLARGE and factor > 1) or (fit is Fit.SCALE_UP and factor < 1):
         return crop
     size = _scaled(crop, factor)
     return Size(width or size.width, height or size.height)
 
 
 def _inside(crop: Size, box: Size, fit: Fit) -> Size:
-    """scale-down / contain / pad: the largest size of the crop's aspect inside ``box``."""
+    """scale-down / contain / pad / scale-up: the largest size of the crop's aspect inside
+    ``box`` (scale-down never enlarges, scale-up never shrinks)."""
     factor = min(box.width / crop.width, box.height / crop.height)
-    if fit is Fit.SCALE_DOWN and factor >= 1:
+    if (fit is Fit.SCALE_DOWN and factor >= 1) or (fit is Fit.SCALE_UP and factor <= 1):
         return crop
     return _scaled(crop, factor)
 
 
 def _cover_size(crop: Size, box: Size, fit: Fit) -> Size:
-    """cover / crop: the crop already has the box's aspect; crop never enlarges it."""
-    if fit is Fit.CROP and (crop.width < box.width or crop.height < box.height):
+    """cover / crop / aspect-crop: the crop already has the box's aspect; crop and aspect-crop
+    never enlarge it."""
+    if fit in NEVER_ENLARGE and (crop.width < box.width or crop.height < box.height):
         return crop
     return box
 
 
 def crop_target(source: Size, box: Size, fit: Fit) -> Size:
     """The box a cropping fit fills: the requested box, or for fit=crop the requested box
-    limited to the source on each side (never enlarging)."""
+    limited to the source on each side (never enlarging), or for fit=aspect-crop the requested
+    box shrunk, keeping its aspect ratio, until it fits inside the source (never enlarging)."""
     if fit is Fit.CROP:
         return Size(min(box.width, source.width), min(box.height, source.height))
+    if fit is Fit.ASPECT_CROP:
+        factor = min(1.0, source.width / box.width, source.height / box.height)
+        return Size(round_size(box.width * factor), round_size(box.height * factor))
     return box
 
 

@@ -7,9 +7,12 @@ form: ``Expected <what> for <option> but received '<value>'``.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from focal.errors import OptionError, expected
@@ -22,6 +25,8 @@ class Fit(StrEnum):
     CROP = "crop"
     PAD = "pad"
     SQUEEZE = "squeeze"
+    SCALE_UP = "scale-up"
+    ASPECT_CROP = "aspect-crop"
 
 
 class Format(StrEnum):
@@ -83,6 +88,11 @@ class Trim:
     border: bool = False
     width: int | None = None
     height: int | None = None
+    # trim=border only: the border's colour (None: the top-left pixel's colour), how
+    # closely a pixel must match it (0 = anything matches .. 255 = exactly), pixels kept
+    border_colour: tuple[int, int, int, int] | None = None
+    border_tolerance: int = 245
+    border_keep: int = 0
 
     def sides(self, width: int, height: int) -> tuple[int, int, int, int]:
         """(top, right, bottom, left) in pixels for an image of ``width`` x ``height``."""
@@ -103,6 +113,54 @@ class Border:
 
 
 RGBA = tuple[int, int, int, int]
+
+
+class Repeat(StrEnum):
+    BOTH = "true"  # Cloudflare's repeat: true
+    X = "x"
+    Y = "y"
+
+
+class Composite(StrEnum):
+    """How an overlay meets the image under it: Cloudflare's Porter-Duff names (``lighter`` is
+    libvips' ``add``), then the blend modes libvips has beyond them."""
+
+    OVER = "over"
+    IN = "in"
+    ATOP = "atop"
+    OUT = "out"
+    XOR = "xor"
+    LIGHTER = "lighter"
+    MULTIPLY = "multiply"
+    SCREEN = "screen"
+    OVERLAY = "overlay"
+    DARKEN = "darken"
+    LIGHTEN = "lighten"
+    DIFFERENCE = "difference"
+
+
+@dataclass(frozen=True)
+class Overlay:
+    """One entry of ``draw``: an image drawn over the output, with Cloudflare's keys.
+
+    ``width``/``height`` are pixels (before ``dpr``) when 1 or more, a fraction of the output's
+    side when below 1. Offsets are pixels (before ``dpr``) from that edge; none on an axis
+    centres the overlay on it."""
+
+    url: str
+    opacity: float = 1.0
+    repeat: Repeat | None = None
+    top: int | None = None
+    left: int | None = None
+    bottom: int | None = None
+    right: int | None = None
+    width: float | None = None
+    height: float | None = None
+    fit: Fit = Fit.SCALE_DOWN
+    gravity: Gravity = Gravity()
+    background: RGBA | None = None
+    rotate: int = 0
+    composite: Composite = Composite.OVER
 
 
 @dataclass(frozen=True)
@@ -137,6 +195,7 @@ class Options:
     upscale: str | None = None  # "interpolate" (the only upscaling focal does)
     segment: str | None = None  # never set: the option is refused
     width_auto: bool = False  # width=auto: the server fills width from the client's hints
+    draw: tuple[Overlay, ...] = ()  # overlays drawn over the output, in order (docs/options.md)
     # trim.top, trim.right, ...: folded into ``trim`` when the options are made
     trim_top: int | None = None
     trim_right: int | None = None
@@ -144,11 +203,16 @@ class Options:
     trim_left: int | None = None
     trim_width: int | None = None
     trim_height: int | None = None
+    # trim.border.color, trim.border.tolerance, trim.border.keep: folded into ``trim`` too
+    trim_border_color: RGBA | None = None
+    trim_border_tolerance: int | None = None
+    trim_border_keep: int | None = None
 
     def __post_init__(self) -> None:
         if self.width == WIDTH_AUTO:
             object.__setattr__(self, "width", None)
             object.__setattr__(self, "width_auto", True)
+        self._fold_trim_border()
         sides = {name: getattr(self, "trim_" + name) for name in TRIM_PARTS}
         given = {name: value for name, value in sides.items() if value is not None}
         if not given:
@@ -169,6 +233,32 @@ class Options:
         object.__setattr__(self, "trim", trim)
         for name in TRIM_PARTS:
             object.__setattr__(self, "trim_" + name, None)
+
+    def _fold_trim_border(self) -> None:
+        """trim.border.* into ``trim`` (they refine trim=border, and need it)."""
+        colour, tolerance, keep = (
+            self.trim_border_color,
+            self.trim_border_tolerance,
+            self.trim_border_keep,
+        )
+        if (colour, tolerance, keep) == (None, None, None):
+            return
+        if self.trim is None or not self.trim.border:
+            name = next(
+                f"trim.border.{part}"
+                for part, value in (("color", colour), ("tolerance", tolerance), ("keep", keep))
+                if value is not None
+            )
+            raise expected(name, "trim=border alongside it", f"{name} without it")
+        trim = replace(
+            self.trim,
+            border_colour=colour,
+            border_tolerance=self.trim.border_tolerance if tolerance is None else tolerance,
+            border_keep=keep or 0,
+        )
+        object.__setattr__(self, "trim", trim)
+        for name in ("trim_border_color", "trim_border_tolerance", "trim_border_keep"):
+            object.__setattr__(self, name, None)
 
     @property
     def face_gravity(self) -> bool:
@@ -209,7 +299,6 @@ FIT_ALIASES = {"fill": "squeeze", "inside": "contain"}
 FIT_REFUSED = {
     "outside": "it has no Cloudflare equivalent; use fit=cover (fills the box, cropping)",
     "none": "it would not resize; leave width and height out instead",
-    "aspect-crop": "use fit=crop (which also never enlarges) or fit=cover",
 }
 GRAVITY_MODES = tuple(mode.value for mode in GravityMode if mode is not GravityMode.POINT)
 FLIPS = {"h": "h", "v": "v", "hv": "hv", "vh": "hv"}
@@ -243,6 +332,7 @@ Parser = Callable[[str, str], object]
 # its input, and these keep the input small (a URL's options are a few dozen characters).
 MAX_OPTIONS_LENGTH = 1024
 MAX_VALUE_LENGTH = 64
+MAX_DRAW_LENGTH = 960  # a draw list (JSON, or b64: and base64url JSON) is longer than a value
 # ASCII only: str.isdigit() and float() also accept other scripts' digits and superscripts.
 INTEGER = re.compile(r"-?[0-9]{1,9}")
 NUMBER = re.compile(r"[-+]?(?:[0-9]{1,9}(?:\.[0-9]{0,9})?|\.[0-9]{1,9})")
@@ -445,6 +535,174 @@ def _border(name: str, text: str) -> Border:
     return Border(colour=colour, **sides)
 
 
+# --- draw: overlays ------------------------------------------------------------------------------
+
+MAX_OVERLAYS = 8
+MAX_URL_LENGTH = 512
+B64_PREFIX = "b64:"
+BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
+PRESET_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+DRAW_WHAT = (
+    'a JSON list of overlays ([{"url": ...}, ...]), b64: and that list in base64url, '
+    "or the name of a preset that has draw"
+)
+OVERLAY_KEYS = (
+    *("url", "opacity", "repeat", "top", "left", "bottom", "right", "width", "height"),
+    *("fit", "gravity", "background", "rotate", "composite"),
+)
+OVERLAY_REFUSED = {
+    "text": "text overlays need fonts focal does not ship; draw an image of the text instead",
+}
+OVERLAY_GRAVITIES = ("center", "left", "right", "top", "bottom")
+
+
+def _draw(name: str, text: str) -> tuple[Overlay, ...]:
+    """``draw``: a JSON list of overlay objects (Cloudflare's Workers keys), or ``b64:`` and the
+    same JSON in base64url (the form for URLs: no commas, slashes or quotes). A bare preset name
+    is resolved by :func:`focal.presets.expand` before parsing; one that reaches here is
+    refused."""
+    if text.startswith(B64_PREFIX):
+        encoded = text[len(B64_PREFIX) :]
+        if BASE64URL.fullmatch(encoded) is None:
+            raise expected(name, "b64: and base64url text (A-Z a-z 0-9 - _)", text)
+        try:
+            raw = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError, ValueError):
+            raise expected(name, "b64: and base64url of UTF-8 JSON", text) from None
+        return _draw_json(name, raw)
+    if text.startswith("["):
+        return _draw_json(name, text)
+    if PRESET_NAME.fullmatch(text):
+        raise OptionError(
+            f"Expected {DRAW_WHAT} for {name} but received {text!r}: no preset of that name has "
+            "draw (preset names are resolved by focal serve, from its presets setting)"
+        )
+    raise expected(name, DRAW_WHAT, text)
+
+
+def _reject_constant(text: str) -> object:
+    raise ValueError(f"{text} is not a number")
+
+
+def _draw_json(name: str, text: str) -> tuple[Overlay, ...]:
+    try:
+        value = json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as error:
+        raise expected(name, "a JSON list of overlay objects", f"{text[:80]} ({error})") from None
+    if not isinstance(value, list) or not value:
+        raise expected(name, "a non-empty JSON list of overlay objects", text[:80])
+    if len(value) > MAX_OVERLAYS:
+        raise expected(name, f"at most {MAX_OVERLAYS} overlays", f"{len(value)} overlays")
+    return tuple(_overlay(f"{name}[{index}]", item) for index, item in enumerate(value))
+
+
+def _overlay(name: str, item: object) -> Overlay:
+    """One overlay object, every key checked (``draw[0].opacity`` names what is wrong)."""
+    if not isinstance(item, dict):
+        raise expected(name, 'an overlay object ({"url": ...})', item)
+    for key in item:
+        if key in OVERLAY_REFUSED:
+            raise unsupported(f"{name}.{key}", OVERLAY_REFUSED[key])
+        if key not in OVERLAY_KEYS:
+            raise expected(f"{name} key", "one of " + ", ".join(OVERLAY_KEYS), key)
+    url = item.get("url")
+    if not isinstance(url, str) or not url or len(url) > MAX_URL_LENGTH:
+        raise expected(f"{name}.url", f"a URL or path of 1 to {MAX_URL_LENGTH} characters", url)
+    if not all(" " < char <= "~" for char in url):
+        raise expected(f"{name}.url", "printable ASCII (percent-encode the rest)", url)
+    for first, second in (("left", "right"), ("top", "bottom")):
+        if item.get(first) is not None and item.get(second) is not None:
+            raise expected(f"{name}.{second}", f"no {first} alongside it", f"{first} and {second}")
+    fields = {key: _overlay_value(f"{name}.{key}", key, item[key]) for key in item if key != "url"}
+    return Overlay(url=url, **fields)  # type: ignore[arg-type]
+
+
+def _overlay_value(name: str, key: str, value: object) -> object:
+    if key == "opacity":
+        return _json_number(name, value, 0, 1, "a number from 0 to 1")
+    if key == "repeat":
+        if value is True or value in ("x", "y"):
+            return Repeat.BOTH if value is True else Repeat(value)
+        if value is False:
+            return None
+        raise expected(name, 'true, "x" or "y"', value)
+    if key in ("top", "left", "bottom", "right"):
+        what = f"a whole number of pixels from 0 to {MAX_DIMENSION}"
+        number = _json_number(name, value, 0, MAX_DIMENSION, what)
+        if number != int(number):
+            raise expected(name, what, value)
+        return int(number)
+    if key in ("width", "height"):
+        return _overlay_size(name, value)
+    if key == "rotate" and isinstance(value, int | float) and not isinstance(value, bool):
+        value = int(value) if float(value).is_integer() else value
+    if key in ("rotate", "fit", "gravity", "background", "composite"):
+        if not isinstance(value, str | int) or isinstance(value, bool):
+            raise expected(name, "a string" if key != "rotate" else "0, 90, 180 or 270", value)
+        return _overlay_text(name, key, str(value))
+    raise expected(name, "a known key", key)  # unreachable: keys are checked first
+
+
+def _overlay_text(name: str, key: str, text: str) -> object:
+    if key == "rotate":
+        return _choice({"0": 0, "90": 90, "180": 180, "270": 270})(name, text)
+    if key == "fit":
+        return _fit(name, text)
+    if key == "gravity":
+        gravity = _gravity(name, text)
+        if gravity.mode.value not in (*OVERLAY_GRAVITIES, "point"):
+            raise unsupported(f"{name}={text}", "an overlay is placed by center, a side or XxY")
+        return gravity
+    if key == "background":
+        return _colour(name, text)
+    return _enum(Composite)(name, text)
+
+
+def _json_number(name: str, value: object, low: float, high: float, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise expected(name, what, value)
+    if not low <= value <= high:
+        raise expected(name, what, value)
+    return float(value)
+
+
+def _overlay_size(name: str, value: object) -> float:
+    """Pixels (a whole number from 1) or a fraction of the output's side (above 0, below 1)."""
+    what = f"whole pixels from 1 to {MAX_DIMENSION}, or a fraction of the image above 0 and below 1"
+    number = _json_number(name, value, 0, MAX_DIMENSION, what)
+    if number == 0 or (number >= 1 and number != int(number)):
+        raise expected(name, what, value)
+    return number
+
+
+def draw_text(overlays: tuple[Overlay, ...]) -> str:
+    """The canonical JSON of a draw list (the keys that differ from their defaults, in a fixed
+    order; Cloudflare's shapes): one text per draw list, for cache keys and logs."""
+    return json.dumps([_overlay_json(overlay) for overlay in overlays], separators=(",", ":"))
+
+
+def draw_b64(overlays: list[dict[str, object]]) -> str:
+    """``b64:`` and the base64url JSON of overlay objects: draw's form for URLs."""
+    raw = json.dumps(overlays, separators=(",", ":")).encode()
+    return B64_PREFIX + base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _overlay_json(overlay: Overlay) -> dict[str, object]:
+    out: dict[str, object] = {}
+    default = Overlay(url="")
+    for key in OVERLAY_KEYS:
+        value = getattr(overlay, key)
+        if key != "url" and value == getattr(default, key):
+            continue
+        if value is Repeat.BOTH:
+            out[key] = True
+        elif isinstance(value, str | int | float) and not isinstance(value, StrEnum):
+            out[key] = int(value) if isinstance(value, float) and value.is_integer() else value
+        else:
+            out[key] = _canonical(value)
+    return out
+
+
 @dataclass(frozen=True)
 class OptionSpec:
     name: str  # the field of Options it sets
@@ -453,6 +711,7 @@ class OptionSpec:
     values: str
     help: str
     default: str
+    max_length: int = MAX_VALUE_LENGTH
 
 
 OPTIONS: tuple[OptionSpec, ...] = (
@@ -481,7 +740,8 @@ OPTIONS: tuple[OptionSpec, ...] = (
         "fit",
         (),
         _fit,
-        "scale-down, contain, cover, crop, pad, squeeze; fill (= squeeze), inside (= contain)",
+        "scale-down, contain, cover, crop, pad, squeeze, scale-up, aspect-crop; fill (= squeeze), "
+        "inside (= contain)",
         "how the image meets width x height (see below)",
         "scale-down",
     ),
@@ -561,6 +821,31 @@ OPTIONS: tuple[OptionSpec, ...] = (
             "none",
         )
         for part in TRIM_PARTS
+    ),
+    OptionSpec(
+        "trim_border_color",
+        ("trim.border.color",),
+        _colour,
+        "CSS colour",
+        "with trim=border: the border colour to cut (else the top-left pixel's)",
+        "detected",
+    ),
+    OptionSpec(
+        "trim_border_tolerance",
+        ("trim.border.tolerance",),
+        _integer(0, 255),
+        "0..255",
+        "with trim=border: how closely a pixel must match the border colour to be cut "
+        "(0 = any pixel matches, 255 = exactly)",
+        "245",
+    ),
+    OptionSpec(
+        "trim_border_keep",
+        ("trim.border.keep",),
+        _integer(0, MAX_DIMENSION),
+        "pixels",
+        "with trim=border: pixels of the border left on each side",
+        "0",
     ),
     OptionSpec("blur", (), _number(0, 250), "0..250", "gaussian blur radius", "0"),
     OptionSpec("sharpen", (), _number(0, 10), "0..10", "sharpening strength", "0"),
@@ -673,6 +958,16 @@ OPTIONS: tuple[OptionSpec, ...] = (
         "not supported: answered with a 400",
         "none",
     ),
+    OptionSpec(
+        "draw",
+        (),
+        _draw,
+        "JSON list of overlays, b64:BASE64URL of it, or a preset name",
+        "images drawn over the output, in order: url, opacity, repeat, top/left/bottom/right, "
+        "width/height, fit, gravity, background, rotate, composite (see Overlays below)",
+        "none",
+        max_length=MAX_DRAW_LENGTH,
+    ),
 )
 BY_KEY: dict[str, OptionSpec] = {
     key: spec for spec in OPTIONS for key in (spec.name, *spec.aliases)
@@ -680,14 +975,15 @@ BY_KEY: dict[str, OptionSpec] = {
 
 
 def split_options(text: str) -> list[str]:
-    """Split on commas that are not inside parentheses (``background=rgb(1,2,3)``)."""
+    """Split on commas that are not inside parentheses or brackets (``background=rgb(1,2,3)``,
+    ``draw=[{"url": "a.png", "top": 5}]``)."""
     parts: list[str] = []
     current: list[str] = []
     depth = 0
     for char in text:
-        if char == "(":
+        if char in "([{":
             depth += 1
-        elif char == ")":
+        elif char in ")]}":
             depth = max(0, depth - 1)
         if char == "," and depth == 0:
             parts.append("".join(current))
@@ -762,9 +1058,9 @@ def parse_options(text: str) -> Options:
             raise expected(spec.name, "a single value", f"{seen[spec.name]} and {part}")
         seen[spec.name] = part
         value = raw.strip()
-        if len(value) > MAX_VALUE_LENGTH:
+        if len(value) > spec.max_length:
             raise expected(
-                key, f"a value of at most {MAX_VALUE_LENGTH} characters", f"{len(value)} characters"
+                key, f"a value of at most {spec.max_length} characters", f"{len(value)} characters"
             )
         values[spec.name] = spec.parse(key, value)
     options = Options(**values)  # type: ignore[arg-type]
@@ -773,6 +1069,8 @@ def parse_options(text: str) -> Options:
 
 
 def _canonical(value: object) -> str:
+    if isinstance(value, tuple) and value and isinstance(value[0], Overlay):
+        return draw_text(value)
     if isinstance(value, StrEnum):
         return value.value
     if isinstance(value, Gravity):
@@ -781,11 +1079,11 @@ def _canonical(value: object) -> str:
         return value.mode.value
     if isinstance(value, Trim):
         if value.border:
-            return "border"
+            return "border" + _trim_border_canonical(value)
         sides = f"{value.top};{value.right};{value.bottom};{value.left}"
         if value.width is not None or value.height is not None:
             sides += f";width:{value.width};height:{value.height}"
-        return sides
+        return sides + _trim_border_canonical(value)
     if isinstance(value, Border):
         colour = "".join(f"{c:02x}" for c in value.colour)
         return f"{value.top};{value.right};{value.bottom};{value.left};#{colour}"
@@ -794,6 +1092,18 @@ def _canonical(value: object) -> str:
     if isinstance(value, float):
         return f"{value:g}"
     return str(value).lower()
+
+
+def _trim_border_canonical(trim: Trim) -> str:
+    default = Trim(border=True)
+    parts = ""
+    if trim.border_colour is not None:
+        parts += ";color:#" + "".join(f"{c:02x}" for c in trim.border_colour)
+    if trim.border_tolerance != default.border_tolerance:
+        parts += f";tolerance:{trim.border_tolerance}"
+    if trim.border_keep:
+        parts += f";keep:{trim.border_keep}"
+    return parts
 
 
 def normalise(options: Options) -> str:
@@ -816,3 +1126,132 @@ def options_markdown() -> str:
             f"| `{spec.name}` | {aliases} | {spec.values} | {spec.help} | {spec.default} |"
         )
     return "\n".join(lines) + "\n"
+
+
+# Every option Cloudflare documents (URL and Workers, Images docs as of 2026), and what focal does
+# with it: docs/options.md's "Cloudflare's options, one by one" table is generated from this.
+CLOUDFLARE: tuple[tuple[str, str], ...] = (
+    ("anim", "supported"),
+    ("background", "supported (CSS colours; write `#` as `%23` in a URL)"),
+    ("blur", "supported"),
+    (
+        "border",
+        "supported: `border=width:10;color:%23ffffff` or "
+        "`border=top:5;right:10;bottom:5;left:10;color:red` (Cloudflare documents border for "
+        "Workers only; the URL form takes the same keys), added after resizing, times `dpr`",
+    ),
+    ("brightness", "supported"),
+    (
+        "compression",
+        "supported: `compression=fast` makes `format=auto` pick JPEG (PNG with transparency) "
+        "and the encoder its quickest settings",
+    ),
+    ("contrast", "supported"),
+    ("dpr", "supported (1..3; Cloudflare documents up to 2)"),
+    (
+        "draw",
+        "supported (Cloudflare: Workers only): a JSON list of overlays, `b64:` and that JSON in "
+        "base64url (the URL form), or the name of a preset with a draw list; every key of "
+        "Cloudflare's overlay objects but `text` (see [Overlays](#overlays-draw))",
+    ),
+    (
+        "fit",
+        "supported: scale-down, contain, cover, crop, pad, squeeze, scale-up (enlarges to fit "
+        "inside, never shrinks), aspect-crop (the target's aspect ratio, never enlarged); also "
+        "`fill` (= squeeze) and `inside` (= contain) as frameworks emit them. Refused: "
+        "`outside` and `none`, which frameworks emit but Cloudflare does not know",
+    ),
+    (
+        "flip",
+        "supported (h, v, hv; also vh), before `rotate` as Cloudflare does "
+        "(`flip=h,rotate=90` mirrors, then turns)",
+    ),
+    ("format", "supported (auto, avif, webp, jpeg, baseline-jpeg, png, gif, json; also `jpg`)"),
+    ("gamma", "supported"),
+    (
+        "gravity",
+        "supported (auto, face, left, right, top, bottom, XxY); `face` is focal's RetinaFace crop",
+    ),
+    ("height", "supported"),
+    ("metadata", "supported (keep, copyright, none)"),
+    ("onerror", "supported (`redirect`, by `focal serve`)"),
+    (
+        "origin-auth",
+        "not applicable (Workers only: it forwards the request's credentials to the origin; "
+        "focal fetches sources itself, with no client credentials)",
+    ),
+    (
+        "quality",
+        "supported: 1..100 and Cloudflare's names high, medium-high, medium-low, low; also "
+        "Astro's `mid` (65) and `max` (100)",
+    ),
+    ("rotate", "supported (90, 180, 270), after `flip`"),
+    ("saturation", "supported"),
+    (
+        "segment",
+        "refused: `segment=foreground` needs a general foreground segmentation model (Cloudflare "
+        "runs BiRefNet); none small enough to ship in a wheel from PyPI was found (BiRefNet's "
+        "weights are far above PyPI's file size limit, and the small models packaged on PyPI "
+        "segment people only)",
+    ),
+    ("sharpen", "supported"),
+    (
+        "slow-connection-quality",
+        "supported by `focal serve` (alias `scq`): the quality used when the request's client "
+        "hints say the connection is slow (`Save-Data: on`, `ECT` slow-2g/2g/3g, `RTT` over "
+        "150 ms, `Downlink` under 5 Mbps); such responses carry "
+        "`Vary: Save-Data, ECT, RTT, Downlink`, and the variant cache keeps the two variants "
+        "apart. Ask browsers for the hints with `Accept-CH: Save-Data, ECT, RTT, Downlink`",
+    ),
+    (
+        "trim",
+        "supported (`top;right;bottom;left` in whole pixels, or `border`); fractions are "
+        "refused, as Cloudflare documents pixels only",
+    ),
+    ("trim.top", "supported: pixels cut from the top"),
+    ("trim.right", "supported: pixels cut from the right"),
+    ("trim.bottom", "supported: pixels cut from the bottom"),
+    ("trim.left", "supported: pixels cut from the left"),
+    (
+        "trim.width",
+        "supported: pixels kept from `trim.left` (not with `trim.right`, nor with `trim=`)",
+    ),
+    (
+        "trim.height",
+        "supported: pixels kept from `trim.top` (not with `trim.bottom`, nor with `trim=`)",
+    ),
+    (
+        "trim.border.color",
+        "supported, with `trim=border`: the border colour to cut (default: the top-left "
+        "pixel's colour, Cloudflare's \"detected automatically\")",
+    ),
+    (
+        "trim.border.tolerance",
+        "supported, with `trim=border`: 0 (any pixel counts as border) to 255 (only the exact "
+        "colour); default 245",
+    ),
+    ("trim.border.keep", "supported, with `trim=border`: pixels of the border left on each side"),
+    ("upscale", "`interpolate` (the default) supported; `generate` (AI upscaling) refused"),
+    (
+        "width",
+        "supported, including `width=auto`: `focal serve` takes the width from the client "
+        "hints `Sec-CH-Width` (or `Width`), else `Sec-CH-Viewport-Width` times `Sec-CH-DPR`; "
+        "with none of them, the original width (Cloudflare also guesses from the User-Agent "
+        "and snaps to 1200, 960, 768 or 320; focal does neither). Such responses carry `Vary` "
+        "on those headers. `width=auto` has no sub-options",
+    ),
+    ("zoom", "supported (alias `face-zoom`), with `gravity=face`"),
+)
+
+
+def cloudflare_markdown() -> str:
+    """docs/options.md's table of Cloudflare's options, from ``CLOUDFLARE``."""
+    lines = ["| Cloudflare option | focal |", "|---|---|"]
+    lines += [f"| `{name}` | {what} |" for name, what in CLOUDFLARE]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # python -m focal.options [--cloudflare]: docs/options.md's tables
+    import sys
+
+    print(cloudflare_markdown() if sys.argv[1:] == ["--cloudflare"] else options_markdown(), end="")

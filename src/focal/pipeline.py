@@ -3,8 +3,9 @@
 The whole pipeline, in order (each step a small function in :mod:`focal.steps`):
 
     read_header -> check limits -> [detect faces on a <=1024 px copy] -> plan (focal.geometry)
-    -> load with shrink-on-load -> orient -> sRGB -> trim -> rotate/flip -> crop+resize -> pad
-    -> adjust (brightness, contrast, gamma, saturation) -> blur -> sharpen -> flatten -> encode
+    -> load with shrink-on-load -> orient -> sRGB -> trim -> flip/rotate -> crop+resize -> pad
+    -> adjust (brightness, contrast, gamma, saturation) -> blur -> sharpen -> [redact]
+    -> [draw overlays] -> [border] -> flatten -> encode
 
 Animated sources run every frame through the same steps with the same plan, on the strip of
 frames (libvips' page-height layout) where a step cannot mix one frame's pixels into the next
@@ -13,10 +14,11 @@ frames (libvips' page-height layout) where a step cannot mix one frame's pixels 
 
 from __future__ import annotations
 
+import copy
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -27,18 +29,24 @@ from focal import geometry, steps
 from focal.decode import ANIMATED, MIME, Header, check, jpeg_shrink, load, read_header
 from focal.detection import DetectionFailed, Detector, Face, faces_and_candidates, inference_cap
 from focal.encode import ANIMATES, KEEPS_ALPHA, choose_format, content_type, encode
-from focal.errors import DeadlineError, ImageError, LimitError, OptionError, RedactionError
+from focal.errors import (
+    DeadlineError,
+    FocalError,
+    ImageError,
+    LimitError,
+    OptionError,
+    RedactionError,
+)
 from focal.geometry import (
     DETECTION_FAILED,
     INFERENCE_CAP,
     NO_DETECTOR,
     NO_FACE,
-    NOT_WITH_TRIM_BORDER,
     Box,
     Plan,
     Size,
 )
-from focal.options import Format, GravityMode, Options, check_rules
+from focal.options import Format, GravityMode, Options, Overlay, Trim, check_rules
 
 MATERIALISE_PIXELS = 4_000_000
 
@@ -137,14 +145,19 @@ def transform(
     limits: Limits = Limits(),
     accept: str | None = None,
     cancel: Cancel | None = None,
+    overlays: Mapping[str, bytes] | None = None,
 ) -> Result:
     """Run the whole pipeline. Raises :class:`focal.errors.FocalError` subclasses only.
+
+    ``overlays``: the bytes of every url in ``options.draw`` (the caller fetches them, through
+    the same checks as the source); each is held to the source's byte and pixel limits, and all
+    of them together to ``max_pixels``.
 
     A source that decodes only with warnings (data cut short, a scan that ends before the image
     its header describes, corrupt segments) is served as far as it decodes, the rest grey as
     browsers show it, with :attr:`Result.source_warning` set; one that does not decode at all is
     an ImageError (415). ``cancel`` stops the work from another thread (DeadlineError, 504)."""
-    run = _Run(data, options, detector, limits, accept, cancel or Cancel())
+    run = _Run(data, options, detector, limits, accept, cancel or Cancel(), dict(overlays or {}))
     try:
         try:
             return _transform(run, fail_on="warning")
@@ -169,6 +182,7 @@ class _Run:
     limits: Limits
     accept: str | None
     cancel: Cancel
+    overlays: dict[str, bytes] = field(default_factory=dict)
 
     @property
     def cap(self) -> int:
@@ -178,8 +192,11 @@ class _Run:
 
 def _transform(run: _Run, *, fail_on: str) -> Result:
     """The pipeline once, decoding with libvips' ``fail_on`` level."""
-    options, timer = run.options, Timer()
+    timer = Timer()
     header = _checked_header(run, timer)
+    run = _resolve_trim_border(run, header, timer, fail_on)
+    options = run.options
+    drawn = _overlay_images(run, timer, fail_on)
     fmt, negotiated, frames = _output_format(run, header)
     working = _working_size(header, options)
     faces = Faces()
@@ -207,7 +224,7 @@ def _transform(run: _Run, *, fail_on: str) -> Result:
         return _result(body, "application/json", "json", plan, faces, False, description, timer)
     run.cancel.check()
     with timer("process"):
-        joined = _render(strip, pages, frames, plan, options, working, fmt, hidden)
+        joined = _render(strip, pages, frames, plan, options, working, fmt, hidden, drawn)
     run.cancel.check()
     with timer("encode"):
         body = encode(joined, fmt, options)
@@ -227,6 +244,60 @@ def _checked_header(run: _Run, timer: Timer) -> Header:
         header = read_header(run.data)
         check(header, max_pixels=limits.max_pixels, max_frames=limits.max_frames)
     return header
+
+
+def _resolve_trim_border(run: _Run, header: Header, timer: Timer, fail_on: str) -> _Run:
+    """trim=border turned into the pixels it cuts, found on the first frame (oriented, sRGB):
+    from there on it is a trim like any other, and the plan is made for the trimmed image."""
+    trim = run.options.trim
+    if trim is None or not trim.border:
+        return run
+    with timer("decode"):
+        page = run.cancel.watch(load(run.data, header, animated=False, fail_on=fail_on))
+        page = steps.to_srgb(steps.orient(page))
+        left, top, width, height = steps.border_box(page, trim)
+    right, bottom = page.width - left - width, page.height - top - height
+    sides = Trim(top=top, right=right, bottom=bottom, left=left)
+    return replace(run, options=replace(run.options, trim=sides))
+
+
+def _overlay_images(run: _Run, timer: Timer, fail_on: str) -> list[tuple[Overlay, pyvips.Image]]:
+    """Every overlay of ``draw``, checked like a source (bytes, header, pixels; all overlays
+    together at most ``max_pixels``) and loaded lazily (first frame). A problem is the error a
+    source would get, naming the overlay (``draw[1] overlay 'logo.png': ...``)."""
+    limits, loaded, pixels = run.limits, [], 0
+    for index, spec in enumerate(run.options.draw):
+        data = run.overlays.get(spec.url)
+        if data is None:
+            raise OptionError(
+                f"Expected the overlay to be loaded for draw[{index}] but received {spec.url!r} "
+                "unloaded: overlays are loaded by focal serve and focal transform"
+            )
+        try:
+            with timer("decode"):
+                if len(data) > limits.max_bytes:
+                    raise LimitError(f"{len(data)} bytes: expected at most {limits.max_bytes}")
+                header = read_header(data)
+                check(header, max_pixels=limits.max_pixels, max_frames=limits.max_frames)
+                pixels += header.width * header.height
+                if pixels > limits.max_pixels:
+                    raise LimitError(
+                        f"the overlays are {pixels / 1e6:.1f} megapixels together: expected at "
+                        f"most {limits.max_pixels / 1e6:g}"
+                    )
+                image = run.cancel.watch(load(data, header, animated=False, fail_on=fail_on))
+        except FocalError as error:
+            raise overlay_error(error, index, spec.url) from None
+        loaded.append((spec, image))
+    return loaded
+
+
+def overlay_error(error: FocalError, index: int, url: str) -> FocalError:
+    """The same error (class and status), its message naming the overlay."""
+    named = copy.copy(error)
+    named.public = f"draw[{index}] overlay {url!r}: {error.public}"
+    named.args = (named.public,)
+    return named
 
 
 def _output_format(run: _Run, header: Header) -> tuple[str, bool, int]:
@@ -283,15 +354,17 @@ def _render(
     working: Size,
     fmt: str,
     hidden: list[list[Box]],
+    drawn: list[tuple[Overlay, pyvips.Image]],
 ) -> pyvips.Image:
     """The finished output frames, joined (in memory when small: "process" then holds decode and
     resize, and "encode" only the encoding)."""
     loaded_scale = pages[0].width / working.width
+    layers = steps.overlay_layers(drawn, plan.canvas, options.dpr)
     if strip is not None:
-        joined = _finish_strip(strip, frames, plan, options, loaded_scale, fmt, hidden)
+        joined = _finish_strip(strip, frames, plan, options, loaded_scale, fmt, hidden, layers)
     else:
         finished = [
-            _finish(page, plan, options, loaded_scale, fmt, hidden[i] if hidden else [])
+            _finish(page, plan, options, loaded_scale, fmt, hidden[i] if hidden else [], layers)
             for i, page in enumerate(pages)
         ]
         joined = _join(finished)
@@ -402,8 +475,6 @@ def _detect(run: _Run, header: Header, working: Size, timer: Timer, fail_on: str
     options, detector = run.options, run.detector
     if detector is None:
         return Faces(fallback=NO_DETECTOR)
-    if options.trim is not None and options.trim.border:
-        return Faces(fallback=NOT_WITH_TRIM_BORDER)
     inference, factor = geometry.inference_size(working, run.cap)
     with timer("decode"):
         shrink = jpeg_shrink(1 / factor) if header.format == "jpeg" else 1
@@ -525,6 +596,7 @@ def _finish(
     loaded_scale: float,
     fmt: str,
     hidden: list[Box],
+    layers: Sequence[steps.Layer] = (),
 ) -> pyvips.Image:
     page = steps.crop_resize(page, plan, loaded_scale)
     page = steps.pad(page, plan, options.background)
@@ -532,6 +604,7 @@ def _finish(
     page = steps.blur(page, options.blur)
     page = steps.sharpen(page, options.sharpen)
     page = steps.redact(page, hidden, options.redact_style, options.redact_strength)
+    page = steps.draw(page, layers)
     page = steps.border(page, options.border, options.dpr)
     return steps.flatten(page, options.background, fmt in KEEPS_ALPHA)
 
@@ -544,9 +617,11 @@ def _finish_strip(
     loaded_scale: float,
     fmt: str,
     hidden: list[list[Box]],
+    layers: Sequence[steps.Layer] = (),
 ) -> pyvips.Image:
     """:func:`_finish` of every frame of a strip, without a pipeline per frame where the step
-    reads no neighbouring pixels across a frame's edge (blur and sharpen run frame by frame)."""
+    reads no neighbouring pixels across a frame's edge (blur, sharpen, draw and border run frame
+    by frame)."""
     strip = steps.crop_resize_strip(strip, frames, plan, loaded_scale)
     strip = steps.pad_strip(strip, frames, plan, options.background)
     strip = steps.adjust(strip, options)
@@ -560,6 +635,7 @@ def _finish_strip(
         strip = steps.redact_strip(
             strip, frames, hidden, options.redact_style, options.redact_strength
         )
+    strip = steps.draw_strip(strip, frames, layers)
     if options.border is not None:
         strip = steps.each(
             strip, frames, lambda page: steps.border(page, options.border, options.dpr)

@@ -11,14 +11,16 @@ so no resampling kernel reads a neighbouring frame's rows.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pyvips
 
+from focal import geometry
 from focal.detection import RGBImage
 from focal.geometry import Box, Plan, Size
-from focal.options import RGBA, Border, Options, RedactStyle, Trim
+from focal.options import RGBA, Border, Composite, Options, Overlay, RedactStyle, Repeat, Trim
 
 MAX_COORD = 10_000_000  # libvips' largest image width or height
 
@@ -43,10 +45,7 @@ def trim(frame: pyvips.Image, spec: Trim | None, scale: float = 1.0) -> pyvips.I
     if spec is None:
         return frame
     if spec.border:
-        left, top, width, height = frame.find_trim(threshold=10)
-        if width == 0 or height == 0:
-            return frame
-        return frame.crop(left, top, width, height)
+        return trim_border(frame, spec)
     full = (round(frame.width / scale), round(frame.height / scale))
     top_px, right_px, bottom_px, left_px = spec.sides(*full)
     left, top = round(left_px * scale), round(top_px * scale)
@@ -57,13 +56,40 @@ def trim(frame: pyvips.Image, spec: Trim | None, scale: float = 1.0) -> pyvips.I
     return frame.crop(left, top, width, height)
 
 
+def trim_border(frame: pyvips.Image, spec: Trim) -> pyvips.Image:
+    """The frame without its border (:func:`border_box`)."""
+    left, top, width, height = border_box(frame, spec)
+    if (width, height) == (frame.width, frame.height):
+        return frame
+    return frame.crop(left, top, width, height)
+
+
+def border_box(frame: pyvips.Image, spec: Trim) -> tuple[int, int, int, int]:
+    """(left, top, width, height) inside the border of ``spec.border_colour`` (else the top-left
+    pixel's colour), a pixel counting as border while it differs from it by at most
+    255 - tolerance, with ``border_keep`` pixels of the border left on each side; the whole
+    frame when it is all border."""
+    colour = spec.border_colour or tuple(int(v) for v in frame(0, 0))
+    background = [float(v) for v in colour[: min(3, frame.bands)]]
+    threshold = 255 - spec.border_tolerance
+    left, top, width, height = frame.find_trim(threshold=threshold, background=background)
+    if width == 0 or height == 0:
+        return 0, 0, frame.width, frame.height
+    keep = spec.border_keep
+    right = min(frame.width, left + width + keep)
+    bottom = min(frame.height, top + height + keep)
+    left, top = max(0, left - keep), max(0, top - keep)
+    return left, top, right - left, bottom - top
+
+
 def rotate_flip(frame: pyvips.Image, options: Options) -> pyvips.Image:
-    if options.rotate:
-        frame = frame.rot(f"d{options.rotate}")
+    """Flip, then rotate (Cloudflare's order: flip=h,rotate=90 mirrors, then turns)."""
     if options.flip in ("h", "hv"):
         frame = frame.fliphor()
     if options.flip in ("v", "hv"):
         frame = frame.flipver()
+    if options.rotate:
+        frame = frame.rot(f"d{options.rotate}")
     return frame
 
 
@@ -326,4 +352,164 @@ def pad_strip(strip: pyvips.Image, count: int, plan: Plan, background: RGBA | No
                 0, top, frame.width, canvas.height, extend="background", background=fill
             ),
         )
+    return strip
+
+
+# --- draw: overlays ------------------------------------------------------------------------------
+
+# Cloudflare's composite names -> libvips' blend modes (lighter adds the colours: libvips' add)
+BLEND_MODES = {
+    Composite.OVER: "over",
+    Composite.IN: "in",
+    Composite.ATOP: "atop",
+    Composite.OUT: "out",
+    Composite.XOR: "xor",
+    Composite.LIGHTER: "add",
+    Composite.MULTIPLY: "multiply",
+    Composite.SCREEN: "screen",
+    Composite.OVERLAY: "overlay",
+    Composite.DARKEN: "darken",
+    Composite.LIGHTEN: "lighten",
+    Composite.DIFFERENCE: "difference",
+}
+# the modes that can leave the image under the overlay transparent (an opaque image gains alpha)
+CLEARING = frozenset({Composite.IN, Composite.OUT, Composite.XOR})
+MEMORY_PIXELS = 4_000_000  # a prepared overlay this small is kept in memory for every frame
+
+
+@dataclass(frozen=True)
+class Layer:
+    """An overlay ready to composite: its pixels (RGBA, repeated where it tiles) and where its
+    top-left corner lies on the output (may be outside it: only the overlap is drawn)."""
+
+    image: pyvips.Image
+    left: int
+    top: int
+    composite: Composite
+
+
+def overlay_side(value: float | None, base: int, dpr: float) -> int | None:
+    """An overlay's width or height in output pixels: a fraction (below 1) of the output's side,
+    or pixels times dpr."""
+    if value is None:
+        return None
+    if value < 1:
+        return max(1, round(value * base))
+    return max(1, round(value * dpr))
+
+
+def prepare_overlay(image: pyvips.Image, spec: Overlay, base: Size, dpr: float) -> pyvips.Image:
+    """The overlay as drawn: oriented, sRGB with alpha, rotated, fitted to its width/height by
+    its fit and gravity (:func:`focal.geometry.plan`, as the image itself), on its background,
+    its alpha times its opacity."""
+    image = to_srgb(orient(image))
+    if not image.hasalpha():
+        image = image.bandjoin(255)
+    if spec.rotate:
+        image = image.rot(f"d{spec.rotate}")
+    width = overlay_side(spec.width, base.width, dpr)
+    height = overlay_side(spec.height, base.height, dpr)
+    plan = geometry.plan(Size(image.width, image.height), width, height, spec.fit, spec.gravity)
+    image = crop_resize(image, plan, 1.0)
+    canvas = plan.canvas
+    if (canvas.width, canvas.height) != (image.width, image.height):
+        left, top = plan.offset
+        image = image.embed(
+            left, top, canvas.width, canvas.height, extend="background", background=[0, 0, 0, 0]
+        )
+    if spec.background is not None:
+        under = (image.new_from_image(list(spec.background))).copy(interpretation="srgb")
+        image = under.composite2(image, "over").cast("uchar")
+    if spec.opacity < 1:
+        alpha = (image[3] * spec.opacity).cast("uchar")
+        image = image.extract_band(0, n=3).bandjoin(alpha)
+    if image.width * image.height <= MEMORY_PIXELS:
+        image = image.copy_memory()
+    return image
+
+
+def _start(near: int | None, far: int | None, size: int, limit: int, dpr: float) -> int:
+    """Where an overlay of ``size`` starts on an axis of ``limit``: ``near`` pixels from the
+    start, ``far`` pixels from the end, else centred."""
+    if near is not None:
+        return round(near * dpr)
+    if far is not None:
+        return limit - size - round(far * dpr)
+    return (limit - size) // 2
+
+
+def _tiles(start: int, size: int, limit: int) -> tuple[int, int]:
+    """(first tile's start at or before 0, tiles) for tiles of ``size`` through ``start`` that
+    cover 0..limit."""
+    first = start - math.ceil(start / size) * size
+    return first, math.ceil((limit - first) / size)
+
+
+def place_overlay(image: pyvips.Image, spec: Overlay, base: Size, dpr: float) -> Layer:
+    """The prepared overlay placed by its offsets (centred on an axis without one) and repeated
+    along x, y or both with ``repeat`` (the tiles pass through that place)."""
+    left = _start(spec.left, spec.right, image.width, base.width, dpr)
+    top = _start(spec.top, spec.bottom, image.height, base.height, dpr)
+    across, down = 1, 1
+    if spec.repeat in (Repeat.BOTH, Repeat.X):
+        left, across = _tiles(left, image.width, base.width)
+    if spec.repeat in (Repeat.BOTH, Repeat.Y):
+        top, down = _tiles(top, image.height, base.height)
+    if (across, down) != (1, 1):
+        image = image.replicate(across, down)
+    return Layer(image, left, top, spec.composite)
+
+
+def overlay_layers(
+    overlays: Sequence[tuple[Overlay, pyvips.Image]], base: Size, dpr: float
+) -> list[Layer]:
+    """Every overlay prepared and placed for an output of ``base`` (the same for every frame)."""
+    return [
+        place_overlay(prepare_overlay(image, spec, base, dpr), spec, base, dpr)
+        for spec, image in overlays
+    ]
+
+
+def draw(frame: pyvips.Image, layers: Sequence[Layer]) -> pyvips.Image:
+    """The layers composited over the frame in order, each only within its own box: outside an
+    overlay the frame is never changed, whatever the composite mode (as Cloudflare does)."""
+    for layer in layers:
+        frame = _composite(frame, layer)
+    return frame
+
+
+def _composite(
+    frame: pyvips.Image, layer: Layer, rows: tuple[int, int] | None = None
+) -> pyvips.Image:
+    """One layer drawn, only inside ``rows`` of the frame (default all)."""
+    top_limit, bottom_limit = rows if rows is not None else (0, frame.height)
+    left, top = max(0, layer.left), max(top_limit, layer.top)
+    right = min(frame.width, layer.left + layer.image.width)
+    bottom = min(bottom_limit, layer.top + layer.image.height)
+    if right <= left or bottom <= top:
+        return frame
+    width, height = right - left, bottom - top
+    piece = layer.image.crop(left - layer.left, top - layer.top, width, height)
+    region = frame.crop(left, top, width, height)
+    opaque = not frame.hasalpha()
+    if opaque:
+        region = region.bandjoin(255)
+    mode = BLEND_MODES[layer.composite]
+    drawn = region.composite2(piece, mode, compositing_space="srgb").cast("uchar")
+    if opaque and layer.composite not in CLEARING:
+        drawn = drawn.extract_band(0, n=3)
+    elif opaque:
+        frame = frame.bandjoin(255)
+    return frame.insert(drawn, left, top)
+
+
+def draw_strip(strip: pyvips.Image, count: int, layers: Sequence[Layer]) -> pyvips.Image:
+    """:func:`draw` on every frame of a strip, in place on the strip (each layer moved down to
+    its frame and kept inside that frame's rows)."""
+    height = strip.height // count
+    for index in range(count):
+        top = index * height
+        for layer in layers:
+            moved = Layer(layer.image, layer.left, layer.top + top, layer.composite)
+            strip = _composite(strip, moved, rows=(top, top + height))
     return strip

@@ -6,7 +6,8 @@
     'https://img.example.com/cdn-cgi/image/avatar/a.jpg'
 
 Options are written in the order given; values are percent-encoded where a URL needs it (``#`` in
-a colour becomes ``%23``); ``True``/``False`` become ``true``/``false``. The options are checked
+a colour becomes ``%23``); ``True``/``False`` become ``true``/``false``; a list (``draw``'s
+overlays, Cloudflare's objects) becomes ``b64:`` and its JSON in base64url. The options are checked
 with the server's own parser, so a URL this builds is never refused for a malformed option.
 With ``key``, the path is signed (HMAC-SHA256, docs/signing.md) and ``?sig=`` appended. The
 same builder for JavaScript is js/index.js.
@@ -17,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from urllib.parse import quote, unquote
 
-from focal.options import parse_options
+from focal.options import draw_b64, parse_options
 from focal.server.signing import signed_url
 
 PREFIX = "/cdn-cgi/image/"
@@ -27,6 +28,8 @@ VALUE_SAFE = ";:()!*'~"  # kept as they are inside a value; '#', '%', '/', ',' .
 def _value(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, list | tuple):
+        return draw_b64(list(value))
     if isinstance(value, float):
         return f"{value:g}"
     text = str(value)

@@ -459,6 +459,13 @@ def run(args: argparse.Namespace) -> int:
     except OptionError as error:
         print(f"focal: {error.public}", file=sys.stderr)
         return 2
+    if options.draw:
+        print(
+            "focal batch: draw is not supported here: overlays are drawn by focal serve and "
+            "focal transform",
+            file=sys.stderr,
+        )
+        return 2
     in_store = objectstore.is_s3(args.src) or objectstore.is_s3(args.dest)
     try:
         store = store_settings(args) if in_store else None

@@ -12,6 +12,7 @@ Exit codes: 0 all done; 1 an input failed (a folder run lists each failure and g
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import sys
@@ -32,12 +33,13 @@ from focal.commands.common import (
     reason,
 )
 from focal.detection import Detector
-from focal.errors import FocalError, ModelMissingError, OptionError
+from focal.errors import FocalError, ForbiddenError, ModelMissingError, OptionError
 from focal.face.batching import BatchingDetector
 from focal.face.sessions import DetectorConfig, open_detector
 from focal.files import write_atomic
 from focal.options import Format, Options, parse_options
-from focal.pipeline import Limits, Result, transform
+from focal.pipeline import Limits, Result, overlay_error, transform
+from focal.server.origins import LocalOrigin, is_remote
 
 SUFFIX_FORMATS = {
     ".jpg": Format.JPEG,
@@ -68,6 +70,13 @@ def register(sub: Any) -> None:
         help="folder: threads that read, decode, transform and write (default: CPU count)",
     )
     p.add_argument(
+        "--overlay-root",
+        type=Path,
+        default=Path("."),
+        help="the folder draw's overlay paths are read from (as focal serve's root; "
+        "default: the current folder)",
+    )
+    p.add_argument(
         "--batch-window-ms",
         type=non_negative_float,
         default=20.0,
@@ -84,6 +93,11 @@ def run(args: argparse.Namespace) -> int:
         return 2
     limits = Limits(max_pixels=args.max_pixels, max_bytes=args.max_bytes)
     try:
+        overlays = load_overlays(options, args.overlay_root, limits.max_bytes)
+    except FocalError as error:
+        print(f"focal: {error.public}", file=sys.stderr)
+        return 1
+    try:
         detector = _detector(options, args)
     except ModelMissingError as error:
         print(f"focal: {error.public}", file=sys.stderr)
@@ -95,8 +109,24 @@ def run(args: argparse.Namespace) -> int:
         print(f"focal: the {args.runtime} runtime is not installed ({error})", file=sys.stderr)
         return 2
     if args.src.is_dir():
-        return _folder(args, options, detector, limits)
-    return _single(args, options, detector, limits)
+        return _folder(args, options, detector, limits, overlays)
+    return _single(args, options, detector, limits, overlays)
+
+
+def load_overlays(options: Options, root: Path, max_bytes: int) -> dict[str, bytes]:
+    """draw's overlays, read once, through the checks focal serve's local root makes (no path
+    out of ``root``, the byte limit); an overlay URL is refused (focal serve fetches those)."""
+    origin = LocalOrigin(root, max_bytes)
+    loaded: dict[str, bytes] = {}
+    for index, spec in enumerate(options.draw):
+        try:
+            if is_remote(spec.url):
+                raise ForbiddenError("remote overlays are fetched by focal serve only")
+            if spec.url not in loaded:
+                loaded[spec.url] = asyncio.run(origin.fetch(spec.url)).data
+        except FocalError as error:
+            raise overlay_error(error, index, spec.url) from None
+    return loaded
 
 
 def _detector(options: Options, args: argparse.Namespace) -> Detector | None:
@@ -106,12 +136,16 @@ def _detector(options: Options, args: argparse.Namespace) -> Detector | None:
 
 
 def _single(
-    args: argparse.Namespace, options: Options, detector: Detector | None, limits: Limits
+    args: argparse.Namespace,
+    options: Options,
+    detector: Detector | None,
+    limits: Limits,
+    overlays: dict[str, bytes],
 ) -> int:
     if options.format is None and args.out.suffix.lower() in SUFFIX_FORMATS:
         options = replace(options, format=SUFFIX_FORMATS[args.out.suffix.lower()])
     try:
-        result = _one(args.src, args.out, options, detector, limits)
+        result = _one(args.src, args.out, options, detector, limits, overlays)
     except (FocalError, OSError) as error:
         print(f"focal: {args.src}: {reason(error)}", file=sys.stderr)
         return 1
@@ -136,7 +170,11 @@ class Outcome:
 
 
 def _folder(
-    args: argparse.Namespace, options: Options, detector: Detector | None, limits: Limits
+    args: argparse.Namespace,
+    options: Options,
+    detector: Detector | None,
+    limits: Limits,
+    overlays: dict[str, bytes],
 ) -> int:
     sources = sorted(
         p for p in args.src.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
@@ -145,7 +183,9 @@ def _folder(
     if detector is not None:  # each worker waits on one image: no batch holds more than --workers
         most = min(args.batch, args.workers)
         batching = BatchingDetector(detector, most, args.batch_window_ms)
-    job = partial(_job, args=args, options=options, detector=batching, limits=limits)
+    job = partial(
+        _job, args=args, options=options, detector=batching, limits=limits, overlays=overlays
+    )
     summary = Summary()
     failed: list[tuple[Path, str]] = []
     started = time.perf_counter()
@@ -184,13 +224,14 @@ def _job(
     options: Options,
     detector: Detector | None,
     limits: Limits,
+    overlays: dict[str, bytes],
 ) -> Outcome:
     """One source of a folder run, on a worker thread."""
     out = _output_path(src, args.src, args.out, options)
     try:
         if not args.force and out.exists() and out.stat().st_mtime >= src.stat().st_mtime:
             return Outcome(skipped=True)
-        result = _one(src, out, options, detector, limits)
+        result = _one(src, out, options, detector, limits, overlays)
     except (FocalError, OSError) as error:
         return Outcome(failure=reason(error))
     return Outcome(description=result.description)
@@ -209,13 +250,19 @@ def _progress(index: int, total: int, name: str) -> None:
 
 
 def _one(
-    src: Path, out: Path, options: Options, detector: Detector | None, limits: Limits
+    src: Path,
+    out: Path,
+    options: Options,
+    detector: Detector | None,
+    limits: Limits,
+    overlays: dict[str, bytes],
 ) -> Result:
     size = src.stat().st_size
     if size > limits.max_bytes:
         raise FocalError(
             f"The source is {size} bytes: expected at most {limits.max_bytes}", status=413
         )
-    result = transform(src.read_bytes(), options, detector=detector, limits=limits)
+    data = src.read_bytes()
+    result = transform(data, options, detector=detector, limits=limits, overlays=overlays)
     write_atomic(out, result.data)
     return result

@@ -64,6 +64,7 @@ from focal.server import (
     logs,
     memory,
     objectstore,
+    overlays,
     playground,
     shared_detection,
     signing,
@@ -254,6 +255,7 @@ class Service:
     detection: Detection = field(default_factory=Detection)
     hot: HotVariants[SourceInfoLike] | None = None  # in front of ``cache`` (memory_cache_mb)
     shared_metrics: SharedMetrics | None = None  # a worker of several: the others' counters
+    overlay_cache: overlays.OverlayCache = field(default_factory=overlays.OverlayCache)
 
     def metrics_text(self) -> str:
         """This process's own exposition (counters, histograms, gauges read now)."""
@@ -428,7 +430,8 @@ async def produce(service: Service, request: Request, trace: Trace) -> Response:
     accept_header = request.headers.get("accept")
     accept = accept_class(options, accept_header)
     model = service.detection.model_id() if options.needs_faces else ""
-    normal = normalise(options)
+    drawn = await load_overlays(service, options, trace)
+    normal = normalise(options) + (overlays.key_part(drawn) if drawn else "")
     known, cached = await find_variant(service, source_raw, normal, accept, model, trace)
     if known is not None and cached is not None:  # answered without reading the source
         return variant_response(request, settings, cached, known.last_modified, trace)
@@ -439,7 +442,7 @@ async def produce(service: Service, request: Request, trace: Trace) -> Response:
         if cached is not None:
             return variant_response(request, settings, cached, source.last_modified, trace)
     cancel = Cancel()
-    job = _transform_job(source.data, options, service, accept_header, cancel)
+    job = _transform_job(source.data, options, service, accept_header, cancel, drawn)
     result = await service.workers.run(job, cancel)
     trace.result = result
     trace.timings |= result.timings
@@ -454,17 +457,59 @@ async def produce(service: Service, request: Request, trace: Trace) -> Response:
 
 
 def _transform_job(
-    data: bytes, options: Options, service: Service, accept: str | None, cancel: Cancel
+    data: bytes,
+    options: Options,
+    service: Service,
+    accept: str | None,
+    cancel: Cancel,
+    drawn: dict[str, overlays.Loaded],
 ) -> Callable[[], Result]:
     detector = service.detection.detector
     limits = service.limits
+    overlay_bytes = {url: loaded.data for url, loaded in drawn.items()}
 
     def job() -> Result:
         return transform(
-            data, options, detector=detector, limits=limits, accept=accept, cancel=cancel
+            data,
+            options,
+            detector=detector,
+            limits=limits,
+            accept=accept,
+            cancel=cancel,
+            overlays=overlay_bytes,
         )
 
     return job
+
+
+async def load_overlays(
+    service: Service, options: Options, trace: Trace
+) -> dict[str, overlays.Loaded]:
+    """The overlays of ``draw``, each fetched by :func:`fetch` (the source's own path and
+    checks), through the service's overlay cache."""
+    if not options.draw:
+        return {}
+    start = time.perf_counter()
+
+    async def fetch_overlay(url: str) -> SourceLike:
+        return await fetch(service, url, Trace(path=trace.path, method=trace.method))
+
+    async def identify_overlay(url: str) -> str | None:
+        origins = service.origins
+        origin = origins.remote if origins.is_remote(url) else origins.local
+        if isinstance(origin, BlockingIdentifier):
+            return (await run_in_threadpool(origin.identify_now, url)).identity
+        if origin is not None and hasattr(origin, "identify"):
+            info = await cast(IdentifyingOrigin, origin).identify(url)
+            return None if info is None else info.identity
+        return None
+
+    try:
+        return await overlays.load_all(
+            service.overlay_cache, options.draw, fetch_overlay, identify_overlay
+        )
+    finally:
+        trace.timings["overlays"] = logs.now_ms(start)
 
 
 async def find_variant(
