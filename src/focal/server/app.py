@@ -43,6 +43,7 @@ from focal.accept import negotiable_formats
 from focal.detection import Detector
 from focal.errors import (
     BusyError,
+    CrawlerError,
     DeadlineError,
     EndpointError,
     FocalError,
@@ -58,6 +59,7 @@ from focal.pipeline import Cancel, Limits, Result, transform
 from focal.presets import check as check_presets
 from focal.presets import expand as expand_presets
 from focal.server import (
+    crawlers,
     detector_host,
     detector_pool,
     hints,
@@ -254,6 +256,7 @@ class Service:
     detection: Detection = field(default_factory=Detection)
     hot: HotVariants[SourceInfoLike] | None = None  # in front of ``cache`` (memory_cache_mb)
     shared_metrics: SharedMetrics | None = None  # a worker of several: the others' counters
+    crawlers: crawlers.Policy | None = None  # crawler rules and robots.txt; None: none set
 
     def metrics_text(self) -> str:
         """This process's own exposition (counters, histograms, gauges read now)."""
@@ -277,7 +280,11 @@ def build_service(settings: Settings, origins: Origins | None) -> Service:
         max_frames=settings.max_frames,
         max_animation_pixels=settings.max_animation_pixels,
     )
+    policy = crawlers.build(settings)
+    if policy is not None:
+        metrics.extra.append(policy.counters.lines)
     return Service(
+        crawlers=policy,
         settings=settings,
         origins=origins if origins is not None else default_origins(settings),
         cache=cache,
@@ -308,6 +315,7 @@ class Trace:
     error: FocalError | None = None
     unexpected: str | None = None
     vary: tuple[str, ...] = ()  # the client hints the variant depends on (focal.server.hints)
+    crawler: crawlers.Decision | None = None  # what a crawler rule decided
 
     def fields(self, status: int, size: int) -> dict[str, Any]:
         result = self.result
@@ -328,6 +336,8 @@ class Trace:
             out |= {"error": self.error.public, "detail": self.error.detail}
         if self.unexpected is not None:
             out["detail"] = self.unexpected
+        if self.crawler is not None:
+            out["crawler"] = self.crawler.fields()
         return out
 
 
@@ -425,6 +435,10 @@ async def produce(service: Service, request: Request, trace: Trace) -> Response:
     options = parse_options(options_text)
     options, trace.vary = hints.resolve(options, request.headers)
     trace.options = options
+    if service.crawlers is not None:  # the crawler rules (focal.server.crawlers)
+        trace.crawler = await service.crawlers.decide(request, options)
+        if trace.crawler is not None and trace.crawler.refusal is not None:
+            raise trace.crawler.refusal
     accept_header = request.headers.get("accept")
     accept = accept_class(options, accept_header)
     model = service.detection.model_id() if options.needs_faces else ""
@@ -614,6 +628,8 @@ def error_response(error: FocalError, extra: dict[str, str] | None = None) -> Re
     headers = {"Cache-Control": "no-store"} | (extra or {})
     if isinstance(error, BusyError):
         headers["Retry-After"] = str(error.retry_after)
+    if isinstance(error, CrawlerError):
+        headers |= error.headers()
     body = {"status": error.status, "error": error.public, "docs": error.docs}
     return JSONResponse(body, status_code=error.status, headers=headers)
 
@@ -642,7 +658,7 @@ def redirect_target(service: Service, source: str) -> str | None:
 def failure_response(service: Service, error: FocalError, trace: Trace) -> Response:
     trace.error = error
     options = trace.options
-    redirectable = not isinstance(error, OptionError | SignatureError)
+    redirectable = not isinstance(error, OptionError | SignatureError | CrawlerError)
     if options is not None and options.onerror == "redirect" and redirectable and trace.source:
         target = redirect_target(service, trace.source)
         if target is not None:
@@ -667,6 +683,8 @@ async def image(request: Request) -> Response:
         trace.unexpected = f"{type(error).__name__}: {error}"
         logs.log.exception("unexpected error", extra={"fields": {"path": trace.path}})
         response = error_response(InternalError("Internal error"))
+    if trace.crawler is not None and service.crawlers is not None:
+        service.crawlers.settle(trace.crawler, response.status_code, response.headers)
     finish(service, trace, response)
     return response
 
@@ -694,6 +712,14 @@ async def metrics(request: Request) -> Response:
         others = await anyio.to_thread.run_sync(service.shared_metrics.others)
         text = merge(text, others)
     return Response(text, media_type=METRICS_TYPE, headers={"Cache-Control": "no-store"})
+
+
+async def robots(request: Request) -> Response:
+    service: Service = request.app.state.service
+    text = service.crawlers.robots if service.crawlers is not None else None
+    if text is None:
+        return error_response(http_error_for(404))
+    return Response(text, media_type="text/plain", headers={"Cache-Control": "max-age=3600"})
 
 
 async def index(request: Request) -> Response:
@@ -781,6 +807,8 @@ def build_routes(settings: Settings) -> Sequence[BaseRoute]:
         Route("/healthz", healthz, methods=["GET", "HEAD"]),
         Route("/metrics", metrics, methods=["GET"]),
     ]
+    if crawlers.serves_robots(settings):
+        routes.append(Route("/robots.txt", robots, methods=["GET", "HEAD"]))
     extra = playground_routes(settings)
     if not any(getattr(r, "path", None) == "/" for r in extra):
         routes.append(Route("/", index, methods=["GET", "HEAD"]))
