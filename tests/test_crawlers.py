@@ -40,14 +40,18 @@ def write_rules(folder: Path, text: str) -> Path:
 
 
 def test_known_names_match_whole_tokens_only() -> None:
-    pattern = crawlers.token_pattern(crawlers.known_names(None))
-    assert pattern.search("Mozilla/5.0 (compatible; GPTBot/1.2; +https://openai.com/gptbot)")
-    found = pattern.search("Mozilla/5.0 AppleWebKit/537.36 (KHTML, like Gecko; compatible; "
+    pattern = crawlers.Names(crawlers.known_names(None))
+    assert pattern.find("Mozilla/5.0 (compatible; GPTBot/1.2; +https://openai.com/gptbot)")
+    found = pattern.find("Mozilla/5.0 AppleWebKit/537.36 (KHTML, like Gecko; compatible; "
                            "ClaudeBot/1.0; +claudebot@anthropic.com)")  # fmt: skip
-    assert found is not None and found.group(0) == "ClaudeBot"
+    assert found == "ClaudeBot"
+    assert pattern.find("Mozilla/5.0 (compatible; Claude-Web/1.0)") == "Claude-Web"
+    assert pattern.find("ChatGPT Agent/1.0") == "ChatGPT Agent"
+    assert pattern.find("mistralai-user/1.0 (+https://docs.mistral.ai)") == "MistralAI-User/1.0"
+    assert pattern.find("Spider-Man/2") is None and pattern.find("GPTBots/1") is None
     firefox = "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0"
     for browser in (CHROME, firefox, "curl/8.11.1"):
-        assert pattern.search(browser) is None, browser
+        assert pattern.find(browser) is None, browser
 
 
 def test_the_shipped_list_is_the_dated_snapshot() -> None:
@@ -96,7 +100,7 @@ def test_no_crawler_settings_build_nothing() -> None:
 
 
 def test_asks_picks_originals_and_sizes() -> None:
-    pattern = crawlers.token_pattern(["GPTBot"])
+    pattern = crawlers.Names(["GPTBot"])
     above = crawlers.Rule("GPTBot", pattern, asks="above", above=512)
     original = crawlers.Rule("GPTBot", pattern, asks="original")
     assert above.covers(parse_options("width=1024"))
