@@ -5,6 +5,7 @@ the known-crawlers matching without a server."""
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -97,6 +98,21 @@ def test_rules_file_mistakes_name_the_rule_and_the_key(
 
 def test_no_crawler_settings_build_nothing() -> None:
     assert crawlers.build(Settings()) is None
+
+
+def test_a_missing_crawlers_extra_is_a_clear_start_up_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "http_message_signatures", None)  # import fails
+    rules = write_rules(
+        tmp_path, '[[rule]]\ncrawler = "GPTBot"\nverify = true\nagents = ["https://a.example"]'
+    )
+    with pytest.raises(
+        SettingsError, match=r"crawlers extra: pip install 'focal-images\[crawlers\]'"
+    ):
+        crawlers.build(Settings(crawler_rules=str(rules)))
+    refuse_only = write_rules(tmp_path, '[[rule]]\ncrawler = "GPTBot"\naction = "refuse"')
+    assert crawlers.build(Settings(crawler_rules=str(refuse_only))) is not None  # needs no extra
 
 
 def test_asks_picks_originals_and_sizes() -> None:

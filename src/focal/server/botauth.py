@@ -303,7 +303,7 @@ class Authenticator:
         if key is None and agent is not None:
             origin = agent_origin(agent.url)
             if origin not in {agent_origin(a) for a in agents}:
-                raise BotAuthError(f"signature agent {origin} is not one this crawler uses")
+                raise BotAuthError(f"signature agent {origin[:200]} is not one this crawler uses")
             key = (await self.directory.keys(agent)).get(signed.keyid)
         if key is None:
             raise BotAuthError(f"unknown key {signed.keyid[:64]!r}")
@@ -426,8 +426,10 @@ class KeyDirectory:
             )
             try:
                 response = await client.send(request, stream=True)
-            except httpx.HTTPError as exc:
-                raise DirectoryError(f"could not fetch the key directory: {exc!r}") from None
+            except httpx.HTTPError as exc:  # its text may name the address: not repeated
+                raise DirectoryError(
+                    f"could not fetch the key directory ({type(exc).__name__})"
+                ) from None
             try:
                 if response.status_code != 200:
                     raise DirectoryError(f"the key directory answered {response.status_code}")
@@ -448,7 +450,9 @@ class KeyDirectory:
                     raise DirectoryError(f"the key directory is over {self.max_bytes} bytes")
                 chunks.append(chunk)
         except httpx.HTTPError as exc:
-            raise DirectoryError(f"could not read the key directory: {exc!r}") from None
+            raise DirectoryError(
+                f"could not read the key directory ({type(exc).__name__})"
+            ) from None
         return b"".join(chunks)
 
     def _ttl(self, cache_control: str) -> float:
