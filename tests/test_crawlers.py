@@ -414,8 +414,15 @@ def test_pay_per_crawl_402_then_a_signed_offer_then_200_charged(live: Live) -> N
         assert paid.headers["crawler-charged"] == "USD 0.01"
         assert paid.headers["cache-control"] == "no-store"
         assert paid.headers["content-type"] == "image/jpeg" and len(paid.content) > 1000
+    offer = signed(
+        BIG, {"crawler-max-price": "USD 0.01"}, components=("@authority", "crawler-max-price")
+    )
+    head = httpx.head(live.url(BIG), headers={"User-Agent": agent, "Host": HOST} | offer)
+    assert head.status_code == 200 and "crawler-charged" not in head.headers  # no body: no charge
     charges = metric(live, "focal_crawler_charges_total", crawler="CCBot", currency="USD")
     assert charges == before + 2
+    not_charged = {"crawler": "CCBot", "outcome": "not_charged"}
+    assert metric(live, "focal_crawler_requests_total", **not_charged) >= 1
     amount = metric(live, "focal_crawler_charged_amount_total", crawler="CCBot", currency="USD")
     assert amount >= 0.02
     quoted = {"crawler": "CCBot", "outcome": "price_quoted"}

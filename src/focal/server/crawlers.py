@@ -316,6 +316,7 @@ class Decision:
     price: Price | None = None
     detail: str = ""
     refusal: CrawlerError | None = None  # the answer instead of the image
+    method: str = "GET"
 
     def fields(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.crawler, "rule": self.rule, "outcome": self.outcome}
@@ -399,6 +400,7 @@ class Policy:
             if found is None or not rule.covers(options):
                 continue
             decision = Decision(crawler=rule.name or found, rule=number, outcome="")
+            decision.method = getattr(request, "method", "GET")
             try:
                 await self._apply(rule, decision, request)
             except CrawlerError as refusal:
@@ -492,10 +494,10 @@ class Policy:
         decision.verified, decision.agent = True, verified.agent
 
     def settle(self, decision: Decision, status: int, headers: Any) -> None:
-        """After the answer: a charge is made (header, log, metric) only for a 200."""
+        """After the answer: a charge is made (header, log, metric) only for a 200 to a GET."""
         if decision.outcome != "charge" or decision.price is None:
             return
-        if status != 200:
+        if status != 200 or decision.method != "GET":
             decision.outcome = "not_charged"
             self.counters.count(decision.crawler, "not_charged")
             return
