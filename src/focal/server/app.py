@@ -5,12 +5,14 @@ Routes:
     GET|HEAD /cdn-cgi/image/<options>/<source>   a variant (Cloudflare-compatible URL)
     GET      /healthz                            {"status": "ok", ...}
     GET      /metrics                            Prometheus text
+    GET|HEAD /robots.txt                         with crawler settings (focal.server.crawlers)
     GET      /                                   the playground, or a small JSON index
 
 One image request, in order: signature check (403) -> option parse (400) -> origin fetch (once)
 -> variant cache lookup -> transform in a thread, under the concurrency limit -> cache store ->
 response. The whole request runs under ``request_timeout_s`` (504 past it). Every error answers
 ``{"status": <code>, "error": <public message>}``; internal details go to the log only.
+With crawler settings, the crawler rules decide right after the option parse (403, 402).
 """
 
 from __future__ import annotations
@@ -714,14 +716,6 @@ async def metrics(request: Request) -> Response:
     return Response(text, media_type=METRICS_TYPE, headers={"Cache-Control": "no-store"})
 
 
-async def robots(request: Request) -> Response:
-    service: Service = request.app.state.service
-    text = service.crawlers.robots if service.crawlers is not None else None
-    if text is None:
-        return error_response(http_error_for(404))
-    return Response(text, media_type="text/plain", headers={"Cache-Control": "max-age=3600"})
-
-
 async def index(request: Request) -> Response:
     body = {
         "name": "focal",
@@ -807,8 +801,7 @@ def build_routes(settings: Settings) -> Sequence[BaseRoute]:
         Route("/healthz", healthz, methods=["GET", "HEAD"]),
         Route("/metrics", metrics, methods=["GET"]),
     ]
-    if crawlers.serves_robots(settings):
-        routes.append(Route("/robots.txt", robots, methods=["GET", "HEAD"]))
+    routes += crawlers.routes(settings)  # /robots.txt, with crawler settings
     extra = playground_routes(settings)
     if not any(getattr(r, "path", None) == "/" for r in extra):
         routes.append(Route("/", index, methods=["GET", "HEAD"]))

@@ -36,6 +36,11 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import BaseRoute, Route
+
 from focal.errors import CrawlerError, PaymentRequiredError, SettingsError
 from focal.options import Options
 from focal.server import logs
@@ -528,6 +533,21 @@ def signed_request(request: Any) -> Any:
 
 def enabled(settings: Settings) -> bool:
     return bool(settings.crawler_rules) or serves_robots(settings)
+
+
+async def robots_endpoint(request: Request) -> Response:
+    policy: Policy | None = request.app.state.service.crawlers
+    text = policy.robots if policy is not None else None
+    if text is None:
+        raise HTTPException(404)
+    return PlainTextResponse(text, headers={"Cache-Control": "max-age=3600"})
+
+
+def routes(settings: Settings) -> list[BaseRoute]:
+    """/robots.txt when a robots setting is set; nothing otherwise (404, as without them)."""
+    if not serves_robots(settings):
+        return []
+    return [Route("/robots.txt", robots_endpoint, methods=["GET", "HEAD"])]
 
 
 def serves_robots(settings: Settings) -> bool:
