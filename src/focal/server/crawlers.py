@@ -427,7 +427,7 @@ class Policy:
         if rule.action == "charge":
             try:
                 offer = self._offer(rule, decision, request)
-            except (CrawlerError, PaymentRequiredError):
+            except CrawlerError:  # a 402 quote or a malformed offer
                 if rule.verify:  # a crawler that must prove who it is does so for a quote too
                     await self._verify(rule, decision, request, ())
                 raise
