@@ -15,7 +15,7 @@ if [ ! -x /usr/bin/redis-server ]; then  # the shared detection cache's tests ru
 fi
 bash scripts/setup.sh test
 # object storage, Redis and Ray: the scaling tests' extras (docs/scaling.md)
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[scale-test]"
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[scale-test,crawlers]"
 # the torch runtime's tests run on the CPU build of torch (docs/gpu.md)
 .venv/bin/python -m pip install --quiet --disable-pip-version-check torch==2.13.0
 # the JavaScript URL builder's tests, and the web frameworks' URL builders the Python tests run

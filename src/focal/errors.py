@@ -5,6 +5,8 @@ FocalError                  base: .status, .public (safe to show), .detail (logs
 ├── RequestError      400   the request's path is not a focal URL (not ASCII, names no source)
 ├── SignatureError    403   a signed URL is missing or wrong
 ├── ForbiddenError    403   a source outside the allowed roots/hosts
+├── CrawlerError      403   a crawler rule refuses the request (carries a crawler-error code)
+│   └── PaymentRequiredError 402  a charged crawler made no acceptable offer (crawler-price)
 ├── NotFoundError     404   no such source
 ├── EndpointError     404   no such endpoint
 ├── MethodError       405   a method other than GET or HEAD on an image URL
@@ -184,3 +186,34 @@ class TorchRuntimeError(RuntimeChoiceError):
 def expected(option: str, what: str, received: object) -> OptionError:
     """The one form of every validation message: names the option, what was expected, what came."""
     return OptionError(f"Expected {what} for {option} but received {received!r}")
+
+
+class CrawlerError(FocalError):
+    """A crawler rule refuses the request (docs/crawlers.md); ``code`` is the crawler-error
+    header's value, Cloudflare's pay per crawl error code."""
+
+    status = 403
+    docs = f"{DOCS}#crawlererror"
+
+    def __init__(
+        self, public: str, *, code: str, status: int | None = None, detail: str | None = None
+    ) -> None:
+        super().__init__(public, detail=detail, status=status)
+        self.code = code
+
+    def headers(self) -> dict[str, str]:
+        return {"crawler-error": self.code}
+
+
+class PaymentRequiredError(CrawlerError):
+    """A charged crawler sent no offer, or one below the price: 402 with ``crawler-price``."""
+
+    status = 402
+    docs = f"{DOCS}#paymentrequirederror"
+
+    def __init__(self, public: str, *, price: str, code: str = "MissingCrawlerPrice") -> None:
+        super().__init__(public, code=code)
+        self.price = price
+
+    def headers(self) -> dict[str, str]:
+        return super().headers() | {"crawler-price": self.price}

@@ -5,12 +5,14 @@ Routes:
     GET|HEAD /cdn-cgi/image/<options>/<source>   a variant (Cloudflare-compatible URL)
     GET      /healthz                            {"status": "ok", ...}
     GET      /metrics                            Prometheus text
+    GET|HEAD /robots.txt                         with crawler settings (focal.server.crawlers)
     GET      /                                   the playground, or a small JSON index
 
 One image request, in order: signature check (403) -> option parse (400) -> origin fetch (once)
 -> variant cache lookup -> transform in a thread, under the concurrency limit -> cache store ->
 response. The whole request runs under ``request_timeout_s`` (504 past it). Every error answers
 ``{"status": <code>, "error": <public message>}``; internal details go to the log only.
+With crawler settings, the crawler rules decide right after the option parse (403, 402).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from focal.accept import negotiable_formats
 from focal.detection import Detector
 from focal.errors import (
     BusyError,
+    CrawlerError,
     DeadlineError,
     EndpointError,
     FocalError,
@@ -58,6 +61,7 @@ from focal.pipeline import Cancel, Limits, Result, transform
 from focal.presets import check as check_presets
 from focal.presets import expand as expand_presets
 from focal.server import (
+    crawlers,
     detector_host,
     detector_pool,
     hints,
@@ -256,6 +260,7 @@ class Service:
     hot: HotVariants[SourceInfoLike] | None = None  # in front of ``cache`` (memory_cache_mb)
     shared_metrics: SharedMetrics | None = None  # a worker of several: the others' counters
     overlay_cache: overlays.OverlayCache = field(default_factory=overlays.OverlayCache)
+    crawlers: crawlers.Policy | None = None  # crawler rules and robots.txt; None: none set
 
     def metrics_text(self) -> str:
         """This process's own exposition (counters, histograms, gauges read now)."""
@@ -279,7 +284,11 @@ def build_service(settings: Settings, origins: Origins | None) -> Service:
         max_frames=settings.max_frames,
         max_animation_pixels=settings.max_animation_pixels,
     )
+    policy = crawlers.build(settings)
+    if policy is not None:
+        metrics.extra.append(policy.counters.lines)
     return Service(
+        crawlers=policy,
         settings=settings,
         origins=origins if origins is not None else default_origins(settings),
         cache=cache,
@@ -310,6 +319,7 @@ class Trace:
     error: FocalError | None = None
     unexpected: str | None = None
     vary: tuple[str, ...] = ()  # the client hints the variant depends on (focal.server.hints)
+    crawler: crawlers.Decision | None = None  # what a crawler rule decided
 
     def fields(self, status: int, size: int) -> dict[str, Any]:
         result = self.result
@@ -330,6 +340,8 @@ class Trace:
             out |= {"error": self.error.public, "detail": self.error.detail}
         if self.unexpected is not None:
             out["detail"] = self.unexpected
+        if self.crawler is not None:
+            out["crawler"] = self.crawler.fields()
         return out
 
 
@@ -427,6 +439,10 @@ async def produce(service: Service, request: Request, trace: Trace) -> Response:
     options = parse_options(options_text)
     options, trace.vary = hints.resolve(options, request.headers)
     trace.options = options
+    if service.crawlers is not None:  # the crawler rules (focal.server.crawlers)
+        trace.crawler = await service.crawlers.decide(request, options)
+        if trace.crawler is not None and trace.crawler.refusal is not None:
+            raise trace.crawler.refusal
     accept_header = request.headers.get("accept")
     accept = accept_class(options, accept_header)
     model = service.detection.model_id() if options.needs_faces else ""
@@ -659,6 +675,8 @@ def error_response(error: FocalError, extra: dict[str, str] | None = None) -> Re
     headers = {"Cache-Control": "no-store"} | (extra or {})
     if isinstance(error, BusyError):
         headers["Retry-After"] = str(error.retry_after)
+    if isinstance(error, CrawlerError):
+        headers |= error.headers()
     body = {"status": error.status, "error": error.public, "docs": error.docs}
     return JSONResponse(body, status_code=error.status, headers=headers)
 
@@ -687,7 +705,7 @@ def redirect_target(service: Service, source: str) -> str | None:
 def failure_response(service: Service, error: FocalError, trace: Trace) -> Response:
     trace.error = error
     options = trace.options
-    redirectable = not isinstance(error, OptionError | SignatureError)
+    redirectable = not isinstance(error, OptionError | SignatureError | CrawlerError)
     if options is not None and options.onerror == "redirect" and redirectable and trace.source:
         target = redirect_target(service, trace.source)
         if target is not None:
@@ -712,6 +730,8 @@ async def image(request: Request) -> Response:
         trace.unexpected = f"{type(error).__name__}: {error}"
         logs.log.exception("unexpected error", extra={"fields": {"path": trace.path}})
         response = error_response(InternalError("Internal error"))
+    if trace.crawler is not None and service.crawlers is not None:
+        service.crawlers.settle(trace.crawler, response.status_code, response.headers)
     finish(service, trace, response)
     return response
 
@@ -826,6 +846,7 @@ def build_routes(settings: Settings) -> Sequence[BaseRoute]:
         Route("/healthz", healthz, methods=["GET", "HEAD"]),
         Route("/metrics", metrics, methods=["GET"]),
     ]
+    routes += crawlers.routes(settings)  # /robots.txt, with crawler settings
     extra = playground_routes(settings)
     if not any(getattr(r, "path", None) == "/" for r in extra):
         routes.append(Route("/", index, methods=["GET", "HEAD"]))

@@ -316,6 +316,92 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     _s("log_level", "str", "info", "server", "One of debug, info, warning, error."),
     _s("playground", "bool", True, "server", "Serve the playground page at /."),
+    _s(
+        "robots_txt",
+        "str",
+        "",
+        "crawlers",
+        "File of the operator's robots.txt rules, served at /robots.txt after the managed "
+        "section (docs/crawlers.md). Empty, with robots_managed off and no content_signal: "
+        "/robots.txt is not answered.",
+    ),
+    _s(
+        "robots_managed",
+        "bool",
+        False,
+        "crawlers",
+        "Start /robots.txt with a managed section that disallows every crawler on the "
+        "known-crawlers list.",
+    ),
+    _s(
+        "content_signal",
+        "str",
+        "",
+        "crawlers",
+        "Content-Signal line of /robots.txt's User-agent: * group, as search=yes, ai-train=no "
+        "(keys search, ai-input, ai-train; values yes or no). Empty: none.",
+    ),
+    _s(
+        "crawler_rules",
+        "str",
+        "",
+        "crawlers",
+        "TOML file of per-crawler rules: allow, refuse or charge, by crawler and by what is "
+        "asked (docs/crawlers.md). Empty: no rules, nothing checked per request.",
+    ),
+    _s(
+        "known_crawlers",
+        "str",
+        "",
+        "crawlers",
+        "JSON file replacing the shipped list of AI crawler user agents (ai.robots.txt's "
+        "robots.json format, or an array of names). Empty: the shipped, dated snapshot.",
+    ),
+    _s(
+        "crawler_directory_networks",
+        "list",
+        (),
+        "crawlers",
+        "Private networks (CIDR) a crawler's key directory may resolve to; loopback, "
+        "link-local and private addresses are refused otherwise. A directory inside them may "
+        "be plain http.",
+    ),
+    _s(
+        "crawler_directory_timeout_s",
+        "float",
+        3.0,
+        "crawlers",
+        "Time bound of one key directory fetch, all of it (resolve, connect, read).",
+    ),
+    _s(
+        "crawler_directory_max_bytes",
+        "int",
+        65536,
+        "crawlers",
+        "Largest key directory read; past it the fetch fails.",
+    ),
+    _s(
+        "crawler_key_max_age_s",
+        "int",
+        3600,
+        "crawlers",
+        "Longest a directory's keys are kept, whatever its Cache-Control max-age says (at "
+        "least 10 s; 300 s without max-age).",
+    ),
+    _s(
+        "crawler_clock_skew_s",
+        "float",
+        30.0,
+        "crawlers",
+        "Clock difference allowed to a signature's created and expires.",
+    ),
+    _s(
+        "crawler_signature_max_age_s",
+        "int",
+        3600,
+        "crawlers",
+        "Longest window a signature may have: expires - created, and the age since created.",
+    ),
 )
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
@@ -356,6 +442,11 @@ PROTECTS: dict[str, str] = {
     "signing_keys": "variant floods: with keys set, only URLs your site signed are served; an "
     "empty key is a start-up error, never a silent switch to unsigned",
     "cache_max_mb": "the variant cache filling the disk",
+    "crawler_directory_networks": "SSRF through a crawler's Signature-Agent: key directories "
+    "are fetched only for agents a rule lists, and refused on non-public addresses unless listed "
+    "here, before any connection",
+    "crawler_directory_timeout_s": "slow key directories holding a crawler's request",
+    "crawler_directory_max_bytes": "huge key directories filling memory",
 }
 
 
@@ -419,6 +510,17 @@ class Settings:
     detection_cache_ttl_s: int = DEFAULTS["detection_cache_ttl_s"]
     log_level: str = DEFAULTS["log_level"]
     playground: bool = DEFAULTS["playground"]
+    robots_txt: str = DEFAULTS["robots_txt"]
+    robots_managed: bool = DEFAULTS["robots_managed"]
+    content_signal: str = DEFAULTS["content_signal"]
+    crawler_rules: str = DEFAULTS["crawler_rules"]
+    known_crawlers: str = DEFAULTS["known_crawlers"]
+    crawler_directory_networks: tuple[str, ...] = DEFAULTS["crawler_directory_networks"]
+    crawler_directory_timeout_s: float = DEFAULTS["crawler_directory_timeout_s"]
+    crawler_directory_max_bytes: int = DEFAULTS["crawler_directory_max_bytes"]
+    crawler_key_max_age_s: int = DEFAULTS["crawler_key_max_age_s"]
+    crawler_clock_skew_s: float = DEFAULTS["crawler_clock_skew_s"]
+    crawler_signature_max_age_s: int = DEFAULTS["crawler_signature_max_age_s"]
 
     def __post_init__(self) -> None:
         empty = [i for i, key in enumerate(self.signing_keys) if not key.strip()]
@@ -625,6 +727,7 @@ GROUP_TITLES = {
     "limits": "Limits",
     "presets": "Presets",
     "detector": "Face detector",
+    "crawlers": "Crawlers (robots.txt, rules, pay per crawl)",
 }
 
 
