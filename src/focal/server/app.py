@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import errno
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -269,7 +270,11 @@ def build_service(settings: Settings, origins: Origins | None) -> Service:
     if settings.cache_enabled and settings.cache_backend == "s3":  # shared by every instance
         cache = objectstore.variant_cache(settings, metrics)
     elif settings.cache_enabled:
-        cache = VariantCache(settings.cache_dir.expanduser(), settings.cache_max_mb * 1024 * 1024)
+        cache = VariantCache(
+            settings.cache_dir.expanduser(),
+            settings.cache_max_mb << 20,
+            min_free_bytes=settings.cache_min_free_mb << 20,
+        )
     limits = Limits(
         max_pixels=settings.max_pixels,
         max_bytes=settings.max_bytes,
@@ -445,7 +450,7 @@ async def produce(service: Service, request: Request, trace: Trace) -> Response:
     trace.timings |= result.timings
     meta = meta_for(result, key)
     if service.cache is not None and cacheable(options, result, accept):
-        await run_in_threadpool(service.cache.put, key, meta, result.data)
+        await run_in_threadpool(put_variant, service, key, meta, result.data)
         if service.hot is not None:
             service.hot.put(key, Entry(meta, result.data))
     if result.fallback and options.face_gravity:
@@ -503,12 +508,45 @@ async def find_variant(
     return known, cached_result(entry, trace)
 
 
+CACHE_FAULTS = logs.Throttled(every_s=60.0)  # one log line a minute per kind of fault
+
+
+def cache_fault(service: Service, operation: str, error: Exception) -> None:
+    """A variant cache tier failed (disk full or read-only, its folder gone, the object store
+    down): the request goes on without it; the fault is counted and logged, a line a minute."""
+    tier = service.settings.cache_backend
+    code = error.errno if isinstance(error, OSError) else None
+    reason = errno.errorcode.get(code, "") if code is not None else ""
+    reason = reason or type(error).__name__
+    service.metrics.record_cache_fault(tier, operation, reason)
+    CACHE_FAULTS.event(
+        f"{tier}:{operation}:{reason}",
+        "variant cache unavailable: served without it",
+        {"tier": tier, "operation": operation, "reason": reason, "detail": str(error)[:300]},
+    )
+
+
+def put_variant(service: Service, key: str, meta: Meta, data: bytes) -> None:
+    """Store a variant (blocking); a fault of the cache never fails the request."""
+    if service.cache is None:
+        return
+    try:
+        service.cache.put(key, meta, data)
+    except Exception as error:  # any tier's fault: the variant is served all the same
+        cache_fault(service, "write", error)
+
+
 def get_variant(service: Service, key: str) -> Entry | None:
-    """A cached variant from memory, else from the cache (blocking), kept in memory if found."""
+    """A cached variant from memory, else from the cache (blocking), kept in memory if found;
+    a fault of the cache is a miss."""
     hot = service.hot
     entry = hot.get(key) if hot is not None else None
     if entry is None and service.cache is not None:
-        entry = service.cache.get(key)
+        try:
+            entry = service.cache.get(key)
+        except Exception as error:  # any tier's fault: a miss
+            cache_fault(service, "read", error)
+            return None
         if entry is not None and hot is not None:
             hot.put(key, entry)
     return entry

@@ -116,6 +116,7 @@ class Metrics:
         self.stages: dict[str, Histogram] = {stage: Histogram() for stage in STAGES}
         self.cache: dict[str, int] = {"hit": 0, "miss": 0, "bypass": 0}
         self.fallbacks = 0
+        self.cache_faults: dict[tuple[str, str, str], int] = {}  # (tier, operation, reason)
         self.loop_lag = LoopLag()
         # more families: the event loop's lag, the shared caches
         self.extra: list[Callable[[], Iterable[str]]] = [self.loop_lag.lines]
@@ -128,6 +129,11 @@ class Metrics:
                     self.stages[stage].observe(ms / 1000)
             if cache in self.cache:
                 self.cache[cache] += 1
+
+    def record_cache_fault(self, tier: str, operation: str, reason: str) -> None:
+        key = (tier, operation, reason)
+        with self._lock:
+            self.cache_faults[key] = self.cache_faults.get(key, 0) + 1
 
     def record_fallback(self) -> None:
         with self._lock:
@@ -153,6 +159,14 @@ class Metrics:
         yield "# HELP focal_face_fallbacks_total gravity=face requests served with a fallback."
         yield "# TYPE focal_face_fallbacks_total counter"
         yield f"focal_face_fallbacks_total {self.fallbacks}"
+        yield (
+            "# HELP focal_cache_faults_total Variant cache reads and writes that failed "
+            "(served without the cache)."
+        )
+        yield "# TYPE focal_cache_faults_total counter"
+        for (tier, operation, reason), count in sorted(self.cache_faults.items()):
+            labels = f'tier="{tier}",operation="{operation}",reason="{reason}"'
+            yield f"focal_cache_faults_total{{{labels}}} {count}"
 
     def _histograms(self) -> Iterable[str]:
         yield "# HELP focal_stage_seconds Time per request stage."

@@ -153,6 +153,15 @@ SETTINGS: tuple[Setting, ...] = (
         "Size bound of the variant cache; least recently used variants are evicted past it.",
     ),
     _s(
+        "cache_min_free_mb",
+        "int",
+        512,
+        "cache",
+        "Free space kept on the cache's disk, whatever cache_max_mb says: least recently used "
+        "variants are evicted to keep it, and a variant that would go under it is not written "
+        "(it is still served).",
+    ),
+    _s(
         "memory_cache_mb",
         "int",
         32,
@@ -356,6 +365,9 @@ PROTECTS: dict[str, str] = {
     "signing_keys": "variant floods: with keys set, only URLs your site signed are served; an "
     "empty key is a start-up error, never a silent switch to unsigned",
     "cache_max_mb": "the variant cache filling the disk",
+    "cache_min_free_mb": "the variant cache filling a disk smaller than cache_max_mb (statvfs is "
+    "read before each write); a full, read-only or missing cache disk costs the cache, not the "
+    "request",
 }
 
 
@@ -383,6 +395,7 @@ class Settings:
     cache_enabled: bool = DEFAULTS["cache_enabled"]
     cache_dir: Path = field(default_factory=lambda: Path(DEFAULTS["cache_dir"]).expanduser())
     cache_max_mb: int = DEFAULTS["cache_max_mb"]
+    cache_min_free_mb: int = DEFAULTS["cache_min_free_mb"]
     memory_cache_mb: int = DEFAULTS["memory_cache_mb"]
     max_age: int = DEFAULTS["max_age"]
     cache_backend: str = DEFAULTS["cache_backend"]
