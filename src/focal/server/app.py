@@ -51,6 +51,7 @@ from focal.errors import (
     InternalError,
     MethodError,
     OptionError,
+    RedactionError,
     RequestError,
     SignatureError,
 )
@@ -677,11 +678,19 @@ def redirect_target(service: Service, source: str) -> str | None:
         return None
 
 
+def redirectable(error: FocalError, options: Options | None) -> bool:
+    """Whether onerror=redirect may answer ``error``: never for a refused URL (bad options, bad
+    signature), and never for a request that asks for redaction: the original shows the faces
+    (privacy is fail-closed), so the error itself is the answer."""
+    if options is None or options.onerror != "redirect" or options.redact:
+        return False
+    return not isinstance(error, OptionError | SignatureError | RedactionError)
+
+
 def failure_response(service: Service, error: FocalError, trace: Trace) -> Response:
     trace.error = error
     options = trace.options
-    redirectable = not isinstance(error, OptionError | SignatureError)
-    if options is not None and options.onerror == "redirect" and redirectable and trace.source:
+    if redirectable(error, options) and trace.source:
         target = redirect_target(service, trace.source)
         if target is not None:
             return Response(
@@ -745,9 +754,7 @@ async def index(request: Request) -> Response:
 
 
 def playground_routes(settings: Settings) -> list[BaseRoute]:
-    if not settings.playground:
-        return []
-    return playground.routes(settings)
+    return playground.routes(settings)  # none unless playground.enabled(settings)
 
 
 async def http_error(request: Request, exc: Exception) -> Response:
