@@ -41,6 +41,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from focal import __version__
 from focal.accept import negotiable_formats
+from focal.decode import read_header
 from focal.detection import Detector
 from focal.errors import (
     BusyError,
@@ -439,10 +440,15 @@ async def produce(service: Service, request: Request, trace: Trace) -> Response:
     if known is not None and cached is not None:  # answered without reading the source
         return variant_response(request, settings, cached, known.last_modified, trace)
     source = await fetch(service, source_raw, trace)
-    key = variant_key(source.identity, normal, accept, model)
-    if known is None or known.identity != source.identity:
+    asked = variant_key(source.identity, normal, accept, model)  # the key the URL maps to
+    options = trace.options = auto_width_clamped(options, source.data, trace)
+    key = variant_key(source.identity, normalise(options), accept, model)
+    if known is None or known.identity != source.identity or key != asked:
         cached = await lookup(service, key, trace)
         if cached is not None:
+            if key != asked:  # next time found under the URL's key, without reading the source
+                meta, result = cached
+                await run_in_threadpool(put_variant, service, asked, meta, result.data)
             return variant_response(request, settings, cached, source.last_modified, trace)
     cancel = Cancel()
     job = _transform_job(source.data, options, service, accept_header, cancel)
@@ -451,12 +457,25 @@ async def produce(service: Service, request: Request, trace: Trace) -> Response:
     trace.timings |= result.timings
     meta = meta_for(result, key)
     if service.cache is not None and cacheable(options, result, accept):
-        await run_in_threadpool(put_variant, service, key, meta, result.data)
-        if service.hot is not None:
-            service.hot.put(key, Entry(meta, result.data))
+        for each in {key, asked}:  # the same bytes and ETag under both
+            await run_in_threadpool(put_variant, service, each, meta, result.data)
+            if service.hot is not None:
+                service.hot.put(each, Entry(meta, result.data))
     if result.fallback and options.face_gravity:
         service.metrics.record_fallback()
     return variant_response(request, settings, (meta, result), source.last_modified, trace)
+
+
+def auto_width_clamped(options: Options, data: bytes, trace: Trace) -> Options:
+    """A width=auto width brought down to what the source can give (focal.server.hints), read
+    from the source's header; other options unchanged."""
+    if "Sec-CH-Width" not in trace.vary or options.width is None:
+        return options
+    try:
+        header = read_header(data)
+    except FocalError:
+        return options  # the transformation says what is wrong with the source
+    return hints.clamp_to_source(options, max(header.width, header.height))
 
 
 def _transform_job(
