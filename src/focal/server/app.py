@@ -755,10 +755,16 @@ async def healthz(request: Request) -> Response:
 
 async def metrics(request: Request) -> Response:
     service: Service = request.app.state.service
-    text = service.metrics_text()
-    if service.shared_metrics is not None:  # every worker's requests, not only this one's
-        others = await anyio.to_thread.run_sync(service.shared_metrics.others)
-        text = merge(text, others)
+    shared = service.shared_metrics
+    if shared is None:
+        text = service.metrics_text()
+    else:  # every worker's requests; what this one shows is published first (never backwards)
+
+        def published_and_others() -> tuple[str, list[tuple[str, bool]]]:
+            return shared.publish_current(service.metrics_text), shared.others()
+
+        own, others = await anyio.to_thread.run_sync(published_and_others)
+        text = merge(own, others)
     return Response(text, media_type=METRICS_TYPE, headers={"Cache-Control": "no-store"})
 
 
@@ -878,7 +884,10 @@ def create_app(
         tasks = [asyncio.ensure_future(service.metrics.loop_lag.watch())]
         shared = service.shared_metrics
         if shared is not None:
-            tasks.append(asyncio.ensure_future(shared.keep_publishing(service.metrics_text)))
+            changes = service.metrics.changes_now
+            tasks.append(
+                asyncio.ensure_future(shared.keep_publishing(service.metrics_text, changes))
+            )
         try:
             yield
         finally:
