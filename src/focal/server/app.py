@@ -369,6 +369,17 @@ def framework_source(source: str, is_remote: Callable[[str], bool]) -> str:
     return source
 
 
+REDACTION_KEY = ":redact-2"  # moves when redaction grows stronger: older, weaker variants retire
+
+
+def face_key(service: Service, options: Options) -> str:
+    """The cache key's part for face detection: the model (empty without detection), and with
+    redact=faces the redaction's own version."""
+    if not options.needs_faces:
+        return ""
+    return service.detection.model_id() + (REDACTION_KEY if options.redact else "")
+
+
 def accept_class(options: Options, accept: str | None) -> str:
     """The part of Accept a variant depends on: the negotiable formats the client takes, in the
     order format=auto tries them (focal.accept, the parser that also chooses the format); empty
@@ -434,7 +445,7 @@ async def produce(service: Service, request: Request, trace: Trace) -> Response:
     trace.options = options
     accept_header = request.headers.get("accept")
     accept = accept_class(options, accept_header)
-    model = service.detection.model_id() if options.needs_faces else ""
+    model = face_key(service, options)
     normal = normalise(options)
     known, cached = await find_variant(service, source_raw, normal, accept, model, trace)
     if known is not None and cached is not None:  # answered without reading the source
