@@ -320,10 +320,9 @@ def small_disk(folder: Path) -> Any:
 
 
 def fill_disk(disk: Path) -> None:
-    with open(disk / "filler", "wb") as out, contextlib.suppress(OSError):
+    with contextlib.suppress(OSError), open(disk / "filler", "wb", buffering=0) as out:
         while True:
             out.write(b"\0" * 65536)
-            out.flush()
 
 
 def uncached_statuses(base: str, count: int, first_width: int) -> list[int]:
@@ -343,9 +342,10 @@ def disk_faults(state: Path, root: Path, count: int) -> dict[str, Any]:
         cases = ["vanished", "replaced"] + (["full", "read-only"] if disk is not None else [])
         for index, case in enumerate(cases):
             cache = (disk if case in ("full", "read-only") and disk else state) / f"cache-{case}"
-            server = harness.focal_server(
-                root, cache=True, tag=f"attack-disk-{case}", extra=["--cache-dir", str(cache)]
-            )
+            extra = ["--cache-dir", str(cache)]
+            if case in ("full", "read-only"):  # the kernel's ENOSPC and EROFS, not the 512 MiB
+                extra += ["--cache-min-free-mb", "0"]  # that a 4 MiB disk never has free
+            server = harness.focal_server(root, cache=True, tag=f"attack-disk-{case}", extra=extra)
             with harness.running(server):
                 request(server.base, "coffee.jpg", "width=50")  # the cache folder exists
                 if case == "vanished":

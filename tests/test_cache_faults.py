@@ -6,6 +6,7 @@ larger than the disk is held to the disk's real free space (statvfs)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
@@ -58,14 +59,9 @@ def start(tmp_path: Path, cache_dir: Path, *extra: str) -> Live:
 def fill(disk: Path) -> Path:
     """Write zeros until the file system refuses: a really full disk."""
     filler = disk / "filler"
-    with open(filler, "wb") as out:
-        block = b"\0" * 65536
-        try:
-            while True:
-                out.write(block)
-                out.flush()
-        except OSError:
-            pass
+    with contextlib.suppress(OSError), open(filler, "wb", buffering=0) as out:
+        while True:
+            out.write(b"\0" * 65536)
     return filler
 
 
