@@ -9,6 +9,9 @@ every 50 ms and its slowest answer is reported.
     .venv/bin/python benchmarks/attack.py                 # writes benchmarks/results/attack.json
     .venv/bin/python benchmarks/attack.py --markdown      # the table for docs/deployment.md
     .venv/bin/python benchmarks/attack.py --quick         # a short smoke run (tests)
+
+Then two families of their own servers: cache disk faults (disk_faults) and redaction bypasses
+(redaction_bypasses); each prints its summary and adds it to the result.
 """
 
 from __future__ import annotations
@@ -296,6 +299,175 @@ def prepare_root(folder: Path, files: Sequence[hostile.Hostile]) -> Path:
     return root
 
 
+# ---- cache disk faults and redaction bypasses ------------------------------------------------
+
+
+@contextlib.contextmanager
+def small_disk(folder: Path) -> Any:
+    """A 4 MiB tmpfs at ``folder`` (root only; None where mounting is not allowed), unmounted
+    afterwards."""
+    folder.mkdir(parents=True, exist_ok=True)
+    made = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(folder)],
+        capture_output=True,
+        check=False,
+    )
+    try:
+        yield folder if made.returncode == 0 else None
+    finally:
+        if made.returncode == 0:
+            subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def fill_disk(disk: Path) -> None:
+    with contextlib.suppress(OSError), open(disk / "filler", "wb", buffering=0) as out:
+        while True:
+            out.write(b"\0" * 65536)
+
+
+def uncached_statuses(base: str, count: int, first_width: int) -> list[int]:
+    return [
+        request(base, "coffee.jpg", f"width={w},format=png")[0]
+        for w in range(first_width, first_width + count)
+    ]
+
+
+def disk_faults(state: Path, root: Path, count: int) -> dict[str, Any]:
+    """Family: the variant cache's disk fails under a running server (default settings, the cache
+    folder moved onto the fault): full (a tmpfs filled to ENOSPC), read-only (the tmpfs remounted
+    ro), vanished (the folder removed), replaced (a file where the folder was). Every uncached
+    request must still answer 200; the faults counted in /metrics."""
+    out: dict[str, Any] = {}
+    with small_disk(state / "disk-faults-mount") as disk:
+        cases = ["vanished", "replaced"] + (["full", "read-only"] if disk is not None else [])
+        for index, case in enumerate(cases):
+            cache = (disk if case in ("full", "read-only") and disk else state) / f"cache-{case}"
+            extra = ["--cache-dir", str(cache)]
+            if case in ("full", "read-only"):  # the kernel's ENOSPC and EROFS, not the 512 MiB
+                extra += ["--cache-min-free-mb", "0"]  # that a 4 MiB disk never has free
+            server = harness.focal_server(root, cache=True, tag=f"attack-disk-{case}", extra=extra)
+            with harness.running(server):
+                request(server.base, "coffee.jpg", "width=50")  # the cache folder exists
+                if case == "vanished":
+                    shutil.rmtree(cache)
+                elif case == "replaced":
+                    shutil.rmtree(cache)
+                    cache.write_bytes(b"not a folder")
+                elif case == "full" and disk is not None:
+                    fill_disk(disk)
+                elif disk is not None:
+                    subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=False)
+                statuses = uncached_statuses(server.base, count, 100 + 40 * index)
+                metrics = httpx.get(server.base + "/metrics", timeout=30).text
+            faults = sum(
+                float(line.rsplit(" ", 1)[1])
+                for line in metrics.splitlines()
+                if line.startswith("focal_cache_faults_total{")
+            )
+            out[case] = {"requests": count, "not_200": sum(s != 200 for s in statuses)}
+            out[case]["faults_counted"] = int(faults)
+            if disk is not None and case == "read-only":
+                subprocess.run(["mount", "-o", "remount,rw", str(disk)], check=False)
+            if disk is not None:
+                (disk / "filler").unlink(missing_ok=True)
+    if disk is None:
+        out["skipped"] = "full and read-only need a tmpfs mount (root)"
+    for case, row in out.items():
+        if isinstance(row, dict):
+            print(
+                f"disk fault {case}: {row['not_200']} of {row['requests']} not 200, "
+                f"{row['faults_counted']} faults counted"
+            )
+    return out
+
+
+def redaction_bypasses(state: Path, root: Path) -> dict[str, Any]:
+    """Family: every path by which a request that asks for redaction might yield the original or
+    a face: onerror=redirect, format=json, the playground (upload and original), a preset, the
+    cache (each asked twice), a signed URL; with the detector down (model missing) and with the
+    real model at the lowest redact-strength. A bypass is a redirect, an answer holding the
+    original's bytes, or a redacted image in which focal's detector finds a face (score >= 0.5)."""
+    original = (root / "astronaut.jpg").read_bytes()
+    presets = json.dumps({"anon": "width=300,redact=faces,onerror=redirect"})
+    key = "attack-signing-key"
+    (state / "no-model").mkdir(parents=True, exist_ok=True)
+    env = {
+        "FOCAL_MODEL_DIR": str(state / "no-model"),
+        "FOCAL_PRESETS": presets,
+        "FOCAL_SIGNING_KEYS": key,
+        "FOCAL_REQUIRE_SIGNATURE": "false",
+        "FOCAL_PLAYGROUND": "on",
+    }
+    from focal.server import signing
+
+    paths = [
+        "width=300,redact=faces,onerror=redirect",
+        "redact=faces,trim=border,onerror=redirect",
+        "width=300,redact=faces,format=json,onerror=redirect",
+        "anon",
+        "preset=anon,onerror=redirect",
+    ]
+    tried: list[dict[str, Any]] = []
+    finder = face_finder()
+
+    def verdict(name: str, response: httpx.Response) -> None:
+        bypass = response.is_redirect or original[:256] in response.content
+        if response.headers.get("content-type", "").startswith("image/"):
+            bypass = bypass or finder(response.content) > 0
+        tried.append({"path": name, "status": response.status_code, "bypass": bypass})
+
+    server = harness.focal_server(root, cache=True, tag="attack-redaction-down")
+    server.env = env
+    with harness.running(server), httpx.Client(base_url=server.base, timeout=60) as client:
+        for options in paths:
+            for _ in range(2):  # the second time from the cache, if anything was cached
+                verdict(options, client.get(f"/cdn-cgi/image/{options}/astronaut.jpg"))
+        signed = signing.signed_url(f"/cdn-cgi/image/{paths[0]}/astronaut.jpg", key)
+        verdict("signed", client.get(signed))
+        for options in ("redact=faces", "redact=faces,format=json"):
+            upload = client.post(
+                "/playground/transform", params={"options": options}, content=original
+            )
+            verdict(f"playground {options}", upload)
+    only = harness.focal_server(root, cache=True, tag="attack-redaction-only")
+    only.env = {"FOCAL_PRESETS": presets, "FOCAL_PRESETS_ONLY": "true"}
+    with harness.running(only), httpx.Client(base_url=only.base, timeout=60) as client:
+        verdict(
+            "playground original, presets_only", client.get("/playground/original/astronaut.jpg")
+        )
+        for _ in range(2):
+            verdict("preset anon, model up", client.get("/cdn-cgi/image/anon/astronaut.jpg"))
+    weakest = harness.focal_server(root, cache=True, tag="attack-redaction-weakest")
+    with harness.running(weakest), httpx.Client(base_url=weakest.base, timeout=60) as client:
+        for style in ("blur", "pixelate"):
+            options = f"redact=faces,redact-style={style},redact-strength=1"
+            verdict(f"{options}, model up", client.get(f"/cdn-cgi/image/{options}/astronaut.jpg"))
+    bypasses = [row for row in tried if row["bypass"]]
+    print(f"redaction: {len(bypasses)} bypasses in {len(tried)} tries: {bypasses}")
+    return {"tries": tried, "bypasses": len(bypasses)}
+
+
+def face_finder() -> Any:
+    """A function: how many faces (score >= 0.5) focal's detector finds in an image (the real
+    model, in this process); one that finds none when the model is not installed."""
+    from focal.face import models
+    from focal.face.sessions import load_detector
+    from focal.options import parse_options
+    from focal.pipeline import transform
+
+    installed = models.installed()
+    if installed is None:
+        return lambda data: 0
+    detector = load_detector(installed.directory)
+    described = parse_options("redact=faces,format=json")
+
+    def faces(data: bytes) -> int:
+        found = json.loads(transform(data, described, detector=detector).data)["faces"] or []
+        return sum(1 for face in found if face["score"] >= 0.5)
+
+    return faces
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -358,6 +530,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         mixed["health"] = health_summary(load_probe)
         mixed["rss_after_mib"] = round(harness.rss_bytes(server.pid) / MIB, 1)
         result["mixed"] = mixed
+    result["disk_faults"] = disk_faults(state, root, 5 if args.quick else 20)
+    result["redaction_bypasses"] = redaction_bypasses(state, root)
     print(markdown(result), end="")
     if args.out is not None:
         args.out.write_text(json.dumps(result, indent=1) + "\n")

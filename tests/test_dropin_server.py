@@ -46,7 +46,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, root: Path, origin: str) ->
     folder = tmp_path_factory.mktemp("dropin")
     config = folder / "focal.toml"
     config.write_text(
-        f'presets = {{avatar = "{AVATAR}", thumb = "width=100,format=webp"}}\n'
+        f'presets = {{avatar = "{AVATAR}", thumb = "width=100,format=webp", '
+        'hinted = "width=auto"}\n'
         f'remote_prefixes = ["{origin}/"]\n'
         'allowed_networks = ["127.0.0.0/8"]\n'
         f'cache_dir = "{folder / "cache"}"\n'
@@ -84,7 +85,7 @@ def test_an_unknown_preset_is_a_400_that_lists_the_presets(server: Live) -> None
     for path in ("/cdn-cgi/image/nosuch/coffee.jpg", "/cdn-cgi/image/preset=nosuch/coffee.jpg"):
         response = get(server, path)
         assert response.status_code == 400
-        assert "avatar, thumb" in response.json()["error"], response.text
+        assert "avatar, hinted, thumb" in response.json()["error"], response.text
 
 
 def test_presets_only_refuses_free_form_options_naming_the_rule(presets_only: Live) -> None:
@@ -100,15 +101,33 @@ def test_presets_only_refuses_free_form_options_naming_the_rule(presets_only: Li
 
 def test_width_auto_follows_the_client_hints_and_varies_on_them(server: Live) -> None:
     path = "/cdn-cgi/image/width=auto/coffee.jpg"
-    hinted = get(server, path, **{"Sec-CH-Width": "300"})
-    assert hinted.status_code == 200 and size(hinted.content)[0] == 300
+    hinted = get(server, path, **{"Sec-CH-Width": "300"})  # up to the 320 breakpoint
+    assert hinted.status_code == 200 and size(hinted.content)[0] == 320
     assert "Sec-CH-Width" in hinted.headers["vary"]
     viewport = get(server, path, **{"Sec-CH-Viewport-Width": "100", "Sec-CH-DPR": "2"})
-    assert size(viewport.content)[0] == 200
+    assert size(viewport.content)[0] == 320
     plain = get(server, path)
     assert size(plain.content) == (COFFEE.width, COFFEE.height)
-    again = get(server, path, **{"Sec-CH-Width": "300"})
-    assert again.headers["focal-cache"] == "hit" and size(again.content)[0] == 300
+    again = get(server, path, **{"Sec-CH-Width": "310"})
+    assert again.headers["focal-cache"] == "hit" and size(again.content)[0] == 320
+
+
+def test_width_auto_makes_one_variant_per_distinct_output(server: Live) -> None:
+    """A width=auto preset on a 512 px source: hinted widths from 1 to 12000 give two outputs
+    (the 320 breakpoint, and the source's own size for every wider one), each under one ETag,
+    and a hint asked again is a cache hit."""
+    path = "/cdn-cgi/image/hinted/astronaut.jpg"
+    widths = (1, 100, 319, 320, 321, 500, 512, 513, 600, 768, 1000, 2000, 4000, 11999, 12000)
+    answers = {w: get(server, path, **{"Sec-CH-Width": str(w)}) for w in widths}
+    assert all(a.status_code == 200 for a in answers.values())
+    etags = {w: a.headers["etag"] for w, a in answers.items()}
+    assert len(set(etags.values())) == 2, etags
+    by_etag = {a.headers["etag"]: a.content for a in answers.values()}
+    assert all(by_etag[a.headers["etag"]] == a.content for a in answers.values())
+    assert {size(c)[0] for c in by_etag.values()} == {320, 512}
+    for width in (4000, 12000, 640):
+        again = get(server, path, **{"Sec-CH-Width": str(width)})
+        assert again.headers["focal-cache"] == "hit" and again.headers["etag"] == etags[4000]
 
 
 def test_slow_connection_quality_applies_on_slow_hints_and_the_cache_keeps_both(

@@ -193,7 +193,7 @@ def test_every_form_control_has_a_label() -> None:
 
 
 def test_routes_are_off_when_disabled_or_when_urls_must_be_signed() -> None:
-    assert playground.routes(Settings(playground=False)) == []
+    assert playground.routes(Settings(playground="off")) == []
     assert playground.routes(Settings(signing_keys=("key",))) == []
     assert playground.routes(Settings(signing_keys=("key",), require_signature=False)) != []
 

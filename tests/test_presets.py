@@ -65,17 +65,33 @@ def test_presets_only() -> None:
 
 def test_width_auto_from_hints() -> None:
     options = parse_options("width=auto")
-    assert hints.resolve(options, {"sec-ch-width": "640"})[0].width == 640
-    assert hints.resolve(options, {"width": "500"})[0].width == 500
-    assert hints.resolve(options, {"viewport-width": "400", "dpr": "1.5"})[0].width == 600
-    assert hints.resolve(parse_options("width=auto,dpr=2"), {"sec-ch-width": "640"})[0].width == 320
-    assert hints.resolve(options, {"sec-ch-width": "99999"})[0].width == 12000
+    # rounded up to a breakpoint (hints.AUTO_WIDTHS)
+    assert hints.resolve(options, {"sec-ch-width": "640"})[0].width == 768
+    assert hints.resolve(options, {"width": "300"})[0].width == 320
+    assert hints.resolve(options, {"viewport-width": "400", "dpr": "1.5"})[0].width == 768
+    assert hints.resolve(parse_options("width=auto,dpr=2"), {"sec-ch-width": "640"})[0].width == 384
+    assert hints.resolve(options, {"sec-ch-width": "99999"})[0].width == 3840
+    assert hints.resolve(options, {"sec-ch-width": "1201"})[0].width == 1600
     resolved, vary = hints.resolve(options, {"sec-ch-width": "nan"})
     assert resolved.width is None and not resolved.width_auto and "Sec-CH-Width" in vary
     assert hints.resolve(parse_options("width=10"), {"sec-ch-width": "640"}) == (
         parse_options("width=10"),
         (),
     )
+
+
+def test_width_auto_makes_few_widths() -> None:
+    options = parse_options("width=auto")
+    widths = {hints.resolve(options, {"sec-ch-width": str(w)})[0].width for w in range(1, 13000)}
+    assert widths == set(hints.AUTO_WIDTHS)
+
+
+def test_a_width_past_the_source_is_clamped_under_scale_down_only() -> None:
+    assert hints.clamp_to_source(parse_options("width=3840"), 512).width == 512
+    assert hints.clamp_to_source(parse_options("width=3840,dpr=2"), 511).width == 256
+    assert hints.clamp_to_source(parse_options("width=320"), 512).width == 320
+    assert hints.clamp_to_source(parse_options("width=3840,fit=cover"), 512).width == 3840
+    assert hints.clamp_to_source(parse_options("width=3840,fit=pad"), 512).width == 3840
 
 
 @pytest.mark.parametrize(

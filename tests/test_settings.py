@@ -56,7 +56,7 @@ def test_defaults() -> None:
     )
     assert s.root == st.demo_root() and (s.root / "astronaut.jpg").is_file()
     assert s.cache_dir == Path("~/.cache/focal/variants").expanduser()
-    assert s.remote_prefixes == () and s.playground is True
+    assert s.remote_prefixes == () and s.playground == "auto"
 
 
 def test_precedence_defaults_file_env_flags(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import contextlib
 import ctypes
 import http.client
 import importlib.util
+import itertools
 import os
 import signal
 import socket
@@ -277,5 +278,65 @@ def test_a_scrape_of_either_worker_counts_every_workers_requests_and_keeps_an_ex
         else:
             raise AssertionError(f"the killed worker was not replaced: {now}")
         scrapes_until_each_worker_counts(port, now, total)
+    finally:
+        live.stop()
+
+
+def requests_total(text: str) -> float:
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("focal_requests_total{")
+    )
+
+
+def burst(port: int, count: int) -> None:
+    """``count`` requests, each on a connection of its own (spread over the workers)."""
+    for _ in range(count):
+        client = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        try:
+            client.request("GET", "/healthz")
+            client.getresponse().read()
+        finally:
+            client.close()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_counters_never_go_backwards_across_scrapes_and_a_killed_worker(tmp_path: Path) -> None:
+    """Scrapes answered by either worker, between bursts of requests, and a worker killed (SIGKILL)
+    just after it answered a scrape: focal_requests_total never goes down from one scrape to the
+    next (Prometheus would read a reset)."""
+    root = tmp_path / "root"
+    root.mkdir()
+    args = ["--root", str(root), "--no-face", "--no-cache-enabled", "--workers", "2"]
+    live = serve(tmp_path, [*args, "--log-level", "warning"])
+    try:
+        port = int(live.base.rsplit(":", 1)[1])
+        workers = http_workers(live.process.pid)
+        assert len(workers) == 2, workers
+        totals: list[float] = []
+        for _ in range(80):
+            burst(port, 3)
+            _, text = get(port, "/metrics", workers)
+            totals.append(requests_total(text))
+        for _ in range(MAX_CONNECTIONS):  # a scrape answered by the first worker, right after
+            burst(port, 10)  # requests it has not published on its own yet
+            pid, text = get(port, "/metrics", workers)
+            if pid is None:
+                pytest.skip("this kernel does not let the test read the workers' sockets")
+            totals.append(requests_total(text))
+            if pid == workers[0]:
+                os.kill(pid, signal.SIGKILL)
+                break
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and workers[0] in http_workers(live.process.pid):
+            time.sleep(0.05)
+        for _ in range(40):
+            burst(port, 2)
+            _, text = get(port, "/metrics", [])
+            totals.append(requests_total(text))
+        drops = [(i, a, b) for i, (a, b) in enumerate(itertools.pairwise(totals)) if b < a]
+        assert not drops, f"{len(drops)} of {len(totals)} scrapes went backwards: {drops[:5]}"
     finally:
         live.stop()

@@ -17,6 +17,11 @@ from enum import StrEnum
 
 from focal.errors import OptionError, expected
 
+# The lowest redact-strength served: below it focal's own detector still finds faces in the
+# redacted regions (benchmarks/redact_strength.py: the rule, the images, the measurement; a lower
+# strength asked in a URL is raised to this one).
+MIN_REDACT_STRENGTH = 62
+
 
 class Fit(StrEnum):
     SCALE_DOWN = "scale-down"
@@ -188,7 +193,7 @@ class Options:
     onerror: str | None = None  # "redirect"
     redact: bool = False  # redact=faces: blur or pixelate every detected face
     redact_style: RedactStyle = RedactStyle.BLUR
-    redact_strength: int = 50
+    redact_strength: int = MIN_REDACT_STRENGTH  # raised to it when lower (see MIN_REDACT_STRENGTH)
     border: Border | None = None
     compression: str | None = None  # "fast"
     slow_connection_quality: int | None = None  # the quality on a slow connection (client hints)
@@ -209,6 +214,8 @@ class Options:
     trim_border_keep: int | None = None
 
     def __post_init__(self) -> None:
+        if self.redact and self.redact_strength < MIN_REDACT_STRENGTH:  # never weaker than that
+            object.__setattr__(self, "redact_strength", MIN_REDACT_STRENGTH)
         if self.width == WIDTH_AUTO:
             object.__setattr__(self, "width", None)
             object.__setattr__(self, "width_auto", True)
@@ -906,15 +913,18 @@ OPTIONS: tuple[OptionSpec, ...] = (
         ("redact-strength",),
         _integer(1, 100),
         "1..100",
-        "with redact=faces: blur radius or block size, in hundredths of the face's size",
-        "50",
+        "with redact=faces: blur radius or block size, in hundredths of the face's size; "
+        f"below {MIN_REDACT_STRENGTH} raised to {MIN_REDACT_STRENGTH}, the lowest at which "
+        "focal's own detector finds no face in what it hid",
+        str(MIN_REDACT_STRENGTH),
     ),
     OptionSpec(
         "onerror",
         (),
         _choice({"redirect": "redirect"}),
         "redirect",
-        "served by focal serve: on failure, redirect to the original",
+        "served by focal serve: on failure, redirect to the original; never with redact=faces "
+        "(the error is answered: the original shows the faces)",
         "none",
     ),
     OptionSpec(
@@ -1014,8 +1024,14 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "redact-strength",
         "redact=faces alongside it",
-        lambda o: o.redact_strength != 50 and not o.redact,
+        lambda o: o.redact_strength != MIN_REDACT_STRENGTH and not o.redact,
         lambda o: f"redact-strength={o.redact_strength} without it",
+    ),
+    Rule(
+        "trim",
+        "no trim=border alongside redact=faces (faces are found on the untrimmed image)",
+        lambda o: o.redact and o.trim is not None and o.trim.border,
+        lambda o: "trim=border",
     ),
     Rule(
         "zoom",
@@ -1235,10 +1251,12 @@ CLOUDFLARE: tuple[tuple[str, str], ...] = (
     (
         "width",
         "supported, including `width=auto`: `focal serve` takes the width from the client "
-        "hints `Sec-CH-Width` (or `Width`), else `Sec-CH-Viewport-Width` times `Sec-CH-DPR`; "
-        "with none of them, the original width (Cloudflare also guesses from the User-Agent "
-        "and snaps to 1200, 960, 768 or 320; focal does neither). Such responses carry `Vary` "
-        "on those headers. `width=auto` has no sub-options",
+        "hints `Sec-CH-Width` (or `Width`), else `Sec-CH-Viewport-Width` times `Sec-CH-DPR`, "
+        "rounded up to one of 320, 768, 960, 1200 (Cloudflare's four widths), 1600, 1920, "
+        "2560, 3840 device pixels, and under `fit=scale-down` no wider than the source; with "
+        "none of them, the original width (Cloudflare also guesses from the User-Agent; focal "
+        "does not). Such responses carry `Vary` on those headers. `width=auto` has no "
+        "sub-options",
     ),
     ("zoom", "supported (alias `face-zoom`), with `gravity=face`"),
 )

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import errno
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -42,6 +43,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from focal import __version__
 from focal.accept import negotiable_formats
+from focal.decode import read_header
 from focal.detection import Detector
 from focal.errors import (
     BusyError,
@@ -53,6 +55,7 @@ from focal.errors import (
     InternalError,
     MethodError,
     OptionError,
+    RedactionError,
     RequestError,
     SignatureError,
 )
@@ -276,7 +279,11 @@ def build_service(settings: Settings, origins: Origins | None) -> Service:
     if settings.cache_enabled and settings.cache_backend == "s3":  # shared by every instance
         cache = objectstore.variant_cache(settings, metrics)
     elif settings.cache_enabled:
-        cache = VariantCache(settings.cache_dir.expanduser(), settings.cache_max_mb * 1024 * 1024)
+        cache = VariantCache(
+            settings.cache_dir.expanduser(),
+            settings.cache_max_mb << 20,
+            min_free_bytes=settings.cache_min_free_mb << 20,
+        )
     limits = Limits(
         max_pixels=settings.max_pixels,
         max_bytes=settings.max_bytes,
@@ -376,6 +383,17 @@ def framework_source(source: str, is_remote: Callable[[str], bool]) -> str:
     return source
 
 
+REDACTION_KEY = ":redact-2"  # moves when redaction grows stronger: older, weaker variants retire
+
+
+def face_key(service: Service, options: Options) -> str:
+    """The cache key's part for face detection: the model (empty without detection), and with
+    redact=faces the redaction's own version."""
+    if not options.needs_faces:
+        return ""
+    return service.detection.model_id() + (REDACTION_KEY if options.redact else "")
+
+
 def accept_class(options: Options, accept: str | None) -> str:
     """The part of Accept a variant depends on: the negotiable formats the client takes, in the
     order format=auto tries them (focal.accept, the parser that also chooses the format); empty
@@ -445,17 +463,23 @@ async def produce(service: Service, request: Request, trace: Trace) -> Response:
             raise trace.crawler.refusal
     accept_header = request.headers.get("accept")
     accept = accept_class(options, accept_header)
-    model = service.detection.model_id() if options.needs_faces else ""
+    model = face_key(service, options)
     drawn = await load_overlays(service, options, trace)
-    normal = normalise(options) + (overlays.key_part(drawn) if drawn else "")
+    drawing = overlays.key_part(drawn) if drawn else ""  # the overlays' identities
+    normal = normalise(options) + drawing
     known, cached = await find_variant(service, source_raw, normal, accept, model, trace)
     if known is not None and cached is not None:  # answered without reading the source
         return variant_response(request, settings, cached, known.last_modified, trace)
     source = await fetch(service, source_raw, trace)
-    key = variant_key(source.identity, normal, accept, model)
-    if known is None or known.identity != source.identity:
+    asked = variant_key(source.identity, normal, accept, model)  # the key the URL maps to
+    options = trace.options = auto_width_clamped(options, source.data, trace)
+    key = variant_key(source.identity, normalise(options) + drawing, accept, model)
+    if known is None or known.identity != source.identity or key != asked:
         cached = await lookup(service, key, trace)
         if cached is not None:
+            if key != asked:  # next time found under the URL's key, without reading the source
+                meta, result = cached
+                await run_in_threadpool(put_variant, service, asked, meta, result.data)
             return variant_response(request, settings, cached, source.last_modified, trace)
     cancel = Cancel()
     job = _transform_job(source.data, options, service, accept_header, cancel, drawn)
@@ -464,12 +488,25 @@ async def produce(service: Service, request: Request, trace: Trace) -> Response:
     trace.timings |= result.timings
     meta = meta_for(result, key)
     if service.cache is not None and cacheable(options, result, accept):
-        await run_in_threadpool(service.cache.put, key, meta, result.data)
-        if service.hot is not None:
-            service.hot.put(key, Entry(meta, result.data))
+        for each in {key, asked}:  # the same bytes and ETag under both
+            await run_in_threadpool(put_variant, service, each, meta, result.data)
+            if service.hot is not None:
+                service.hot.put(each, Entry(meta, result.data))
     if result.fallback and options.face_gravity:
         service.metrics.record_fallback()
     return variant_response(request, settings, (meta, result), source.last_modified, trace)
+
+
+def auto_width_clamped(options: Options, data: bytes, trace: Trace) -> Options:
+    """A width=auto width brought down to what the source can give (focal.server.hints), read
+    from the source's header; other options unchanged."""
+    if "Sec-CH-Width" not in trace.vary or options.width is None:
+        return options
+    try:
+        header = read_header(data)
+    except FocalError:
+        return options  # the transformation says what is wrong with the source
+    return hints.clamp_to_source(options, max(header.width, header.height))
 
 
 def _transform_job(
@@ -564,12 +601,45 @@ async def find_variant(
     return known, cached_result(entry, trace)
 
 
+CACHE_FAULTS = logs.Throttled(every_s=60.0)  # one log line a minute per kind of fault
+
+
+def cache_fault(service: Service, operation: str, error: Exception) -> None:
+    """A variant cache tier failed (disk full or read-only, its folder gone, the object store
+    down): the request goes on without it; the fault is counted and logged, a line a minute."""
+    tier = service.settings.cache_backend
+    code = error.errno if isinstance(error, OSError) else None
+    reason = errno.errorcode.get(code, "") if code is not None else ""
+    reason = reason or type(error).__name__
+    service.metrics.record_cache_fault(tier, operation, reason)
+    CACHE_FAULTS.event(
+        f"{tier}:{operation}:{reason}",
+        "variant cache unavailable: served without it",
+        {"tier": tier, "operation": operation, "reason": reason, "detail": str(error)[:300]},
+    )
+
+
+def put_variant(service: Service, key: str, meta: Meta, data: bytes) -> None:
+    """Store a variant (blocking); a fault of the cache never fails the request."""
+    if service.cache is None:
+        return
+    try:
+        service.cache.put(key, meta, data)
+    except Exception as error:  # any tier's fault: the variant is served all the same
+        cache_fault(service, "write", error)
+
+
 def get_variant(service: Service, key: str) -> Entry | None:
-    """A cached variant from memory, else from the cache (blocking), kept in memory if found."""
+    """A cached variant from memory, else from the cache (blocking), kept in memory if found;
+    a fault of the cache is a miss."""
     hot = service.hot
     entry = hot.get(key) if hot is not None else None
     if entry is None and service.cache is not None:
-        entry = service.cache.get(key)
+        try:
+            entry = service.cache.get(key)
+        except Exception as error:  # any tier's fault: a miss
+            cache_fault(service, "read", error)
+            return None
         if entry is not None and hot is not None:
             hot.put(key, entry)
     return entry
@@ -702,11 +772,20 @@ def redirect_target(service: Service, source: str) -> str | None:
         return None
 
 
+def redirectable(error: FocalError, options: Options | None) -> bool:
+    """Whether onerror=redirect may answer ``error``: never for a refused URL (bad options, bad
+    signature, a crawler refused or asked to pay), and never for a request that asks for
+    redaction: the original shows the faces (privacy is fail-closed), so the error itself is the
+    answer."""
+    if options is None or options.onerror != "redirect" or options.redact:
+        return False
+    return not isinstance(error, OptionError | SignatureError | RedactionError | CrawlerError)
+
+
 def failure_response(service: Service, error: FocalError, trace: Trace) -> Response:
     trace.error = error
     options = trace.options
-    redirectable = not isinstance(error, OptionError | SignatureError | CrawlerError)
-    if options is not None and options.onerror == "redirect" and redirectable and trace.source:
+    if redirectable(error, options) and trace.source:
         target = redirect_target(service, trace.source)
         if target is not None:
             return Response(
@@ -754,10 +833,16 @@ async def healthz(request: Request) -> Response:
 
 async def metrics(request: Request) -> Response:
     service: Service = request.app.state.service
-    text = service.metrics_text()
-    if service.shared_metrics is not None:  # every worker's requests, not only this one's
-        others = await anyio.to_thread.run_sync(service.shared_metrics.others)
-        text = merge(text, others)
+    shared = service.shared_metrics
+    if shared is None:
+        text = service.metrics_text()
+    else:  # every worker's requests; what this one shows is published first (never backwards)
+
+        def published_and_others() -> tuple[str, list[tuple[str, bool]]]:
+            return shared.publish_current(service.metrics_text), shared.others()
+
+        own, others = await anyio.to_thread.run_sync(published_and_others)
+        text = merge(own, others)
     return Response(text, media_type=METRICS_TYPE, headers={"Cache-Control": "no-store"})
 
 
@@ -772,9 +857,7 @@ async def index(request: Request) -> Response:
 
 
 def playground_routes(settings: Settings) -> list[BaseRoute]:
-    if not settings.playground:
-        return []
-    return playground.routes(settings)
+    return playground.routes(settings)  # none unless playground.enabled(settings)
 
 
 async def http_error(request: Request, exc: Exception) -> Response:
@@ -880,7 +963,10 @@ def create_app(
         tasks = [asyncio.ensure_future(service.metrics.loop_lag.watch())]
         shared = service.shared_metrics
         if shared is not None:
-            tasks.append(asyncio.ensure_future(shared.keep_publishing(service.metrics_text)))
+            changes = service.metrics.changes_now
+            tasks.append(
+                asyncio.ensure_future(shared.keep_publishing(service.metrics_text, changes))
+            )
         try:
             yield
         finally:

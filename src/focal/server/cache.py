@@ -5,12 +5,17 @@ JSON, then the bytes. A file is written to a temporary name in the same folder a
 with ``os.replace``, so a reader sees a whole file or none. A hit sets the file's mtime to now (when
 it is over a minute old: one write per minute per entry at most);
 eviction removes the files with the oldest mtime (least recently used) until the total is under
-the bound. Every step tolerates another process deleting the same files.
+the bound, and also when the file system's free space would fall under ``min_free_bytes`` (the
+bound may be larger than the disk: the disk's real free space is read with statvfs before each
+write). A write that finds no room is refused with ENOSPC before it starts. Every step tolerates
+another process deleting the same files; the server turns any fault of this tier into a miss
+(focal.server.app).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -33,6 +38,7 @@ TMP_PREFIX = ".tmp-"
 STALE_TMP_S = 3600.0
 TOUCH_AFTER_S = 60.0  # a hit sets the mtime only when it is older: one write per minute at most
 EVICT_TO = 0.9  # after an eviction, the total is at most this share of the bound
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 @dataclass(frozen=True)
@@ -104,13 +110,27 @@ class Stats:
     evictions: int
 
 
-class VariantCache:
-    """Bounded LRU disk cache. Methods block (disk I/O): call them from a thread."""
+def free_bytes(directory: Path) -> int | None:
+    """Bytes an unprivileged writer may still use on ``directory``'s file system (None: unknown,
+    e.g. the folder is gone)."""
+    try:
+        info = os.statvfs(directory)
+    except OSError:
+        return None
+    return info.f_bavail * info.f_frsize
 
-    def __init__(self, directory: Path, max_bytes: int) -> None:
+
+class VariantCache:
+    """Bounded LRU disk cache. Methods block (disk I/O): call them from a thread. ``put`` raises
+    OSError when the disk refuses (full, read-only, the folder replaced by a file): the caller
+    serves on without the cache."""
+
+    def __init__(self, directory: Path, max_bytes: int, min_free_bytes: int = 0) -> None:
         self.directory = directory
         self.max_bytes = max_bytes
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.min_free_bytes = min_free_bytes
+        with contextlib.suppress(OSError):  # a read-only or missing disk: put says so later
+            self.directory.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._approx_total = self.total_size()
         self._hits = self._misses = self._writes = self._evictions = 0
@@ -146,9 +166,15 @@ class VariantCache:
 
     def put(self, key: str, meta: Meta, data: bytes) -> None:
         path = self.path_for(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
         blob = encode(meta, data)
-        write_atomic(path, blob, temp_prefix=f"{TMP_PREFIX}{os.getpid()}-")
+        self._make_room(len(blob))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(path, blob, temp_prefix=f"{TMP_PREFIX}{os.getpid()}-")
+        except OSError as error:
+            if error.errno in NO_SPACE:  # the disk filled from elsewhere: give some back
+                self.evict(need_free=self.min_free_bytes + len(blob))
+            raise
         with self._lock:
             self._writes += 1
             self._approx_total += len(blob)
@@ -156,12 +182,31 @@ class VariantCache:
         if over:
             self.evict()
 
-    def evict(self) -> int:
-        """Remove least recently used files until the total is under the bound. Returns bytes
-        removed. The total is re-read from disk, so other processes' writes are counted."""
+    def _make_room(self, size: int) -> None:
+        """Evict until writing ``size`` bytes leaves ``min_free_bytes`` free on the disk, or
+        raise ENOSPC (nothing written) when even an empty cache would not leave that much."""
+        free = free_bytes(self.directory)
+        if free is None or free - size >= self.min_free_bytes:
+            return
+        self.evict(need_free=self.min_free_bytes + size - free)
+        free = free_bytes(self.directory)
+        if free is not None and free - size < self.min_free_bytes:
+            raise OSError(
+                errno.ENOSPC,
+                f"{free} bytes free on the cache's disk, {self.min_free_bytes} kept free "
+                "(cache_min_free_mb)",
+                str(self.directory),
+            )
+
+    def evict(self, need_free: int = 0) -> int:
+        """Remove least recently used files until the total is under the bound and at least
+        ``need_free`` bytes were removed. Returns bytes removed. The total is re-read from disk,
+        so other processes' writes are counted."""
         files = sorted(self._scan(), key=lambda f: f[1])
         total = sum(size for _, _, size in files)
         target = int(self.max_bytes * EVICT_TO) if total > self.max_bytes else total
+        if need_free > 0:
+            target = min(target, int((total - need_free) * EVICT_TO))
         removed = 0
         for path, _, size in files:
             if total - removed <= target:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 import time
 from collections.abc import Mapping
 from typing import Any, TextIO
@@ -82,6 +83,33 @@ def configure(level: str = "info", stream: TextIO | None = None) -> logging.Hand
 def event(message: str, fields: Mapping[str, Any] | None = None, level: int = logging.INFO) -> None:
     """Log a fixed ``message`` with structured ``fields`` (values capped)."""
     log.log(level, message, extra={"fields": dict(fields or {})})
+
+
+class Throttled:
+    """Logs an event at most once per ``every_s`` per key: a fault that every request meets (a
+    full disk under a request flood) is one line per interval, saying how many were left out."""
+
+    def __init__(self, every_s: float = 60.0, clock: Any = time.monotonic) -> None:
+        self.every_s = every_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._last: dict[str, float] = {}
+        self._left_out: dict[str, int] = {}
+
+    def event(
+        self, key: str, message: str, fields: Mapping[str, Any], level: int = logging.WARNING
+    ) -> bool:
+        """Log ``message`` unless ``key`` was logged within ``every_s``; whether it was logged."""
+        now = self._clock()
+        with self._lock:
+            last = self._last.get(key)
+            if last is not None and now - last < self.every_s:
+                self._left_out[key] = self._left_out.get(key, 0) + 1
+                return False
+            self._last[key] = now
+            left_out = self._left_out.pop(key, 0)
+        event(message, {**fields, "repeats_left_out": left_out}, level)
+        return True
 
 
 def request_line(fields: Mapping[str, Any], status: int) -> None:

@@ -5,6 +5,12 @@ queue, restarts, RSS) are read when /metrics is scraped. With ``workers`` > 1 ev
 publishes its exposition to a folder of the supervisor's (:class:`SharedMetrics`), and the worker
 that answers a scrape adds the others' to its own (:func:`merge`), so that one scrape counts the
 requests of every worker.
+
+Counters never go backwards from one scrape to the next, whichever worker answers each: the worker
+that answers a scrape publishes what it shows of itself before it answers, so that a later scrape
+answered by another worker (or after this one is killed) reads at least as much of it; and a
+worker publishes within PUBLISH_AFTER_S of a request counted, so a killed worker loses at most
+that much of counts no scrape has shown.
 """
 
 from __future__ import annotations
@@ -116,18 +122,29 @@ class Metrics:
         self.stages: dict[str, Histogram] = {stage: Histogram() for stage in STAGES}
         self.cache: dict[str, int] = {"hit": 0, "miss": 0, "bypass": 0}
         self.fallbacks = 0
+        self.changes = 0  # counted events so far: a worker publishes when it moves
+        self.cache_faults: dict[tuple[str, str, str], int] = {}  # (tier, operation, reason)
         self.loop_lag = LoopLag()
         # more families: the event loop's lag, the shared caches
         self.extra: list[Callable[[], Iterable[str]]] = [self.loop_lag.lines]
 
     def record(self, status: int, timings_ms: Mapping[str, float], cache: str | None) -> None:
         with self._lock:
+            self.changes += 1
             self.requests[status] = self.requests.get(status, 0) + 1
             for stage, ms in timings_ms.items():
                 if stage in self.stages:
                     self.stages[stage].observe(ms / 1000)
             if cache in self.cache:
                 self.cache[cache] += 1
+
+    def changes_now(self) -> int:
+        return self.changes
+
+    def record_cache_fault(self, tier: str, operation: str, reason: str) -> None:
+        key = (tier, operation, reason)
+        with self._lock:
+            self.cache_faults[key] = self.cache_faults.get(key, 0) + 1
 
     def record_fallback(self) -> None:
         with self._lock:
@@ -153,6 +170,14 @@ class Metrics:
         yield "# HELP focal_face_fallbacks_total gravity=face requests served with a fallback."
         yield "# TYPE focal_face_fallbacks_total counter"
         yield f"focal_face_fallbacks_total {self.fallbacks}"
+        yield (
+            "# HELP focal_cache_faults_total Variant cache reads and writes that failed "
+            "(served without the cache)."
+        )
+        yield "# TYPE focal_cache_faults_total counter"
+        for (tier, operation, reason), count in sorted(self.cache_faults.items()):
+            labels = f'tier="{tier}",operation="{operation}",reason="{reason}"'
+            yield f"focal_cache_faults_total{{{labels}}} {count}"
 
     def _histograms(self) -> Iterable[str]:
         yield "# HELP focal_stage_seconds Time per request stage."
@@ -197,6 +222,7 @@ def _gauges(g: Gauges) -> Iterable[str]:
 # ---- several workers, one scrape ----------------------------------------------------------
 
 SHARE_INTERVAL_S = 1.0  # how often a worker publishes its exposition for the others
+PUBLISH_AFTER_S = 0.1  # and at most this long after a request it counted
 STALE_AFTER_S = 5.0  # a snapshot older than this is a worker that has exited
 HOST_WIDE = ("focal_detector_", "focal_cache_bytes")  # the same in every worker: the host's own
 PEAKS = ("focal_event_loop_lag_max_seconds",)  # the largest, not the sum
@@ -271,8 +297,21 @@ class SharedMetrics:
         self.folder = folder
         # pid and a random part: a later worker that gets a recycled pid keeps its own file
         self.path = folder / f"worker-{os.getpid()}-{secrets.token_hex(4)}.prom"
+        self._lock = threading.Lock()  # one writer of the file at a time, in the order rendered
 
     def publish(self, text: str) -> None:
+        with self._lock:
+            self._write(text)
+
+    def publish_current(self, render: Callable[[], str]) -> str:
+        """Render and publish under one lock, so the file never goes back to an older render
+        than one already published; the text published."""
+        with self._lock:
+            text = render()
+            self._write(text)
+        return text
+
+    def _write(self, text: str) -> None:
         temporary = self.folder / f".{self.path.name}.tmp"
         temporary.write_text(text, encoding="utf-8")
         os.replace(temporary, self.path)
@@ -291,10 +330,17 @@ class SharedMetrics:
             found.append((text, now - written <= STALE_AFTER_S))
         return found
 
-    async def keep_publishing(self, render: Callable[[], str]) -> None:
-        """Publish ``render()`` every SHARE_INTERVAL_S until cancelled (a lifespan task)."""
+    async def keep_publishing(
+        self, render: Callable[[], str], changes: Callable[[], int] = lambda: 0
+    ) -> None:
+        """Publish ``render()`` within PUBLISH_AFTER_S of ``changes()`` moving, and at least every
+        SHARE_INTERVAL_S (the others tell a live worker by its file's age), until cancelled."""
         import anyio.to_thread
 
+        published, last = None, 0.0
         while True:
-            await anyio.to_thread.run_sync(self.publish, render())
-            await asyncio.sleep(SHARE_INTERVAL_S)
+            now, seen = time.monotonic(), changes()
+            if seen != published or now - last >= SHARE_INTERVAL_S:
+                await anyio.to_thread.run_sync(self.publish_current, render)
+                published, last = seen, now
+            await asyncio.sleep(PUBLISH_AFTER_S)

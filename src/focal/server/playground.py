@@ -9,6 +9,11 @@ Routes (mounted by :func:`focal.server.app.create_app` when the ``playground`` s
     POST /playground/transform      body: the image bytes; query: ?options=<options>
                                     -> {"description": {...}, "image": "data:...;base64,..."}
 
+The playground is on where the ``playground`` setting says so: ``auto`` (the default) only when
+the server listens on a loopback address, ``on`` anywhere. It is never on when signatures are
+required, and it obeys ``presets_only``: an upload's options must be a preset's, and no original
+is served (the image URLs serve none either).
+
 Uploads are read into memory only, counted while they arrive and refused past the size limit,
 recognised by their first bytes (never by file name or declared type), transformed once (on the
 server's image threads, under its concurrency limit), and forgotten: nothing is written to disk
@@ -18,6 +23,7 @@ and nothing is kept after the response.
 from __future__ import annotations
 
 import base64
+import ipaddress
 from collections.abc import AsyncIterator, Callable
 from importlib import resources
 from pathlib import Path
@@ -34,12 +40,14 @@ from focal.errors import (
     BusyError,
     DeadlineError,
     FocalError,
+    ForbiddenError,
     ImageError,
     LimitError,
     NotFoundError,
 )
 from focal.options import parse_options
 from focal.pipeline import Cancel, Limits, Result, transform
+from focal.presets import expand as expand_presets
 
 UPLOAD_MAX_BYTES = 25 * 1024 * 1024  # the playground's own cap; the lower of it and Limits wins
 MAX_SAMPLES = 200
@@ -71,7 +79,16 @@ class PlaygroundSettings(Protocol):
     def root(self) -> Path: ...
 
     @property
-    def playground(self) -> bool: ...
+    def host(self) -> str: ...
+
+    @property
+    def playground(self) -> str: ...
+
+    @property
+    def presets(self) -> tuple[tuple[str, str], ...]: ...
+
+    @property
+    def presets_only(self) -> bool: ...
 
     @property
     def signing_keys(self) -> tuple[str, ...]: ...
@@ -84,20 +101,27 @@ class PlaygroundSettings(Protocol):
 
 
 def routes(settings: PlaygroundSettings) -> list[BaseRoute]:
-    """The playground's routes; none when the ``playground`` setting is off, or when every URL
-    must be signed (the page builds unsigned URLs, and its upload would bypass the signatures)."""
+    """The playground's routes; none when :func:`enabled` says it is off."""
     if not enabled(settings):
         return []
     root = Path(settings.root)
+    presets, only = dict(settings.presets), settings.presets_only
 
     async def samples(request: Request) -> Response:
         return JSONResponse({"samples": list_samples(root)}, headers={"Cache-Control": "no-cache"})
 
     async def original(request: Request) -> Response:
+        if only:
+            return error_response(ForbiddenError(NO_ORIGINALS))
         return read_original(root, request.path_params["name"])
 
     async def upload(request: Request) -> Response:
-        return await answer_upload(request, settings.request_timeout_s)
+        options = request.query_params.get("options", "")
+        try:
+            options = expand_presets(options, presets, only=only)
+        except FocalError as error:
+            return error_response(error)
+        return await answer_upload(request, settings.request_timeout_s, options)
 
     return [
         Route("/", index, methods=["GET", "HEAD"]),
@@ -108,8 +132,28 @@ def routes(settings: PlaygroundSettings) -> list[BaseRoute]:
     ]
 
 
+NO_ORIGINALS = "This server serves presets only (presets_only): no originals."
+
+
 def enabled(settings: PlaygroundSettings) -> bool:
-    return settings.playground and not (settings.signing_keys and settings.require_signature)
+    """On when the setting says ``on``, or ``auto`` on a loopback address; never when every URL
+    must be signed (the page builds unsigned URLs, and its upload would bypass the signatures)."""
+    if settings.signing_keys and settings.require_signature:
+        return False
+    if settings.playground == "auto":
+        return is_loopback(settings.host)
+    return settings.playground == "on"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (the address the server listens on) is reachable from this machine only:
+    localhost or a loopback address; 0.0.0.0, :: and any other address or name are not."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 # ---- the page -------------------------------------------------------------------------------
@@ -203,11 +247,12 @@ def read_original(root: Path, name: str) -> Response:
 # ---- uploads --------------------------------------------------------------------------------
 
 
-async def answer_upload(request: Request, timeout_s: float) -> Response:
-    """The upload's JSON answer; reading and transforming together get ``timeout_s`` (504)."""
+async def answer_upload(request: Request, timeout_s: float, options: str | None = None) -> Response:
+    """The upload's JSON answer; reading and transforming together get ``timeout_s`` (504).
+    ``options``: the options text (presets expanded), default the ``options`` parameter."""
     try:
         with anyio.fail_after(timeout_s):
-            body = await transform_upload(request)
+            body = await transform_upload(request, options)
         return JSONResponse(body, headers={"Cache-Control": "no-store"})
     except TimeoutError:
         return error_response(DeadlineError("The upload took too long to read and transform."))
@@ -218,8 +263,8 @@ async def answer_upload(request: Request, timeout_s: float) -> Response:
         return response
 
 
-async def transform_upload(request: Request) -> dict[str, Any]:
-    options = parse_options(request.query_params.get("options", ""))
+async def transform_upload(request: Request, text: str | None = None) -> dict[str, Any]:
+    options = parse_options(request.query_params.get("options", "") if text is None else text)
     limits: Limits = getattr(request.app.state, "limits", Limits())
     limit = upload_limit(limits)
     check_declared_length(request.headers.get("content-length"), limit)

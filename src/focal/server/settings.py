@@ -27,7 +27,8 @@ from focal.face import sessions
 
 BOOL_WORDS = {"1": True, "true": True, "yes": True, "on": True}
 BOOL_WORDS |= {"0": False, "false": False, "no": False, "off": False}
-KINDS = ("str", "int", "float", "bool", "path", "list", "table")
+KINDS = ("str", "int", "float", "bool", "path", "list", "table", "switch")
+SWITCH = ("auto", "on", "off")  # a "switch" setting: auto, or a boolean word (on, off)
 LOG_LEVELS = ("debug", "info", "warning", "error")
 # string settings with a closed set of values (the runtime names are focal.face.sessions')
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -151,6 +152,15 @@ SETTINGS: tuple[Setting, ...] = (
         1024,
         "cache",
         "Size bound of the variant cache; least recently used variants are evicted past it.",
+    ),
+    _s(
+        "cache_min_free_mb",
+        "int",
+        512,
+        "cache",
+        "Free space kept on the cache's disk, whatever cache_max_mb says: least recently used "
+        "variants are evicted to keep it, and a variant that would go under it is not written "
+        "(it is still served).",
     ),
     _s(
         "memory_cache_mb",
@@ -315,7 +325,15 @@ SETTINGS: tuple[Setting, ...] = (
         "How long the shared detection cache keeps an answer (seconds).",
     ),
     _s("log_level", "str", "info", "server", "One of debug, info, warning, error."),
-    _s("playground", "bool", True, "server", "Serve the playground page at /."),
+    _s(
+        "playground",
+        "switch",
+        "auto",
+        "server",
+        "Serve the playground page at /: auto (only when host is a loopback address), on, off. "
+        "Never when signatures are required; with presets_only it takes preset names only and "
+        "serves no originals (docs/playground.md).",
+    ),
     _s(
         "robots_txt",
         "str",
@@ -447,6 +465,9 @@ PROTECTS: dict[str, str] = {
     "here, before any connection",
     "crawler_directory_timeout_s": "slow key directories holding a crawler's request",
     "crawler_directory_max_bytes": "huge key directories filling memory",
+    "cache_min_free_mb": "the variant cache filling a disk smaller than cache_max_mb (statvfs is "
+    "read before each write); a full, read-only or missing cache disk costs the cache, not the "
+    "request",
 }
 
 
@@ -474,6 +495,7 @@ class Settings:
     cache_enabled: bool = DEFAULTS["cache_enabled"]
     cache_dir: Path = field(default_factory=lambda: Path(DEFAULTS["cache_dir"]).expanduser())
     cache_max_mb: int = DEFAULTS["cache_max_mb"]
+    cache_min_free_mb: int = DEFAULTS["cache_min_free_mb"]
     memory_cache_mb: int = DEFAULTS["memory_cache_mb"]
     max_age: int = DEFAULTS["max_age"]
     cache_backend: str = DEFAULTS["cache_backend"]
@@ -509,7 +531,7 @@ class Settings:
     detection_cache_url: str = DEFAULTS["detection_cache_url"]
     detection_cache_ttl_s: int = DEFAULTS["detection_cache_ttl_s"]
     log_level: str = DEFAULTS["log_level"]
-    playground: bool = DEFAULTS["playground"]
+    playground: str = DEFAULTS["playground"]  # auto, on or off
     robots_txt: str = DEFAULTS["robots_txt"]
     robots_managed: bool = DEFAULTS["robots_managed"]
     content_signal: str = DEFAULTS["content_signal"]
@@ -528,6 +550,11 @@ class Settings:
             raise SettingsError(
                 f"Expected non-empty keys for signing_keys but received an empty key "
                 f"(position {empty[0] + 1} of {len(self.signing_keys)})"
+            )
+        if self.playground not in SWITCH:
+            raise SettingsError(
+                f"Expected one of {', '.join(SWITCH)} for playground but received "
+                f"{self.playground!r}"
             )
         if self.workers < 1:
             raise SettingsError(f"Expected at least 1 for workers but received {self.workers}")
@@ -603,6 +630,12 @@ def _to_table(setting: Setting, value: object, source: str) -> tuple[tuple[str, 
     raise _bad(setting, "a table of strings", value, source)
 
 
+def _to_switch(setting: Setting, value: object, source: str) -> str:
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    return "on" if _to_bool(setting, value, source) else "off"
+
+
 def convert(setting: Setting, value: object, source: str) -> Any:
     """``value`` (from a TOML file, the environment or a flag) as the setting's type."""
     if setting.kind == "bool":
@@ -613,6 +646,8 @@ def convert(setting: Setting, value: object, source: str) -> Any:
         return _to_list(setting, value, source)
     if setting.kind == "table":
         return _to_table(setting, value, source)
+    if setting.kind == "switch":
+        return _to_switch(setting, value, source)
     if not isinstance(value, str):
         raise _bad(setting, "a string", value, source)
     if setting.kind == "path":
@@ -704,6 +739,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             action: Any = argparse.BooleanOptionalAction
             parser.add_argument(
                 setting.flag, action=action, default=argparse.SUPPRESS, help=helptext
+            )
+        elif setting.kind == "switch":  # --name [auto|on|off], --no-name
+            parser.add_argument(
+                setting.flag,
+                nargs="?",
+                const="on",
+                default=argparse.SUPPRESS,
+                metavar="|".join(SWITCH),
+                help=helptext,
+            )
+            parser.add_argument(
+                "--no-" + setting.flag[2:],
+                dest=setting.name,
+                action="store_const",
+                const="off",
+                default=argparse.SUPPRESS,
+                help=f"The same as {setting.flag}=off.",
             )
         elif setting.kind == "list":
             parser.add_argument(
