@@ -611,6 +611,84 @@ def test_a_tiny_face_far_off_does_not_push_the_main_faces_out() -> None:
     assert not all(holds(published.crop, face) for face in people)  # what the rule fixes
 
 
+def test_a_group_that_overflows_the_crop_by_a_sliver_keeps_every_face() -> None:
+    # a 1000x500 picture, a 1:1 crop is at most 500 wide; the two faces' outer box is 510 wide.
+    # Centred on it (250..750) the crop cuts 5 px of each: 95% and 94.7% inside, both kept.
+    # Leaving the smaller face out would centre the crop on the other and cut it entirely.
+    image = Size(1000, 500)
+    big, small = Box(245, 100, 345, 250), Box(660, 120, 755, 240)
+    result = plan(image, 500, 500, Fit.COVER, G["face"], faces=[big, small])
+    published = plan(
+        image, 500, 500, Fit.COVER, G["face"], faces=[big, small], face_policy=FacePolicy.PUBLISHED
+    )
+    assert result.crop == published.crop == Rect(250, 0, 500, 500)
+    assert result.face is not None and result.face.left_out == ()
+    assert geometry.share_inside(big, result.crop) == pytest.approx(0.95)
+    assert geometry.share_inside(small, result.crop) == pytest.approx(90 / 95)
+    assert faces_that_fit([big, small], image, 1.0) == (big, small)
+
+
+def test_a_group_that_overflows_the_crop_by_far_leaves_the_smallest_face_out() -> None:
+    # the same picture, the faces 780 px apart: centred on both, the crop (240..740) keeps
+    # neither; the smaller is left out and the larger kept whole
+    image = Size(1000, 500)
+    big, small = Box(100, 100, 200, 250), Box(800, 120, 880, 220)
+    result = plan(image, 500, 500, Fit.COVER, G["face"], faces=[big, small])
+    assert result.face is not None and result.face.left_out == (small,)
+    assert holds(result.crop, big)
+    published = plan(
+        image, 500, 500, Fit.COVER, G["face"], faces=[big, small], face_policy=FacePolicy.PUBLISHED
+    )
+    assert geometry.share_inside(big, published.crop) < geometry.KEPT_SHARE
+
+
+def test_the_tolerance_is_the_crop_quality_metrics() -> None:
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "benchmarks" / "crop_quality.py"
+    text = path.read_text()
+    assert f"KEPT_SHARE = {geometry.KEPT_SHARE}" in text
+    assert importlib.util.find_spec("focal.geometry") is not None
+
+
+@settings(deadline=None, max_examples=300)
+@given(
+    scene=images_with_faces(max_faces=6),
+    width=st.integers(1, 3000),
+    height=st.integers(1, 3000),
+    zoom=st.sampled_from([0.0, 0.3, 1.0]),
+)
+def test_the_published_placement_stands_whenever_it_keeps_every_face(
+    scene: tuple[Size, list[Box]], width: int, height: int, zoom: float
+) -> None:
+    image, faces = scene
+    fit_plan = plan(image, width, height, Fit.COVER, G["face"], faces=faces, zoom=zoom)
+    published = plan(
+        image,
+        width,
+        height,
+        Fit.COVER,
+        G["face"],
+        faces=faces,
+        zoom=zoom,
+        face_policy=FacePolicy.PUBLISHED,
+    )
+    clipped = [b for b in (geometry.clip(f, image) for f in faces) if b is not None]
+    shares = [geometry.share_inside(face, published.crop) for face in clipped]
+    if all(share >= geometry.KEPT_SHARE for share in shares):
+        assert fit_plan.crop == published.crop
+        assert fit_plan.face is not None and fit_plan.face.left_out == ()
+    else:  # faces are left out only then, and the faces kept are each kept
+        assert fit_plan.face is not None
+        kept = [face for face in clipped if face not in fit_plan.face.left_out]
+        if len(kept) > 1:
+            assert all(
+                geometry.share_inside(face, fit_plan.crop) >= geometry.KEPT_SHARE - 1e-9
+                for face in kept
+            )
+
+
 @settings(deadline=None, max_examples=300)
 @given(
     scene=images_with_faces(max_faces=6), width=st.integers(1, 3000), height=st.integers(1, 3000)
@@ -754,7 +832,12 @@ def test_candidates_never_change_which_faces_are_kept(
         assert all(holds(steered.crop, face) for face in clipped)
     largest = max(clipped, key=lambda b: b.area)
     if rounded_out(largest).width <= widest and rounded_out(largest).height <= tallest:
-        assert any(holds(steered.crop, f) and f.area == largest.area for f in clipped)
+        # kept: at least the metric's share inside (whole, unless every face is kept that way)
+        assert any(
+            geometry.share_inside(f, steered.crop) >= geometry.KEPT_SHARE - 1e-9
+            and f.area == largest.area
+            for f in clipped
+        )
 
 
 @settings(deadline=None, max_examples=200)

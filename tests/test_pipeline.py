@@ -440,6 +440,22 @@ def test_json_says_which_faces_a_crop_left_out_and_why() -> None:
     assert crop["left"] <= 600 and crop["left"] + crop["width"] >= 780
 
 
+def test_a_group_a_few_pixels_wider_than_the_crop_keeps_every_face() -> None:
+    wide = images.demo("coffee.jpg").resize(2).crop(0, 200, 1000, 400).jpegsave_buffer(Q=90)
+    # a 1000x400 source, a 1:1 crop at most 400 wide; the two faces span 405 px. Centred on
+    # both (302..702) the crop cuts 2 and 3 px of them; leaving the smaller one out would centre
+    # on the larger (150..550) and lose the smaller entirely
+    faces = [(300.0, 100.0, 400.0, 220.0), (610.0, 110.0, 705.0, 220.0)]
+    _, description = run(
+        wide,
+        "format=json,width=200,height=200,fit=cover,gravity=face",
+        detector=FixedDetector(faces),
+    )
+    assert description["faces_left_out"] == 0
+    assert description["outer_box"] == [300.0, 100.0, 705.0, 220.0]
+    assert description["crop"] == {"left": 302, "top": 0, "width": 400, "height": 400}
+
+
 # --- weak candidates steer gravity=face (docs/cropping.md) -------------------------------------
 
 

@@ -38,6 +38,9 @@ DETECTION_FAILED = "face detection failed: "
 NO_FOCUS = "no focus point"
 
 LEFT_OUT = "smaller than the faces kept, and not all faces fit the output's aspect ratio"
+# A face counts as kept by a crop with at least this share of its box inside: the tolerance of
+# the crop-quality metric (benchmarks/crop_quality.py KEPT_SHARE), not a tuned value.
+KEPT_SHARE = 0.9
 
 CROPPING_FITS = frozenset({Fit.COVER, Fit.CROP})
 NEVER_ENLARGE = frozenset({Fit.SCALE_DOWN, Fit.CROP})
@@ -501,24 +504,40 @@ def _cropping_region(source: Size, box: Size, choice: _Choice, whole: Rect) -> R
     return _anchored(choice.mode, whole, width, height)
 
 
-def faces_that_fit(faces: Sequence[Box], image: Size, aspect: float) -> tuple[Box, ...]:
-    """The faces a crop of ``aspect`` keeps when the outer box of all of them is wider or taller
-    than the largest such crop of the image: the smallest face is dropped until the outer box of
-    the rest fits. Every face when they all fit; never fewer than the largest one. Ties in size
+def faces_that_fit(
+    faces: Sequence[Box],
+    image: Size,
+    aspect: float,
+    zoom: float = 0.0,
+    cap: int = INFERENCE_CAP,
+) -> tuple[Box, ...]:
+    """The faces a crop of ``aspect`` keeps. Every face when the published placement (the crop
+    centred on the outer box of all of them) keeps each at least KEPT_SHARE inside, even if the
+    outer box overflows the crop by a sliver; otherwise the smallest face is dropped until the
+    crop placed on the rest keeps each of them so. Never fewer than the largest face. Ties in size
     are broken by position, so the answer does not depend on the order of the detections."""
-    widest, tallest = largest_crop(image.width, image.height, aspect)
     kept = sorted(faces, key=lambda b: (-b.area, b.left, b.top, b.right, b.bottom))
-    while len(kept) > 1 and not _fits(kept, widest, tallest, image):
+    while len(kept) > 1 and not _all_kept(kept, image, aspect, zoom, cap):
         kept.pop()
     return tuple(kept)
 
 
-def _fits(faces: Sequence[Box], width: int, height: int, image: Size) -> bool:
-    outer = outer_box(faces)
-    if outer is None:
+def _all_kept(faces: Sequence[Box], image: Size, aspect: float, zoom: float, cap: int) -> bool:
+    """Whether the crop placed on ``faces`` keeps each at least KEPT_SHARE inside."""
+    region = face_region(faces, zoom, image, cap)
+    if region is None:
         return True
-    rect = enclosing_rect(outer, image)
-    return rect.width <= width and rect.height <= height
+    crop, _ = _face_crop(image, aspect, region)
+    return all(share_inside(face, crop) >= KEPT_SHARE - _EPS for face in faces)
+
+
+def share_inside(box: Box, rect: Rect) -> float:
+    """The share of ``box``'s area inside ``rect`` (1 for an empty box)."""
+    if box.area <= 0:
+        return 1.0
+    width = min(box.right, rect.right) - max(box.left, rect.left)
+    height = min(box.bottom, rect.bottom) - max(box.top, rect.top)
+    return max(width, 0.0) * max(height, 0.0) / box.area
 
 
 def _fit_faces(
@@ -526,7 +545,7 @@ def _fit_faces(
 ) -> _Choice:
     """The choice for the faces that fit ``aspect`` (the same choice when all of them do)."""
     clipped = [b for b in (clip(face, source) for face in faces) if b is not None]
-    kept = faces_that_fit(clipped, source, aspect)
+    kept = faces_that_fit(clipped, source, aspect, zoom, cap)
     if len(kept) == len(clipped):
         return choice
     region = face_region(kept, zoom, source, cap)
