@@ -642,6 +642,50 @@ def test_a_group_that_overflows_the_crop_by_far_leaves_the_smallest_face_out() -
     assert geometry.share_inside(big, published.crop) < geometry.KEPT_SHARE
 
 
+def test_when_the_centred_crop_cuts_a_face_the_crop_slides_to_keep_them_all() -> None:
+    # centred on both faces (255..755) the crop keeps 87.5% of the narrow face; starts 234..254
+    # keep both at least 90% inside: the nearest, 254, is taken and nothing is left out (leaving
+    # the narrow face out would centre the crop on the wide one, 380..880, and lose it)
+    image = Size(1000, 500)
+    narrow, wide = Box(250, 100, 290, 300), Box(500, 100, 760, 250)
+    both = [narrow, wide]
+    published = plan(
+        image, 500, 500, Fit.COVER, G["face"], faces=both, face_policy=FacePolicy.PUBLISHED
+    )
+    assert published.crop == Rect(255, 0, 500, 500)
+    assert geometry.share_inside(narrow, published.crop) == pytest.approx(0.875)
+    result = plan(image, 500, 500, Fit.COVER, G["face"], faces=[narrow, wide])
+    assert result.crop == Rect(254, 0, 500, 500)
+    assert result.face is not None and result.face.left_out == ()
+    assert geometry.share_inside(narrow, result.crop) == pytest.approx(0.9)
+
+
+@settings(deadline=None, max_examples=200)
+@given(
+    scene=images_with_faces(max_faces=5), width=st.integers(1, 3000), height=st.integers(1, 3000)
+)
+def test_no_face_is_left_out_when_some_placement_keeps_them_all(
+    scene: tuple[Size, list[Box]], width: int, height: int
+) -> None:
+    image, faces = scene
+    result = plan(image, width, height, Fit.COVER, G["face"], faces=faces)
+    crop = result.crop
+    clipped = [b for b in (geometry.clip(f, image) for f in faces) if b is not None]
+    w, h = crop.width, crop.height
+    if h == image.height:  # the crop is free along x only: try every start
+        starts = [Rect(x, 0, w, h) for x in range(image.width - w + 1)]
+    else:
+        starts = [Rect(0, y, w, h) for y in range(image.height - h + 1)]
+    keeps_all = any(
+        all(geometry.share_inside(f, at) >= geometry.KEPT_SHARE - 1e-9 for f in clipped)
+        for at in starts
+    )
+    assert result.face is not None
+    if keeps_all:
+        assert result.face.left_out == ()
+        assert all(geometry.share_inside(f, crop) >= geometry.KEPT_SHARE - 1e-9 for f in clipped)
+
+
 def test_the_tolerance_is_the_crop_quality_metrics() -> None:
     import importlib.util
     from pathlib import Path

@@ -122,6 +122,7 @@ class FaceRegion:
     inference: Size
     scale: float
     left_out: tuple[Box, ...] = ()  # faces that could not fit the output's aspect with the rest
+    faces: tuple[Box, ...] = ()  # the faces the region is computed from (clipped to the image)
 
 
 @dataclass(frozen=True)
@@ -243,7 +244,14 @@ def face_region(
     left = _shift_inside(focal[0] - width / 2, width, image.width)
     top = _shift_inside(focal[1] - height / 2, height, image.height)
     crop = Box(left, top, left + width, top + height)
-    return FaceRegion(outer=outer, focal=focal, crop=crop, inference=inference, scale=factor)
+    return FaceRegion(
+        outer=outer,
+        focal=focal,
+        crop=crop,
+        inference=inference,
+        scale=factor,
+        faces=tuple(clipped),
+    )
 
 
 def _scale_back(side: float, inference_side: int, image_side: int, factor: float) -> float:
@@ -480,7 +488,10 @@ def plan(
         if choice.face is not None and face_policy is FacePolicy.FIT:
             choice = _fit_faces(choice, faces, zoom, source, cap, box.width / box.height)
         if choice.face is not None:
-            crop, steering = _face_crop(source, box.width / box.height, choice.face, candidates)
+            slide = face_policy is FacePolicy.FIT
+            crop, steering = _face_crop(
+                source, box.width / box.height, choice.face, candidates, slide=slide
+            )
         else:
             crop, steering = _cropping_region(source, box, choice, whole), None
         resize = _cover_size(crop.size, box, fit)
@@ -527,8 +538,61 @@ def _all_kept(faces: Sequence[Box], image: Size, aspect: float, zoom: float, cap
     region = face_region(faces, zoom, image, cap)
     if region is None:
         return True
-    crop, _ = _face_crop(image, aspect, region)
+    crop, _ = _face_crop(image, aspect, region, slide=True)
+    return _keeps_all(crop, faces)
+
+
+def _keeps_all(crop: Rect, faces: Sequence[Box]) -> bool:
     return all(share_inside(face, crop) >= KEPT_SHARE - _EPS for face in faces)
+
+
+def keeping_starts(
+    spans: Sequence[tuple[float, float, float]], length: int, limit: int
+) -> tuple[int, int] | None:
+    """The integer starts (lowest, highest) of a ``length`` span inside ``0..limit`` keeping, for
+    each ``(lo, hi, need)``, at least ``need`` (a share, 0..1) of ``lo..hi`` inside; None when no
+    start keeps them all."""
+    low, high = 0.0, float(limit - length)
+    for lo, hi, need in spans:
+        size = hi - lo
+        if need > 1 + _EPS or need * size > length + _EPS:
+            return None
+        low, high = max(low, lo + need * size - length), min(high, hi - need * size)
+    first, last = ceil_pos(low), floor_pos(high)
+    return (first, last) if first <= last else None
+
+
+def _slide(crop: Rect, faces: Sequence[Box], source: Size) -> Rect:
+    """The crop moved to the nearest start keeping every face at least KEPT_SHARE inside: along
+    x (its rows kept), else along y; the crop itself when neither can."""
+    for along_x in (True, False):
+        spans = []
+        for face in faces:
+            other = _overlap_share(face, crop, not along_x)
+            if other <= 0:
+                break
+            lo, hi = (face.left, face.right) if along_x else (face.top, face.bottom)
+            spans.append((lo, hi, KEPT_SHARE / other))
+        else:
+            length = crop.width if along_x else crop.height
+            limit = source.width if along_x else source.height
+            found = keeping_starts(spans, length, limit)
+            if found is not None:
+                start = crop.left if along_x else crop.top
+                nearest = min(max(start, found[0]), found[1])
+                if along_x:
+                    return Rect(nearest, crop.top, crop.width, crop.height)
+                return Rect(crop.left, nearest, crop.width, crop.height)
+    return crop
+
+
+def _overlap_share(box: Box, crop: Rect, along_x: bool) -> float:
+    """The share of ``box``'s extent along one axis inside the crop's extent along it."""
+    lo, hi = (box.left, box.right) if along_x else (box.top, box.bottom)
+    start, end = (crop.left, crop.right) if along_x else (crop.top, crop.bottom)
+    if hi <= lo:
+        return 1.0
+    return max(min(hi, end) - max(lo, start), 0.0) / (hi - lo)
 
 
 def share_inside(box: Box, rect: Rect) -> float:
@@ -557,10 +621,17 @@ def _fit_faces(
 
 
 def _face_crop(
-    source: Size, aspect: float, face: FaceRegion, candidates: Sequence[Box] = ()
+    source: Size,
+    aspect: float,
+    face: FaceRegion,
+    candidates: Sequence[Box] = (),
+    *,
+    slide: bool = False,
 ) -> tuple[Rect, Steering | None]:
     """The face region grown to ``aspect`` around the focal point, inside the image; kept whole
     when it fits, else the faces' outer box is kept when that fits (else the faces are cut).
+    ``slide``: a crop that keeps some face less than KEPT_SHARE inside moves to the nearest start
+    that keeps every face so, where there is one (:func:`_slide`); candidates do not move it then.
 
     With candidates: the crop slides, first along x (its top where the published placement puts
     it), then along y, within the starts that keep the same span, to hold the most candidates
@@ -573,6 +644,11 @@ def _face_crop(
     left = place(fx, width, source.width, keep_x)
     top = place(fy, height, source.height, keep_y)
     inside = [b for b in (clip(c, source) for c in candidates) if b is not None]
+    if slide and not _keeps_all(Rect(left, top, width, height), face.faces):
+        crop = _slide(Rect(left, top, width, height), face.faces, source)
+        if (crop.left, crop.top) != (left, top):
+            held = sum(1 for c in inside if _holds_rect(crop, c))
+            return crop, Steering(len(inside), held, False) if inside else None
     if not inside:
         return Rect(left, top, width, height), None
     published = (left, top)
@@ -603,6 +679,12 @@ def _also_holding(
     for lo, hi in spans:
         low, high = max(low, ceil_pos(hi) - length), min(high, floor_pos(lo))
     return low, high
+
+
+def _holds_rect(rect: Rect, box: Box) -> bool:
+    return _holds(rect.left, rect.width, box.left, box.right) and _holds(
+        rect.top, rect.height, box.top, box.bottom
+    )
 
 
 def _holds(start: int, length: int, lo: float, hi: float) -> bool:
