@@ -476,6 +476,84 @@ def failures(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return found
 
 
+# --- which images changed outcome --------------------------------------------------------------
+
+FLIPPED_METHOD = "focal-face"
+BASELINE_METHOD = "focal-face-published"
+
+
+def all_kept(row: dict[str, Any], aspect: str, method: str) -> bool | None:
+    """Whether ``method`` kept every face of the row's image at ``aspect`` (None: not scored)."""
+    kept = row["kept"].get(aspect, {}).get(method)
+    return None if kept is None else kept == row["faces"]
+
+
+def flips(
+    rows: Sequence[dict[str, Any]],
+    before: Sequence[dict[str, Any]],
+    method: str,
+    before_method: str | None = None,
+) -> dict[str, dict[str, list[str]]]:
+    """Per aspect, the images (paths) whose all-faces-kept outcome for ``method`` differs from
+    ``before_method``'s (default: the same method) in ``before``'s row of the same path:
+    ``kept_to_lost`` and ``lost_to_kept``. Images scored on one side only are left out."""
+    earlier = {row["path"]: row for row in before}
+    found: dict[str, dict[str, list[str]]] = {}
+    for aspect in ASPECTS:
+        block: dict[str, list[str]] = {"kept_to_lost": [], "lost_to_kept": []}
+        for row in rows:
+            old_row = earlier.get(row["path"])
+            now = all_kept(row, aspect, method)
+            then = None if old_row is None else all_kept(old_row, aspect, before_method or method)
+            if now is None or then is None or now == then:
+                continue
+            block["kept_to_lost" if then else "lost_to_kept"].append(row["path"])
+        found[aspect] = block
+    return found
+
+
+def flip_report(rows: Sequence[dict[str, Any]], saved: dict[str, Any] | None) -> dict[str, Any]:
+    """gravity=face's flips against the published placement alone on the same detections, and
+    against the last saved result (every focal method scored in both)."""
+    report: dict[str, Any] = {
+        "method": FLIPPED_METHOD,
+        "against_published": flips(rows, rows, FLIPPED_METHOD, BASELINE_METHOD),
+    }
+    if saved is not None:
+        old_rows = saved.get("images", [])
+        methods = [
+            m
+            for m in METHODS
+            if m.startswith("focal")
+            and any(m in r["kept"].get(a, {}) for r in rows for a in ASPECTS)
+            and any(m in r["kept"].get(a, {}) for r in old_rows for a in ASPECTS)
+        ]
+        report["against_saved"] = {
+            "result": "benchmarks/results/crop_quality.json",
+            "measured": saved.get("machine", {}).get("date"),
+            "commit": saved.get("machine", {}).get("git_commit"),
+            "methods": {m: flips(rows, old_rows, m) for m in methods},
+        }
+    return report
+
+
+def print_flips(report: dict[str, Any]) -> None:
+    def show(title: str, block: dict[str, dict[str, list[str]]]) -> None:
+        for aspect, change in block.items():
+            for kind, paths in change.items():
+                if paths:
+                    names = ", ".join(Path(p).stem for p in paths)
+                    print(f"  {title} {aspect} {kind.replace('_', ' ')} ({len(paths)}): {names}")
+
+    print(f"flips of {report['method']} against the published placement alone:")
+    show("published", report["against_published"])
+    saved = report.get("against_saved")
+    if saved:
+        print(f"flips against the saved result ({saved['measured']}):")
+        for method, block in saved["methods"].items():
+            show(method, block)
+
+
 def summarise(rows: Sequence[dict[str, Any]], names: Sequence[str]) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     for aspect in ASPECTS:
@@ -690,6 +768,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     scored = {*methods, *merged}
     summary = summarise(rows, [m for m in METHODS if m in scored])
     print_table(summary)
+    flipped = flip_report(rows, harness.read_result("crop_quality"))
+    if FLIPPED_METHOD in scored and BASELINE_METHOD in scored:
+        print_flips(flipped)
     found = failures(rows) if "focal-face" in methods else {}
     for aspect, block in found.items():
         print(f"{aspect} gravity=face failures: {block['causes']}")
@@ -719,6 +800,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "seconds": round(time.monotonic() - started, 1),
         "summary": summary,
         "focal_face_failures": found,
+        "flips": flipped,
         "images": rows,
     }
     data["detector_crop_threshold"] = (
