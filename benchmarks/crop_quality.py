@@ -25,6 +25,7 @@ face was kept among the images where the oracle keeps them all.
 
     .venv/bin/python benchmarks/crop_quality.py [--limit N] [--skip-thumbor] [--flip]
         [--crop-threshold T] [--max-side S] [--methods a,b] [--out NAME] [--time-flip N]
+        [--output-width W] [--face-crop-side output|cap]
 
 --skip-thumbor reuses the thumbor rows of the saved results (benchmarks/results/crop_quality.json)
 where they exist, and says so in the results. --time-flip N times the detector with and without
@@ -264,15 +265,20 @@ def focal_crop_fn(gravity: str, detector: Any) -> Callable[[Path, tuple[int, int
     from focal.pipeline import transform
 
     def crop(path: Path, size: tuple[int, int]) -> Crop:
+        width, height = size
+        if OUTPUT["width"] and OUTPUT["width"] < width:  # a smaller output of the same crop
+            width, height = OUTPUT["width"], max(1, round(OUTPUT["width"] * height / width))
         options = Options(
-            width=size[0],
-            height=size[1],
+            width=width,
+            height=height,
             fit=Fit.COVER,
             gravity=Gravity(gravity),
             zoom=0.0,
             format=Format.JSON,
         )
-        result = transform(path.read_bytes(), options, detector=detector)
+        result = transform(
+            path.read_bytes(), options, detector=detector, face_crop_side=OUTPUT["side"]
+        )
         description = json.loads(result.data)
         if gravity == "face":
             DETECTIONS[path] = [
@@ -611,6 +617,9 @@ def build_methods(
     return methods, notes
 
 
+# --output-width and --face-crop-side: focal's output width (0: the crop's own size) and the
+# detection side of its face crops (focal.pipeline.FACE_CROP_SIDES)
+OUTPUT: dict[str, Any] = {"width": 0, "side": "cap"}
 _ITEMS: dict[Path, Item] = {}
 DETECTIONS: dict[Path, list[tuple[tuple[float, float, float, float], float]]] = {}
 CANDIDATES: dict[Path, list[tuple[float, ...]]] = {}
@@ -733,7 +742,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--time-flip", type=int, default=0, help="time the mirrored pass on N images and exit"
     )
+    parser.add_argument(
+        "--output-width",
+        type=int,
+        default=0,
+        help="what-if: focal's output this wide (the same crop, scaled down; default: unscaled)",
+    )
+    parser.add_argument(
+        "--face-crop-side",
+        default=None,
+        help="focal's face_crop_side: output or cap (default: focal's default)",
+    )
     args = parser.parse_args(argv)
+    from focal.pipeline import FACE_CROP_SIDE
+
+    OUTPUT["width"], OUTPUT["side"] = args.output_width, args.face_crop_side or FACE_CROP_SIDE
     selected = items(harness.load_manifest())
     if args.limit:
         selected = selected[: args.limit]
@@ -775,7 +798,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for aspect, block in found.items():
         print(f"{aspect} gravity=face failures: {block['causes']}")
     what_if = (
-        args.crop_threshold is not None
+        bool(args.output_width)
+        or args.face_crop_side is not None
+        or args.crop_threshold is not None
         or args.flip
         or args.max_side is not None
         or args.precision != "fp32"
@@ -809,6 +834,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     data["detector_flip"] = args.flip
     data["detector_max_side"] = detector.max_side if detector is not None else None
     data["detector_precision"] = args.precision
+    data["output_width"] = args.output_width or None
+    data["face_crop_side"] = OUTPUT["side"]
     if detector is not None:
         data["detector_seconds"] = round(detector.seconds, 1)
         data["detector_calls"] = detector.calls

@@ -586,6 +586,19 @@ def test_edge_points_agree_with_the_named_gravities(image: Size, width: int, hei
         assert by_point.crop == by_name.crop, name
 
 
+def test_a_face_crop_detects_at_twice_the_outputs_scale() -> None:
+    side = geometry.crop_detection_side
+    # a 1536 px square crop of a 2048x1536 source shown at 256 px: 1/6, twice that of 2048
+    assert side(Size(2048, 1536), Size(256, 256), Fit.COVER) == 683
+    # shown at full size (the crop is the output): the cap
+    assert side(Size(1024, 683), Size(683, 683), Fit.COVER) == 1024
+    assert side(Size(1024, 683), Size(2000, 2000), Fit.COVER) == 1024  # enlarged: the cap
+    assert side(Size(1024, 683), Size(2000, 2000), Fit.CROP) == 1024  # crop never enlarges
+    assert side(Size(4000, 4000), Size(64, 64), Fit.COVER) == 256  # never below 256
+    assert side(Size(200, 100), Size(10, 10), Fit.COVER) == 256
+    assert side(Size(2048, 2048), Size(256, 256), Fit.COVER, cap=384) == 384
+
+
 # ---- faces that cannot all fit the output's aspect ratio ---------------------------------------
 
 

@@ -283,7 +283,35 @@ def test_a_smaller_detection_side_detects_on_a_smaller_copy_and_maps_back() -> N
 def test_a_detector_never_sees_more_than_the_published_cap() -> None:
     big = images.demo("astronaut.jpg").resize(4).jpegsave_buffer(Q=90)  # 2048x2048
     detector = SidedDetector([(100.0, 100.0, 150.0, 350.0)], 2048)
-    run(big, "format=json,width=256,height=256,fit=cover,gravity=face", detector=detector)
+    options = "format=json,width=256,height=256,fit=cover,gravity=face"
+    run(big, options, detector=detector, face_crop_side="cap")
+    assert detector.seen == [(1024, 1024)]
+
+
+def test_a_face_crop_detects_at_twice_the_outputs_scale_and_redaction_at_the_full_side() -> None:
+    big = images.demo("astronaut.jpg").resize(4).jpegsave_buffer(Q=90)  # 2048x2048
+    crop = "format=json,width=256,height=256,fit=cover,gravity=face"
+    # the 256 px output shows the 2048 px source at 1/8: detection at 2/8 of it, 512 px
+    detector = FixedDetector([(50.0, 50.0, 75.0, 175.0)])
+    _, description = run(big, crop, detector=detector, face_crop_side="output")
+    assert detector.seen == [(512, 512)]
+    assert description["faces"] == [{"box": [200.0, 200.0, 300.0, 700.0], "score": 0.99}]
+    # the published cap when asked for, and for redaction whatever the crop
+    for text, side in ((crop, "cap"), (crop + ",redact=faces", "output")):
+        detector = FixedDetector([(100.0, 100.0, 150.0, 350.0)])
+        _, description = run(big, text, detector=detector, face_crop_side=side)
+        assert detector.seen == [(1024, 1024)], text
+        assert description["faces"][0]["box"] == [200.0, 200.0, 300.0, 700.0]
+    # zoom above 0: the crop is made from the faces, so the detector's side
+    detector = FixedDetector([(100.0, 100.0, 150.0, 350.0)])
+    run(big, crop + ",zoom=0.5", detector=detector, face_crop_side="output")
+    assert detector.seen == [(1024, 1024)]
+
+
+def test_redaction_alone_detects_at_the_full_side() -> None:
+    big = images.demo("astronaut.jpg").resize(4).jpegsave_buffer(Q=90)  # 2048x2048
+    detector = FixedDetector([(100.0, 100.0, 150.0, 350.0)])
+    run(big, "format=json,width=128,height=128,fit=cover,redact=faces", detector=detector)
     assert detector.seen == [(1024, 1024)]
 
 

@@ -419,6 +419,25 @@ def crop_target(source: Size, box: Size, fit: Fit) -> Size:
     return box
 
 
+# --- the detection side of a face crop ----------------------------------------------------------
+
+MIN_DETECTION_SIDE = 256  # the smallest side a face crop detects at (detector_max_side's floor)
+OUTPUT_SCALE_FACTOR = 2  # a face shown 16 px tall in the output is 32 px in the detection image
+
+
+def crop_detection_side(source: Size, box: Size, fit: Fit, cap: int = INFERENCE_CAP) -> int:
+    """The side a zoom=0 face crop of ``source`` to ``box`` (a cropping fit) detects at: twice
+    the scale the output shows the source at, within MIN_DETECTION_SIDE and ``cap``
+    (docs/detector.md). The crop is the largest one of the box's aspect ratio."""
+    _check_size(source)
+    target = crop_target(source, box, fit)
+    width, height = largest_crop(source.width, source.height, target.width / target.height)
+    resize = _cover_size(Size(width, height), target, fit)
+    scale = min(resize.width / width, resize.height / height)
+    side = math.ceil(OUTPUT_SCALE_FACTOR * scale * max(source.width, source.height) - _EPS)
+    return max(min(side, cap), min(MIN_DETECTION_SIDE, cap))
+
+
 # --- the plan ---------------------------------------------------------------------------------
 
 

@@ -52,6 +52,12 @@ class Limits:
     max_animation_pixels: int = 100_000_000  # frames decoded x canvas pixels, all frames together
 
 
+# The detection side of face crops (docs/detector.md): "output" follows the output's scale,
+# "cap" is always the detector's side. Redaction always detects at the detector's side.
+FACE_CROP_SIDES = ("output", "cap")
+FACE_CROP_SIDE = "cap"
+
+
 class Cancel:
     """A transformation's off switch, thrown from another thread (the request's deadline).
 
@@ -137,14 +143,21 @@ def transform(
     limits: Limits = Limits(),
     accept: str | None = None,
     cancel: Cancel | None = None,
+    face_crop_side: str = FACE_CROP_SIDE,
 ) -> Result:
     """Run the whole pipeline. Raises :class:`focal.errors.FocalError` subclasses only.
+
+    ``face_crop_side``: ``output`` (a zoom=0 face crop detects at twice the output's scale,
+    docs/detector.md) or ``cap`` (always at the detector's side). Redaction always detects at
+    the detector's side.
 
     A source that decodes only with warnings (data cut short, a scan that ends before the image
     its header describes, corrupt segments) is served as far as it decodes, the rest grey as
     browsers show it, with :attr:`Result.source_warning` set; one that does not decode at all is
     an ImageError (415). ``cancel`` stops the work from another thread (DeadlineError, 504)."""
-    run = _Run(data, options, detector, limits, accept, cancel or Cancel())
+    if face_crop_side not in FACE_CROP_SIDES:
+        raise ValueError(f"face_crop_side {face_crop_side!r}: expected one of {FACE_CROP_SIDES}")
+    run = _Run(data, options, detector, limits, accept, cancel or Cancel(), face_crop_side)
     try:
         try:
             return _transform(run, fail_on="warning")
@@ -169,11 +182,30 @@ class _Run:
     limits: Limits
     accept: str | None
     cancel: Cancel
+    face_crop_side: str = FACE_CROP_SIDE
 
     @property
     def cap(self) -> int:
         """The inference image's largest side: the detector's (SPEC section 2, step 1)."""
         return INFERENCE_CAP if self.detector is None else inference_cap(self.detector)
+
+
+def detection_side(options: Options, working: Size, cap: int, face_crop_side: str) -> int:
+    """The side detection runs at: ``cap``, except for a zoom=0 face crop with a cropping fit and
+    both sides given, without redaction, under ``face_crop_side="output"``: twice the output's
+    scale (geometry.crop_detection_side). Redaction never detects below ``cap``."""
+    width, height = options.target_width, options.target_height
+    if (
+        face_crop_side != "output"
+        or options.redact
+        or not options.face_gravity
+        or options.zoom != 0
+        or options.fit not in geometry.CROPPING_FITS
+        or width is None
+        or height is None
+    ):
+        return cap
+    return geometry.crop_detection_side(working, Size(width, height), options.fit, cap)
 
 
 def _transform(run: _Run, *, fail_on: str) -> Result:
@@ -404,7 +436,8 @@ def _detect(run: _Run, header: Header, working: Size, timer: Timer, fail_on: str
         return Faces(fallback=NO_DETECTOR)
     if options.trim is not None and options.trim.border:
         return Faces(fallback=NOT_WITH_TRIM_BORDER)
-    inference, factor = geometry.inference_size(working, run.cap)
+    side = detection_side(options, working, run.cap, run.face_crop_side)
+    inference, factor = geometry.inference_size(working, side)
     with timer("decode"):
         shrink = jpeg_shrink(1 / factor) if header.format == "jpeg" else 1
         page = run.cancel.watch(

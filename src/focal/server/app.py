@@ -428,6 +428,8 @@ async def produce(service: Service, request: Request, trace: Trace) -> Response:
     accept_header = request.headers.get("accept")
     accept = accept_class(options, accept_header)
     model = service.detection.model_id() if options.needs_faces else ""
+    if options.face_gravity:  # the detection side of a face crop follows this setting
+        model += f":side-{settings.face_crop_side}"
     normal = normalise(options)
     known, cached = await find_variant(service, source_raw, normal, accept, model, trace)
     if known is not None and cached is not None:  # answered without reading the source
@@ -461,7 +463,13 @@ def _transform_job(
 
     def job() -> Result:
         return transform(
-            data, options, detector=detector, limits=limits, accept=accept, cancel=cancel
+            data,
+            options,
+            detector=detector,
+            limits=limits,
+            accept=accept,
+            cancel=cancel,
+            face_crop_side=service.settings.face_crop_side,
         )
 
     return job
