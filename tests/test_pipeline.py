@@ -530,6 +530,28 @@ def test_candidates_alone_do_not_make_a_face_crop() -> None:
     assert described["crop"] == {"left": 128, "top": 0, "width": 256, "height": 512}
 
 
+class ThresholdDetector(FixedDetector):
+    """A face scoring 0.4: below the detection threshold (``detect`` answers nothing) and above
+    the crop threshold (``detect_with_candidates`` answers it as a face)."""
+
+    def detect(self, batch: Sequence[RGBImage]) -> list[list[Face]]:
+        super().detect(batch)
+        return [[] for _ in batch]
+
+    def detect_with_candidates(
+        self, batch: Sequence[RGBImage]
+    ) -> list[tuple[list[Face], list[Face]]]:
+        self.seen.extend((image.shape[1], image.shape[0]) for image in batch)
+        return [([Face(box=f.box, score=0.4) for f in self.faces], []) for _ in batch]
+
+
+def test_redaction_hides_faces_above_the_crop_threshold() -> None:
+    # redaction takes the faces of a face crop (above 0.3), not only those above 0.5
+    detector = ThresholdDetector([(200.0, 100.0, 260.0, 170.0)])
+    _, description = run(ASTRONAUT, "format=json,width=256,redact=faces", detector=detector)
+    assert description["redacted"] == 1
+
+
 @pytest.mark.slow
 def test_on_a_real_photo_candidates_keep_the_face_the_faces_alone_lose() -> None:
     # WIDER FACE 13--Interview 394, cropped 1:1: the faces alone (scoring above 0.3) put the

@@ -448,7 +448,7 @@ def _detect(run: _Run, header: Header, working: Size, timer: Timer, fail_on: str
     weak: list[Face] = []
     try:
         with timer("detect"):
-            if options.face_gravity:
+            if options.face_gravity or options.redact:  # faces above the crop threshold
                 found, weak = faces_and_candidates(detector, [array])[0]
             else:
                 found = detector.detect([array])[0]
@@ -507,8 +507,8 @@ def _detect_frames(
             for page in _split(strip, frames)
         ]
     try:
-        with timer("detect"):
-            found = detector.detect(arrays)
+        with timer("detect"):  # faces above the crop threshold, as for a single frame
+            found = [faces for faces, _ in faces_and_candidates(detector, arrays)]
     except DetectionFailed as error:
         raise RedactionError(
             f"Faces cannot be redacted now ({DETECTION_FAILED}{error}): "

@@ -264,7 +264,8 @@ SETTINGS: tuple[Setting, ...] = (
         sessions.DetectorConfig.crop_threshold,
         "detector",
         "CPU runtimes: a face crop counts detections scoring above this as faces; weaker ones "
-        "(down to 0.05) only steer the crop (docs/cropping.md).",
+        "(down to 0.05) only steer the crop (docs/cropping.md). redact=faces hides the faces "
+        "above it (docs/accuracy.md).",
     ),
     _s(
         "detector_flip",
