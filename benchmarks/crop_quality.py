@@ -25,6 +25,7 @@ face was kept among the images where the oracle keeps them all.
 
     .venv/bin/python benchmarks/crop_quality.py [--limit N] [--skip-thumbor] [--flip]
         [--crop-threshold T] [--max-side S] [--methods a,b] [--out NAME] [--time-flip N]
+        [--output-width W] [--face-crop-side output|cap]
 
 --skip-thumbor reuses the thumbor rows of the saved results (benchmarks/results/crop_quality.json)
 where they exist, and says so in the results. --time-flip N times the detector with and without
@@ -264,15 +265,20 @@ def focal_crop_fn(gravity: str, detector: Any) -> Callable[[Path, tuple[int, int
     from focal.pipeline import transform
 
     def crop(path: Path, size: tuple[int, int]) -> Crop:
+        width, height = size
+        if OUTPUT["width"] and OUTPUT["width"] < width:  # a smaller output of the same crop
+            width, height = OUTPUT["width"], max(1, round(OUTPUT["width"] * height / width))
         options = Options(
-            width=size[0],
-            height=size[1],
+            width=width,
+            height=height,
             fit=Fit.COVER,
             gravity=Gravity(gravity),
             zoom=0.0,
             format=Format.JSON,
         )
-        result = transform(path.read_bytes(), options, detector=detector)
+        result = transform(
+            path.read_bytes(), options, detector=detector, face_crop_side=OUTPUT["side"]
+        )
         description = json.loads(result.data)
         if gravity == "face":
             DETECTIONS[path] = [
@@ -476,6 +482,84 @@ def failures(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return found
 
 
+# --- which images changed outcome --------------------------------------------------------------
+
+FLIPPED_METHOD = "focal-face"
+BASELINE_METHOD = "focal-face-published"
+
+
+def all_kept(row: dict[str, Any], aspect: str, method: str) -> bool | None:
+    """Whether ``method`` kept every face of the row's image at ``aspect`` (None: not scored)."""
+    kept = row["kept"].get(aspect, {}).get(method)
+    return None if kept is None else kept == row["faces"]
+
+
+def flips(
+    rows: Sequence[dict[str, Any]],
+    before: Sequence[dict[str, Any]],
+    method: str,
+    before_method: str | None = None,
+) -> dict[str, dict[str, list[str]]]:
+    """Per aspect, the images (paths) whose all-faces-kept outcome for ``method`` differs from
+    ``before_method``'s (default: the same method) in ``before``'s row of the same path:
+    ``kept_to_lost`` and ``lost_to_kept``. Images scored on one side only are left out."""
+    earlier = {row["path"]: row for row in before}
+    found: dict[str, dict[str, list[str]]] = {}
+    for aspect in ASPECTS:
+        block: dict[str, list[str]] = {"kept_to_lost": [], "lost_to_kept": []}
+        for row in rows:
+            old_row = earlier.get(row["path"])
+            now = all_kept(row, aspect, method)
+            then = None if old_row is None else all_kept(old_row, aspect, before_method or method)
+            if now is None or then is None or now == then:
+                continue
+            block["kept_to_lost" if then else "lost_to_kept"].append(row["path"])
+        found[aspect] = block
+    return found
+
+
+def flip_report(rows: Sequence[dict[str, Any]], saved: dict[str, Any] | None) -> dict[str, Any]:
+    """gravity=face's flips against the published placement alone on the same detections, and
+    against the last saved result (every focal method scored in both)."""
+    report: dict[str, Any] = {
+        "method": FLIPPED_METHOD,
+        "against_published": flips(rows, rows, FLIPPED_METHOD, BASELINE_METHOD),
+    }
+    if saved is not None:
+        old_rows = saved.get("images", [])
+        methods = [
+            m
+            for m in METHODS
+            if m.startswith("focal")
+            and any(m in r["kept"].get(a, {}) for r in rows for a in ASPECTS)
+            and any(m in r["kept"].get(a, {}) for r in old_rows for a in ASPECTS)
+        ]
+        report["against_saved"] = {
+            "result": "benchmarks/results/crop_quality.json",
+            "measured": saved.get("machine", {}).get("date"),
+            "commit": saved.get("machine", {}).get("git_commit"),
+            "methods": {m: flips(rows, old_rows, m) for m in methods},
+        }
+    return report
+
+
+def print_flips(report: dict[str, Any]) -> None:
+    def show(title: str, block: dict[str, dict[str, list[str]]]) -> None:
+        for aspect, change in block.items():
+            for kind, paths in change.items():
+                if paths:
+                    names = ", ".join(Path(p).stem for p in paths)
+                    print(f"  {title} {aspect} {kind.replace('_', ' ')} ({len(paths)}): {names}")
+
+    print(f"flips of {report['method']} against the published placement alone:")
+    show("published", report["against_published"])
+    saved = report.get("against_saved")
+    if saved:
+        print(f"flips against the saved result ({saved['measured']}):")
+        for method, block in saved["methods"].items():
+            show(method, block)
+
+
 def summarise(rows: Sequence[dict[str, Any]], names: Sequence[str]) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     for aspect in ASPECTS:
@@ -533,6 +617,9 @@ def build_methods(
     return methods, notes
 
 
+# --output-width and --face-crop-side: focal's output width (0: the crop's own size) and the
+# detection side of its face crops (focal.pipeline.FACE_CROP_SIDES)
+OUTPUT: dict[str, Any] = {"width": 0, "side": "cap"}
 _ITEMS: dict[Path, Item] = {}
 DETECTIONS: dict[Path, list[tuple[tuple[float, float, float, float], float]]] = {}
 CANDIDATES: dict[Path, list[tuple[float, ...]]] = {}
@@ -655,7 +742,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--time-flip", type=int, default=0, help="time the mirrored pass on N images and exit"
     )
+    parser.add_argument(
+        "--output-width",
+        type=int,
+        default=0,
+        help="what-if: focal's output this wide (the same crop, scaled down; default: unscaled)",
+    )
+    parser.add_argument(
+        "--face-crop-side",
+        default=None,
+        help="focal's face_crop_side: output or cap (default: focal's default)",
+    )
     args = parser.parse_args(argv)
+    from focal.pipeline import FACE_CROP_SIDE
+
+    OUTPUT["width"], OUTPUT["side"] = args.output_width, args.face_crop_side or FACE_CROP_SIDE
     selected = items(harness.load_manifest())
     if args.limit:
         selected = selected[: args.limit]
@@ -690,11 +791,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     scored = {*methods, *merged}
     summary = summarise(rows, [m for m in METHODS if m in scored])
     print_table(summary)
+    flipped = flip_report(rows, harness.read_result("crop_quality"))
+    if FLIPPED_METHOD in scored and BASELINE_METHOD in scored:
+        print_flips(flipped)
     found = failures(rows) if "focal-face" in methods else {}
     for aspect, block in found.items():
         print(f"{aspect} gravity=face failures: {block['causes']}")
     what_if = (
-        args.crop_threshold is not None
+        bool(args.output_width)
+        or args.face_crop_side is not None
+        or args.crop_threshold is not None
         or args.flip
         or args.max_side is not None
         or args.precision != "fp32"
@@ -719,6 +825,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "seconds": round(time.monotonic() - started, 1),
         "summary": summary,
         "focal_face_failures": found,
+        "flips": flipped,
         "images": rows,
     }
     data["detector_crop_threshold"] = (
@@ -727,6 +834,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     data["detector_flip"] = args.flip
     data["detector_max_side"] = detector.max_side if detector is not None else None
     data["detector_precision"] = args.precision
+    data["output_width"] = args.output_width or None
+    data["face_crop_side"] = OUTPUT["side"]
     if detector is not None:
         data["detector_seconds"] = round(detector.seconds, 1)
         data["detector_calls"] = detector.calls

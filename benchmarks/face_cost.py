@@ -14,12 +14,15 @@ rotating from round to round, so drift on the shared cores falls on all alike):
                    (ONNX Runtime's own default; focal turns it off)
   1024 1 thread    the default side on one ONNX Runtime thread (the default is one per core):
                    what a detector process costs per crop when each has one core of its own
+  1024 side by output   the detector at 1024, face crops detecting at twice the output's scale
+                   (face_crop_side=output, docs/detector.md)
 
 Reported per configuration: median over rounds of the wall and CPU milliseconds per crop,
 their ratio to the default (side=1024) within each round (min / median / max), and the median
 split of one crop (decode, detect, process, encode: focal's Result.timings).
 
     .venv/bin/python benchmarks/face_cost.py [--rounds 5] [--sides 1024,896,768,640,512]
+        [--no-threads] [--out NAME]
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ OPTIONS = "width=256,height=256,fit=cover,gravity=face,format=jpeg,quality=80,me
 DEFAULT = "side=1024"
 SPINNING = "1024 spinning"
 ONE_THREAD = "1024 1 thread"
+BY_OUTPUT = "1024 side by output"
 
 
 @dataclass(frozen=True)
@@ -49,13 +53,15 @@ class Config:
     max_side: int
     spinning: bool = False
     threads: int = 0  # ONNX Runtime's intra-op threads; 0: its default, one per core
+    face_crop_side: str = "cap"  # focal.pipeline.FACE_CROP_SIDES
 
 
-def configurations(sides: Sequence[int]) -> list[Config]:
+def configurations(sides: Sequence[int], threads: bool = True) -> list[Config]:
+    extras = [Config(SPINNING, 1024, spinning=True), Config(ONE_THREAD, 1024, threads=1)]
     return [
         *(Config(f"side={s}", s) for s in sides),
-        Config(SPINNING, 1024, spinning=True),
-        Config(ONE_THREAD, 1024, threads=1),
+        Config(BY_OUTPUT, 1024, face_crop_side="output"),
+        *(extras if threads else []),
     ]
 
 
@@ -77,7 +83,9 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def one_round(detector: Detector, sources: Sequence[bytes], passes: int) -> dict[str, Any]:
+def one_round(
+    detector: Detector, sources: Sequence[bytes], passes: int, side: str = "cap"
+) -> dict[str, Any]:
     """Every source ``passes`` times: wall and CPU ms per crop, and each crop's timings."""
     from focal.options import parse_options
     from focal.pipeline import transform
@@ -87,7 +95,7 @@ def one_round(detector: Detector, sources: Sequence[bytes], passes: int) -> dict
     cpu, start = cpu_seconds(), time.perf_counter()
     for _ in range(passes):
         for data in sources:
-            result = transform(data, options, detector=detector)
+            result = transform(data, options, detector=detector, face_crop_side=side)
             timings.append(result.timings)
     crops = passes * len(sources)
     return {
@@ -125,6 +133,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--passes", type=int, default=2, help="passes over the sources a round")
     parser.add_argument("--sides", default="1024,896,768,640,512")
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--no-threads", action="store_true", help="leave out the thread configs")
+    parser.add_argument("--out", default="face_cost", help="result name")
     args = parser.parse_args(argv)
     sides = [int(s) for s in args.sides.split(",")]
     if 1024 not in sides:
@@ -132,16 +142,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     prepare.prepare()
     files = sorted((harness.INPUTS / "face").glob("*.jpg"))
     sources = [f.read_bytes() for f in files]
-    configs = configurations(sides)
+    configs = configurations(sides, threads=not args.no_threads)
     detectors = {c.name: build(c) for c in configs}
     for detector in detectors.values():  # warm: sessions, arenas, libvips
-        one_round(detector, sources, 1)
+        one_round(detector, sources, 1)  # the side choice does not change what is warmed
     started = time.monotonic()
     rounds: list[dict[str, dict[str, Any]]] = []
     for index in range(args.rounds):
         k = index % len(configs)
         order = [*configs[k:], *configs[:k]]
-        rounds.append({c.name: one_round(detectors[c.name], sources, args.passes) for c in order})
+        rounds.append(
+            {
+                c.name: one_round(detectors[c.name], sources, args.passes, c.face_crop_side)
+                for c in order
+            }
+        )
         print(f"  round {index + 1}/{args.rounds} done", flush=True)
     summary = summarise(rounds)
     for name, row in summary.items():
@@ -158,13 +173,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         "rounds": args.rounds,
         "passes": args.passes,
         "configurations": {
-            c.name: {"max_side": c.max_side, "spinning": c.spinning, "threads": c.threads}
+            c.name: {
+                "max_side": c.max_side,
+                "spinning": c.spinning,
+                "threads": c.threads,
+                "face_crop_side": c.face_crop_side,
+            }
             for c in configs
         },
         "summary": summary,
         "seconds": round(time.monotonic() - started, 1),
     }
-    harness.write_result("face_cost", data, COMMAND)
+    harness.write_result(args.out, data, COMMAND)
     return 0
 
 

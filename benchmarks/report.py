@@ -139,6 +139,7 @@ def crop_section(data: dict[str, Any]) -> str:
         "",
         crop_verdict(summary),
         failure_table(data.get("focal_face_failures") or {}),
+        flip_table(data.get("flips") or {}),
     ]
     if data.get("notes"):
         text.append("Notes: " + "; ".join(f"{k}: {v}" for k, v in data["notes"].items()) + ".\n")
@@ -162,6 +163,31 @@ def failure_table(found: dict[str, Any]) -> str:
         "Where gravity=face lost a face that the best placement keeps, the cause (a labelled face "
         "matches a detection at IoU >= 0.3; `focal_face_failures` in the JSON lists every case):\n\n"
         + table(["cause", *found], rows)
+        + "\n"
+    )
+
+
+def _names(paths: Sequence[str]) -> str:
+    return ", ".join(Path(p).stem for p in paths) if paths else "none"
+
+
+def flip_table(flips: dict[str, Any]) -> str:
+    """The images whose all-faces-kept outcome flipped for gravity=face: against the published
+    placement alone (same detections) and against the result saved before this run."""
+    if not flips:
+        return ""
+    rows = []
+    for aspect, block in flips["against_published"].items():
+        rows.append(["published placement alone", aspect, _names(block["kept_to_lost"]),
+                     _names(block["lost_to_kept"])])  # fmt: skip
+    saved = flips.get("against_saved") or {}
+    for aspect, block in (saved.get("methods", {}).get(flips["method"]) or {}).items():
+        rows.append([f"saved result ({saved.get('measured')}, commit {saved.get('commit')})",
+                     aspect, _names(block["kept_to_lost"]), _names(block["lost_to_kept"])])  # fmt: skip
+    return (
+        "Images whose outcome (every face kept or not) flipped for focal gravity=face "
+        "(`flips` in the JSON; a regression shows here even when the total rises):\n\n"
+        + table(["against", "aspect", "kept -> lost", "lost -> kept"], rows)
         + "\n"
     )
 

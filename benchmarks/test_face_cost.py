@@ -32,9 +32,14 @@ def test_ratios_are_taken_within_each_round_then_summarised() -> None:
 
 def test_every_side_is_measured_beside_the_spinning_default() -> None:
     configs = face_cost.configurations([1024, 768])
-    assert [(c.name, c.max_side, c.spinning, c.threads) for c in configs] == [
-        ("side=1024", 1024, False, 0),
-        ("side=768", 768, False, 0),
-        ("1024 spinning", 1024, True, 0),
-        ("1024 1 thread", 1024, False, 1),
+    assert [(c.name, c.max_side, c.spinning, c.threads, c.face_crop_side) for c in configs] == [
+        ("side=1024", 1024, False, 0, "cap"),
+        ("side=768", 768, False, 0, "cap"),
+        ("1024 side by output", 1024, False, 0, "output"),
+        ("1024 spinning", 1024, True, 0, "cap"),
+        ("1024 1 thread", 1024, False, 1, "cap"),
+    ]
+    assert [c.name for c in face_cost.configurations([1024], threads=False)] == [
+        "side=1024",
+        "1024 side by output",
     ]

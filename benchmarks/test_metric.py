@@ -120,3 +120,31 @@ def test_steered_fallback_holds_the_most_candidates() -> None:
     assert cq.candidate_fallback_crop(path, (100, 100)) == cq.Crop(190, 0, 100, 100)
     cq.CANDIDATES[path] = []
     assert cq.candidate_fallback_crop(path, (100, 100)) == cq.Crop(100, 0, 100, 100)
+
+
+def _row(path: str, faces: int, square: dict[str, int]) -> dict[str, object]:
+    """A result row whose 1:1 counts are ``square`` (faces kept per method), other aspects
+    unscored."""
+    kept: dict[str, dict[str, int]] = {aspect: {} for aspect in cq.ASPECTS}
+    kept["1:1"] = square
+    return {"path": path, "faces": faces, "kept": kept}
+
+
+def test_flips_name_the_images_whose_outcome_changed_both_ways() -> None:
+    now = [
+        _row("a.jpg", 2, {"focal-face": 2, "focal-face-published": 1}),
+        _row("b.jpg", 3, {"focal-face": 2, "focal-face-published": 3}),
+        _row("c.jpg", 1, {"focal-face": 1, "focal-face-published": 1}),
+    ]
+    against_published = cq.flips(now, now, "focal-face", "focal-face-published")
+    assert against_published["1:1"] == {"kept_to_lost": ["b.jpg"], "lost_to_kept": ["a.jpg"]}
+    assert against_published["16:9"] == {"kept_to_lost": [], "lost_to_kept": []}
+    before = [_row("a.jpg", 2, {"focal-face": 1}), _row("c.jpg", 1, {})]
+    # b.jpg is not in the saved run and c.jpg was not scored there: neither counts
+    assert cq.flips(now, before, "focal-face")["1:1"] == {
+        "kept_to_lost": [],
+        "lost_to_kept": ["a.jpg"],
+    }
+    report = cq.flip_report(now, {"images": before, "machine": {"date": "d", "git_commit": "x"}})
+    assert report["against_saved"]["commit"] == "x"
+    assert report["against_saved"]["methods"]["focal-face"]["1:1"]["lost_to_kept"] == ["a.jpg"]

@@ -595,6 +595,19 @@ def test_edge_points_agree_with_the_named_gravities(image: Size, width: int, hei
         assert by_point.crop == by_name.crop, name
 
 
+def test_a_face_crop_detects_at_twice_the_outputs_scale() -> None:
+    side = geometry.crop_detection_side
+    # a 1536 px square crop of a 2048x1536 source shown at 256 px: 1/6, twice that of 2048
+    assert side(Size(2048, 1536), Size(256, 256), Fit.COVER) == 683
+    # shown at full size (the crop is the output): the cap
+    assert side(Size(1024, 683), Size(683, 683), Fit.COVER) == 1024
+    assert side(Size(1024, 683), Size(2000, 2000), Fit.COVER) == 1024  # enlarged: the cap
+    assert side(Size(1024, 683), Size(2000, 2000), Fit.CROP) == 1024  # crop never enlarges
+    assert side(Size(4000, 4000), Size(64, 64), Fit.COVER) == 256  # never below 256
+    assert side(Size(200, 100), Size(10, 10), Fit.COVER) == 256
+    assert side(Size(2048, 2048), Size(256, 256), Fit.COVER, cap=384) == 384
+
+
 # ---- faces that cannot all fit the output's aspect ratio ---------------------------------------
 
 
@@ -618,6 +631,128 @@ def test_a_tiny_face_far_off_does_not_push_the_main_faces_out() -> None:
         face_policy=FacePolicy.PUBLISHED,
     )
     assert not all(holds(published.crop, face) for face in people)  # what the rule fixes
+
+
+def test_a_group_that_overflows_the_crop_by_a_sliver_keeps_every_face() -> None:
+    # a 1000x500 picture, a 1:1 crop is at most 500 wide; the two faces' outer box is 510 wide.
+    # Centred on it (250..750) the crop cuts 5 px of each: 95% and 94.7% inside, both kept.
+    # Leaving the smaller face out would centre the crop on the other and cut it entirely.
+    image = Size(1000, 500)
+    big, small = Box(245, 100, 345, 250), Box(660, 120, 755, 240)
+    result = plan(image, 500, 500, Fit.COVER, G["face"], faces=[big, small])
+    published = plan(
+        image, 500, 500, Fit.COVER, G["face"], faces=[big, small], face_policy=FacePolicy.PUBLISHED
+    )
+    assert result.crop == published.crop == Rect(250, 0, 500, 500)
+    assert result.face is not None and result.face.left_out == ()
+    assert geometry.share_inside(big, result.crop) == pytest.approx(0.95)
+    assert geometry.share_inside(small, result.crop) == pytest.approx(90 / 95)
+    assert faces_that_fit([big, small], image, 1.0) == (big, small)
+
+
+def test_a_group_that_overflows_the_crop_by_far_leaves_the_smallest_face_out() -> None:
+    # the same picture, the faces 780 px apart: centred on both, the crop (240..740) keeps
+    # neither; the smaller is left out and the larger kept whole
+    image = Size(1000, 500)
+    big, small = Box(100, 100, 200, 250), Box(800, 120, 880, 220)
+    result = plan(image, 500, 500, Fit.COVER, G["face"], faces=[big, small])
+    assert result.face is not None and result.face.left_out == (small,)
+    assert holds(result.crop, big)
+    published = plan(
+        image, 500, 500, Fit.COVER, G["face"], faces=[big, small], face_policy=FacePolicy.PUBLISHED
+    )
+    assert geometry.share_inside(big, published.crop) < geometry.KEPT_SHARE
+
+
+def test_when_the_centred_crop_cuts_a_face_the_crop_slides_to_keep_them_all() -> None:
+    # centred on both faces (255..755) the crop keeps 87.5% of the narrow face; starts 234..254
+    # keep both at least 90% inside: the nearest, 254, is taken and nothing is left out (leaving
+    # the narrow face out would centre the crop on the wide one, 380..880, and lose it)
+    image = Size(1000, 500)
+    narrow, wide = Box(250, 100, 290, 300), Box(500, 100, 760, 250)
+    both = [narrow, wide]
+    published = plan(
+        image, 500, 500, Fit.COVER, G["face"], faces=both, face_policy=FacePolicy.PUBLISHED
+    )
+    assert published.crop == Rect(255, 0, 500, 500)
+    assert geometry.share_inside(narrow, published.crop) == pytest.approx(0.875)
+    result = plan(image, 500, 500, Fit.COVER, G["face"], faces=[narrow, wide])
+    assert result.crop == Rect(254, 0, 500, 500)
+    assert result.face is not None and result.face.left_out == ()
+    assert geometry.share_inside(narrow, result.crop) == pytest.approx(0.9)
+
+
+@settings(deadline=None, max_examples=200)
+@given(
+    scene=images_with_faces(max_faces=5), width=st.integers(1, 3000), height=st.integers(1, 3000)
+)
+def test_no_face_is_left_out_when_some_placement_keeps_them_all(
+    scene: tuple[Size, list[Box]], width: int, height: int
+) -> None:
+    image, faces = scene
+    result = plan(image, width, height, Fit.COVER, G["face"], faces=faces)
+    crop = result.crop
+    clipped = [b for b in (geometry.clip(f, image) for f in faces) if b is not None]
+    w, h = crop.width, crop.height
+    if h == image.height:  # the crop is free along x only: try every start
+        starts = [Rect(x, 0, w, h) for x in range(image.width - w + 1)]
+    else:
+        starts = [Rect(0, y, w, h) for y in range(image.height - h + 1)]
+    keeps_all = any(
+        all(geometry.share_inside(f, at) >= geometry.KEPT_SHARE - 1e-9 for f in clipped)
+        for at in starts
+    )
+    assert result.face is not None
+    if keeps_all:
+        assert result.face.left_out == ()
+        assert all(geometry.share_inside(f, crop) >= geometry.KEPT_SHARE - 1e-9 for f in clipped)
+
+
+def test_the_tolerance_is_the_crop_quality_metrics() -> None:
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "benchmarks" / "crop_quality.py"
+    text = path.read_text()
+    assert f"KEPT_SHARE = {geometry.KEPT_SHARE}" in text
+    assert importlib.util.find_spec("focal.geometry") is not None
+
+
+@settings(deadline=None, max_examples=300)
+@given(
+    scene=images_with_faces(max_faces=6),
+    width=st.integers(1, 3000),
+    height=st.integers(1, 3000),
+    zoom=st.sampled_from([0.0, 0.3, 1.0]),
+)
+def test_the_published_placement_stands_whenever_it_keeps_every_face(
+    scene: tuple[Size, list[Box]], width: int, height: int, zoom: float
+) -> None:
+    image, faces = scene
+    fit_plan = plan(image, width, height, Fit.COVER, G["face"], faces=faces, zoom=zoom)
+    published = plan(
+        image,
+        width,
+        height,
+        Fit.COVER,
+        G["face"],
+        faces=faces,
+        zoom=zoom,
+        face_policy=FacePolicy.PUBLISHED,
+    )
+    clipped = [b for b in (geometry.clip(f, image) for f in faces) if b is not None]
+    shares = [geometry.share_inside(face, published.crop) for face in clipped]
+    if all(share >= geometry.KEPT_SHARE for share in shares):
+        assert fit_plan.crop == published.crop
+        assert fit_plan.face is not None and fit_plan.face.left_out == ()
+    else:  # faces are left out only then, and the faces kept are each kept
+        assert fit_plan.face is not None
+        kept = [face for face in clipped if face not in fit_plan.face.left_out]
+        if len(kept) > 1:
+            assert all(
+                geometry.share_inside(face, fit_plan.crop) >= geometry.KEPT_SHARE - 1e-9
+                for face in kept
+            )
 
 
 @settings(deadline=None, max_examples=300)
@@ -763,7 +898,12 @@ def test_candidates_never_change_which_faces_are_kept(
         assert all(holds(steered.crop, face) for face in clipped)
     largest = max(clipped, key=lambda b: b.area)
     if rounded_out(largest).width <= widest and rounded_out(largest).height <= tallest:
-        assert any(holds(steered.crop, f) and f.area == largest.area for f in clipped)
+        # kept: at least the metric's share inside (whole, unless every face is kept that way)
+        assert any(
+            geometry.share_inside(f, steered.crop) >= geometry.KEPT_SHARE - 1e-9
+            and f.area == largest.area
+            for f in clipped
+        )
 
 
 @settings(deadline=None, max_examples=200)

@@ -283,7 +283,35 @@ def test_a_smaller_detection_side_detects_on_a_smaller_copy_and_maps_back() -> N
 def test_a_detector_never_sees_more_than_the_published_cap() -> None:
     big = images.demo("astronaut.jpg").resize(4).jpegsave_buffer(Q=90)  # 2048x2048
     detector = SidedDetector([(100.0, 100.0, 150.0, 350.0)], 2048)
-    run(big, "format=json,width=256,height=256,fit=cover,gravity=face", detector=detector)
+    options = "format=json,width=256,height=256,fit=cover,gravity=face"
+    run(big, options, detector=detector, face_crop_side="cap")
+    assert detector.seen == [(1024, 1024)]
+
+
+def test_a_face_crop_detects_at_twice_the_outputs_scale_and_redaction_at_the_full_side() -> None:
+    big = images.demo("astronaut.jpg").resize(4).jpegsave_buffer(Q=90)  # 2048x2048
+    crop = "format=json,width=256,height=256,fit=cover,gravity=face"
+    # the 256 px output shows the 2048 px source at 1/8: detection at 2/8 of it, 512 px
+    detector = FixedDetector([(50.0, 50.0, 75.0, 175.0)])
+    _, description = run(big, crop, detector=detector, face_crop_side="output")
+    assert detector.seen == [(512, 512)]
+    assert description["faces"] == [{"box": [200.0, 200.0, 300.0, 700.0], "score": 0.99}]
+    # the published cap when asked for, and for redaction whatever the crop
+    for text, side in ((crop, "cap"), (crop + ",redact=faces", "output")):
+        detector = FixedDetector([(100.0, 100.0, 150.0, 350.0)])
+        _, description = run(big, text, detector=detector, face_crop_side=side)
+        assert detector.seen == [(1024, 1024)], text
+        assert description["faces"][0]["box"] == [200.0, 200.0, 300.0, 700.0]
+    # zoom above 0: the crop is made from the faces, so the detector's side
+    detector = FixedDetector([(100.0, 100.0, 150.0, 350.0)])
+    run(big, crop + ",zoom=0.5", detector=detector, face_crop_side="output")
+    assert detector.seen == [(1024, 1024)]
+
+
+def test_redaction_alone_detects_at_the_full_side() -> None:
+    big = images.demo("astronaut.jpg").resize(4).jpegsave_buffer(Q=90)  # 2048x2048
+    detector = FixedDetector([(100.0, 100.0, 150.0, 350.0)])
+    run(big, "format=json,width=128,height=128,fit=cover,redact=faces", detector=detector)
     assert detector.seen == [(1024, 1024)]
 
 
@@ -440,6 +468,22 @@ def test_json_says_which_faces_a_crop_left_out_and_why() -> None:
     assert crop["left"] <= 600 and crop["left"] + crop["width"] >= 780
 
 
+def test_a_group_a_few_pixels_wider_than_the_crop_keeps_every_face() -> None:
+    wide = images.demo("coffee.jpg").resize(2).crop(0, 200, 1000, 400).jpegsave_buffer(Q=90)
+    # a 1000x400 source, a 1:1 crop at most 400 wide; the two faces span 405 px. Centred on
+    # both (302..702) the crop cuts 2 and 3 px of them; leaving the smaller one out would centre
+    # on the larger (150..550) and lose the smaller entirely
+    faces = [(300.0, 100.0, 400.0, 220.0), (610.0, 110.0, 705.0, 220.0)]
+    _, description = run(
+        wide,
+        "format=json,width=200,height=200,fit=cover,gravity=face",
+        detector=FixedDetector(faces),
+    )
+    assert description["faces_left_out"] == 0
+    assert description["outer_box"] == [300.0, 100.0, 705.0, 220.0]
+    assert description["crop"] == {"left": 302, "top": 0, "width": 400, "height": 400}
+
+
 # --- weak candidates steer gravity=face (docs/cropping.md) -------------------------------------
 
 
@@ -484,6 +528,28 @@ def test_candidates_alone_do_not_make_a_face_crop() -> None:
     assert described["fallback"] == geometry.NO_FACE
     assert described["faces"] == [] and described["candidates"] is None
     assert described["crop"] == {"left": 128, "top": 0, "width": 256, "height": 512}
+
+
+class ThresholdDetector(FixedDetector):
+    """A face scoring 0.4: below the detection threshold (``detect`` answers nothing) and above
+    the crop threshold (``detect_with_candidates`` answers it as a face)."""
+
+    def detect(self, batch: Sequence[RGBImage]) -> list[list[Face]]:
+        super().detect(batch)
+        return [[] for _ in batch]
+
+    def detect_with_candidates(
+        self, batch: Sequence[RGBImage]
+    ) -> list[tuple[list[Face], list[Face]]]:
+        self.seen.extend((image.shape[1], image.shape[0]) for image in batch)
+        return [([Face(box=f.box, score=0.4) for f in self.faces], []) for _ in batch]
+
+
+def test_redaction_hides_faces_above_the_crop_threshold() -> None:
+    # redaction takes the faces of a face crop (above 0.3), not only those above 0.5
+    detector = ThresholdDetector([(200.0, 100.0, 260.0, 170.0)])
+    _, description = run(ASTRONAUT, "format=json,width=256,redact=faces", detector=detector)
+    assert description["redacted"] == 1
 
 
 @pytest.mark.slow

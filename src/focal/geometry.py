@@ -33,11 +33,13 @@ INFERENCE_CAP = 1024  # SPEC §2 step 1: detection never runs on more than 1024 
 # "fallback" field say it (the one place these texts are written).
 NO_FACE = "no face found"
 NO_DETECTOR = "face detection is not available"
-NOT_WITH_TRIM_BORDER = "gravity=face cannot be combined with trim=border"
 DETECTION_FAILED = "face detection failed: "
 NO_FOCUS = "no focus point"
 
 LEFT_OUT = "smaller than the faces kept, and not all faces fit the output's aspect ratio"
+# A face counts as kept by a crop with at least this share of its box inside: the tolerance of
+# the crop-quality metric (benchmarks/crop_quality.py KEPT_SHARE), not a tuned value.
+KEPT_SHARE = 0.9
 
 CROPPING_FITS = frozenset({Fit.COVER, Fit.CROP, Fit.ASPECT_CROP})
 NEVER_ENLARGE = frozenset({Fit.SCALE_DOWN, Fit.CROP, Fit.ASPECT_CROP})
@@ -119,6 +121,7 @@ class FaceRegion:
     inference: Size
     scale: float
     left_out: tuple[Box, ...] = ()  # faces that could not fit the output's aspect with the rest
+    faces: tuple[Box, ...] = ()  # the faces the region is computed from (clipped to the image)
 
 
 @dataclass(frozen=True)
@@ -240,7 +243,14 @@ def face_region(
     left = _shift_inside(focal[0] - width / 2, width, image.width)
     top = _shift_inside(focal[1] - height / 2, height, image.height)
     crop = Box(left, top, left + width, top + height)
-    return FaceRegion(outer=outer, focal=focal, crop=crop, inference=inference, scale=factor)
+    return FaceRegion(
+        outer=outer,
+        focal=focal,
+        crop=crop,
+        inference=inference,
+        scale=factor,
+        faces=tuple(clipped),
+    )
 
 
 def _scale_back(side: float, inference_side: int, image_side: int, factor: float) -> float:
@@ -414,6 +424,25 @@ def crop_target(source: Size, box: Size, fit: Fit) -> Size:
     return box
 
 
+# --- the detection side of a face crop ----------------------------------------------------------
+
+MIN_DETECTION_SIDE = 256  # the smallest side a face crop detects at (detector_max_side's floor)
+OUTPUT_SCALE_FACTOR = 2  # a face shown 16 px tall in the output is 32 px in the detection image
+
+
+def crop_detection_side(source: Size, box: Size, fit: Fit, cap: int = INFERENCE_CAP) -> int:
+    """The side a zoom=0 face crop of ``source`` to ``box`` (a cropping fit) detects at: twice
+    the scale the output shows the source at, within MIN_DETECTION_SIDE and ``cap``
+    (docs/detector.md). The crop is the largest one of the box's aspect ratio."""
+    _check_size(source)
+    target = crop_target(source, box, fit)
+    width, height = largest_crop(source.width, source.height, target.width / target.height)
+    resize = _cover_size(Size(width, height), target, fit)
+    scale = min(resize.width / width, resize.height / height)
+    side = math.ceil(OUTPUT_SCALE_FACTOR * scale * max(source.width, source.height) - _EPS)
+    return max(min(side, cap), min(MIN_DETECTION_SIDE, cap))
+
+
 # --- the plan ---------------------------------------------------------------------------------
 
 
@@ -483,7 +512,10 @@ def plan(
         if choice.face is not None and face_policy is FacePolicy.FIT:
             choice = _fit_faces(choice, faces, zoom, source, cap, box.width / box.height)
         if choice.face is not None:
-            crop, steering = _face_crop(source, box.width / box.height, choice.face, candidates)
+            slide = face_policy is FacePolicy.FIT
+            crop, steering = _face_crop(
+                source, box.width / box.height, choice.face, candidates, slide=slide
+            )
         else:
             crop, steering = _cropping_region(source, box, choice, whole), None
         resize = _cover_size(crop.size, box, fit)
@@ -507,24 +539,93 @@ def _cropping_region(source: Size, box: Size, choice: _Choice, whole: Rect) -> R
     return _anchored(choice.mode, whole, width, height)
 
 
-def faces_that_fit(faces: Sequence[Box], image: Size, aspect: float) -> tuple[Box, ...]:
-    """The faces a crop of ``aspect`` keeps when the outer box of all of them is wider or taller
-    than the largest such crop of the image: the smallest face is dropped until the outer box of
-    the rest fits. Every face when they all fit; never fewer than the largest one. Ties in size
+def faces_that_fit(
+    faces: Sequence[Box],
+    image: Size,
+    aspect: float,
+    zoom: float = 0.0,
+    cap: int = INFERENCE_CAP,
+) -> tuple[Box, ...]:
+    """The faces a crop of ``aspect`` keeps. Every face when the published placement (the crop
+    centred on the outer box of all of them) keeps each at least KEPT_SHARE inside, even if the
+    outer box overflows the crop by a sliver; otherwise the smallest face is dropped until the
+    crop placed on the rest keeps each of them so. Never fewer than the largest face. Ties in size
     are broken by position, so the answer does not depend on the order of the detections."""
-    widest, tallest = largest_crop(image.width, image.height, aspect)
     kept = sorted(faces, key=lambda b: (-b.area, b.left, b.top, b.right, b.bottom))
-    while len(kept) > 1 and not _fits(kept, widest, tallest, image):
+    while len(kept) > 1 and not _all_kept(kept, image, aspect, zoom, cap):
         kept.pop()
     return tuple(kept)
 
 
-def _fits(faces: Sequence[Box], width: int, height: int, image: Size) -> bool:
-    outer = outer_box(faces)
-    if outer is None:
+def _all_kept(faces: Sequence[Box], image: Size, aspect: float, zoom: float, cap: int) -> bool:
+    """Whether the crop placed on ``faces`` keeps each at least KEPT_SHARE inside."""
+    region = face_region(faces, zoom, image, cap)
+    if region is None:
         return True
-    rect = enclosing_rect(outer, image)
-    return rect.width <= width and rect.height <= height
+    crop, _ = _face_crop(image, aspect, region, slide=True)
+    return _keeps_all(crop, faces)
+
+
+def _keeps_all(crop: Rect, faces: Sequence[Box]) -> bool:
+    return all(share_inside(face, crop) >= KEPT_SHARE - _EPS for face in faces)
+
+
+def keeping_starts(
+    spans: Sequence[tuple[float, float, float]], length: int, limit: int
+) -> tuple[int, int] | None:
+    """The integer starts (lowest, highest) of a ``length`` span inside ``0..limit`` keeping, for
+    each ``(lo, hi, need)``, at least ``need`` (a share, 0..1) of ``lo..hi`` inside; None when no
+    start keeps them all."""
+    low, high = 0.0, float(limit - length)
+    for lo, hi, need in spans:
+        size = hi - lo
+        if need > 1 + _EPS or need * size > length + _EPS:
+            return None
+        low, high = max(low, lo + need * size - length), min(high, hi - need * size)
+    first, last = ceil_pos(low), floor_pos(high)
+    return (first, last) if first <= last else None
+
+
+def _slide(crop: Rect, faces: Sequence[Box], source: Size) -> Rect:
+    """The crop moved to the nearest start keeping every face at least KEPT_SHARE inside: along
+    x (its rows kept), else along y; the crop itself when neither can."""
+    for along_x in (True, False):
+        spans = []
+        for face in faces:
+            other = _overlap_share(face, crop, not along_x)
+            if other <= 0:
+                break
+            lo, hi = (face.left, face.right) if along_x else (face.top, face.bottom)
+            spans.append((lo, hi, KEPT_SHARE / other))
+        else:
+            length = crop.width if along_x else crop.height
+            limit = source.width if along_x else source.height
+            found = keeping_starts(spans, length, limit)
+            if found is not None:
+                start = crop.left if along_x else crop.top
+                nearest = min(max(start, found[0]), found[1])
+                if along_x:
+                    return Rect(nearest, crop.top, crop.width, crop.height)
+                return Rect(crop.left, nearest, crop.width, crop.height)
+    return crop
+
+
+def _overlap_share(box: Box, crop: Rect, along_x: bool) -> float:
+    """The share of ``box``'s extent along one axis inside the crop's extent along it."""
+    lo, hi = (box.left, box.right) if along_x else (box.top, box.bottom)
+    start, end = (crop.left, crop.right) if along_x else (crop.top, crop.bottom)
+    if hi <= lo:
+        return 1.0
+    return max(min(hi, end) - max(lo, start), 0.0) / (hi - lo)
+
+
+def share_inside(box: Box, rect: Rect) -> float:
+    """The share of ``box``'s area inside ``rect`` (1 for an empty box)."""
+    if box.area <= 0:
+        return 1.0
+    width = min(box.right, rect.right) - max(box.left, rect.left)
+    height = min(box.bottom, rect.bottom) - max(box.top, rect.top)
+    return max(width, 0.0) * max(height, 0.0) / box.area
 
 
 def _fit_faces(
@@ -532,7 +633,7 @@ def _fit_faces(
 ) -> _Choice:
     """The choice for the faces that fit ``aspect`` (the same choice when all of them do)."""
     clipped = [b for b in (clip(face, source) for face in faces) if b is not None]
-    kept = faces_that_fit(clipped, source, aspect)
+    kept = faces_that_fit(clipped, source, aspect, zoom, cap)
     if len(kept) == len(clipped):
         return choice
     region = face_region(kept, zoom, source, cap)
@@ -544,10 +645,17 @@ def _fit_faces(
 
 
 def _face_crop(
-    source: Size, aspect: float, face: FaceRegion, candidates: Sequence[Box] = ()
+    source: Size,
+    aspect: float,
+    face: FaceRegion,
+    candidates: Sequence[Box] = (),
+    *,
+    slide: bool = False,
 ) -> tuple[Rect, Steering | None]:
     """The face region grown to ``aspect`` around the focal point, inside the image; kept whole
     when it fits, else the faces' outer box is kept when that fits (else the faces are cut).
+    ``slide``: a crop that keeps some face less than KEPT_SHARE inside moves to the nearest start
+    that keeps every face so, where there is one (:func:`_slide`); candidates do not move it then.
 
     With candidates: the crop slides, first along x (its top where the published placement puts
     it), then along y, within the starts that keep the same span, to hold the most candidates
@@ -560,6 +668,11 @@ def _face_crop(
     left = place(fx, width, source.width, keep_x)
     top = place(fy, height, source.height, keep_y)
     inside = [b for b in (clip(c, source) for c in candidates) if b is not None]
+    if slide and not _keeps_all(Rect(left, top, width, height), face.faces):
+        crop = _slide(Rect(left, top, width, height), face.faces, source)
+        if (crop.left, crop.top) != (left, top):
+            held = sum(1 for c in inside if _holds_rect(crop, c))
+            return crop, Steering(len(inside), held, False) if inside else None
     if not inside:
         return Rect(left, top, width, height), None
     published = (left, top)
@@ -590,6 +703,12 @@ def _also_holding(
     for lo, hi in spans:
         low, high = max(low, ceil_pos(hi) - length), min(high, floor_pos(lo))
     return low, high
+
+
+def _holds_rect(rect: Rect, box: Box) -> bool:
+    return _holds(rect.left, rect.width, box.left, box.right) and _holds(
+        rect.top, rect.height, box.top, box.bottom
+    )
 
 
 def _holds(start: int, length: int, lo: float, hi: float) -> bool:

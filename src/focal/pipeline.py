@@ -60,6 +60,12 @@ class Limits:
     max_animation_pixels: int = 100_000_000  # frames decoded x canvas pixels, all frames together
 
 
+# The detection side of face crops (docs/detector.md): "output" follows the output's scale,
+# "cap" is always the detector's side. Redaction always detects at the detector's side.
+FACE_CROP_SIDES = ("output", "cap")
+FACE_CROP_SIDE = "cap"
+
+
 class Cancel:
     """A transformation's off switch, thrown from another thread (the request's deadline).
 
@@ -146,6 +152,7 @@ def transform(
     accept: str | None = None,
     cancel: Cancel | None = None,
     overlays: Mapping[str, bytes] | None = None,
+    face_crop_side: str = FACE_CROP_SIDE,
 ) -> Result:
     """Run the whole pipeline. Raises :class:`focal.errors.FocalError` subclasses only.
 
@@ -153,11 +160,18 @@ def transform(
     the same checks as the source); each is held to the source's byte and pixel limits, and all
     of them together to ``max_pixels``.
 
+    ``face_crop_side``: ``output`` (a zoom=0 face crop detects at twice the output's scale,
+    docs/detector.md) or ``cap`` (always at the detector's side). Redaction always detects at
+    the detector's side.
+
     A source that decodes only with warnings (data cut short, a scan that ends before the image
     its header describes, corrupt segments) is served as far as it decodes, the rest grey as
     browsers show it, with :attr:`Result.source_warning` set; one that does not decode at all is
     an ImageError (415). ``cancel`` stops the work from another thread (DeadlineError, 504)."""
-    run = _Run(data, options, detector, limits, accept, cancel or Cancel(), dict(overlays or {}))
+    if face_crop_side not in FACE_CROP_SIDES:
+        raise ValueError(f"face_crop_side {face_crop_side!r}: expected one of {FACE_CROP_SIDES}")
+    drawn = dict(overlays or {})
+    run = _Run(data, options, detector, limits, accept, cancel or Cancel(), drawn, face_crop_side)
     try:
         try:
             return _transform(run, fail_on="warning")
@@ -183,11 +197,30 @@ class _Run:
     accept: str | None
     cancel: Cancel
     overlays: dict[str, bytes] = field(default_factory=dict)
+    face_crop_side: str = FACE_CROP_SIDE
 
     @property
     def cap(self) -> int:
         """The inference image's largest side: the detector's (SPEC section 2, step 1)."""
         return INFERENCE_CAP if self.detector is None else inference_cap(self.detector)
+
+
+def detection_side(options: Options, working: Size, cap: int, face_crop_side: str) -> int:
+    """The side detection runs at: ``cap``, except for a zoom=0 face crop with a cropping fit and
+    both sides given, without redaction, under ``face_crop_side="output"``: twice the output's
+    scale (geometry.crop_detection_side). Redaction never detects below ``cap``."""
+    width, height = options.target_width, options.target_height
+    if (
+        face_crop_side != "output"
+        or options.redact
+        or not options.face_gravity
+        or options.zoom != 0
+        or options.fit not in geometry.CROPPING_FITS
+        or width is None
+        or height is None
+    ):
+        return cap
+    return geometry.crop_detection_side(working, Size(width, height), options.fit, cap)
 
 
 def _transform(run: _Run, *, fail_on: str) -> Result:
@@ -475,7 +508,8 @@ def _detect(run: _Run, header: Header, working: Size, timer: Timer, fail_on: str
     options, detector = run.options, run.detector
     if detector is None:
         return Faces(fallback=NO_DETECTOR)
-    inference, factor = geometry.inference_size(working, run.cap)
+    side = detection_side(options, working, run.cap, run.face_crop_side)
+    inference, factor = geometry.inference_size(working, side)
     with timer("decode"):
         shrink = jpeg_shrink(1 / factor) if header.format == "jpeg" else 1
         page = run.cancel.watch(
@@ -486,7 +520,7 @@ def _detect(run: _Run, header: Header, working: Size, timer: Timer, fail_on: str
     weak: list[Face] = []
     try:
         with timer("detect"):
-            if options.face_gravity:
+            if options.face_gravity or options.redact:  # faces above the crop threshold
                 found, weak = faces_and_candidates(detector, [array])[0]
             else:
                 found = detector.detect([array])[0]
@@ -545,8 +579,8 @@ def _detect_frames(
             for page in _split(strip, frames)
         ]
     try:
-        with timer("detect"):
-            found = detector.detect(arrays)
+        with timer("detect"):  # faces above the crop threshold, as for a single frame
+            found = [faces for faces, _ in faces_and_candidates(detector, arrays)]
     except DetectionFailed as error:
         raise RedactionError(
             f"Faces cannot be redacted now ({DETECTION_FAILED}{error}): "

@@ -310,7 +310,8 @@ def inference_array(
     header = read_header(data)
     check(header, max_pixels=limits.max_pixels, max_frames=limits.max_frames)
     working = pipeline._working_size(header, options)
-    inference, factor = geometry.inference_size(working, cap)
+    side = pipeline.detection_side(options, working, cap, pipeline.FACE_CROP_SIDE)
+    inference, factor = geometry.inference_size(working, side)
     shrink = jpeg_shrink(1 / factor) if header.format == "jpeg" else 1
     for fail_on in ("warning", "none"):  # as the pipeline retries a damaged source
         try:

@@ -387,11 +387,15 @@ REDACTION_KEY = ":redact-2"  # moves when redaction grows stronger: older, weake
 
 
 def face_key(service: Service, options: Options) -> str:
-    """The cache key's part for face detection: the model (empty without detection), and with
-    redact=faces the redaction's own version."""
+    """The cache key's part for face detection: the model (empty without detection), with
+    redact=faces the redaction's own version, and with gravity=face the detection side's
+    setting."""
     if not options.needs_faces:
         return ""
-    return service.detection.model_id() + (REDACTION_KEY if options.redact else "")
+    key = service.detection.model_id() + (REDACTION_KEY if options.redact else "")
+    if options.face_gravity:  # the detection side of a face crop follows this setting
+        key += f":side-{service.settings.face_crop_side}"
+    return key
 
 
 def accept_class(options: Options, accept: str | None) -> str:
@@ -530,6 +534,7 @@ def _transform_job(
             accept=accept,
             cancel=cancel,
             overlays=overlay_bytes,
+            face_crop_side=service.settings.face_crop_side,
         )
 
     return job

@@ -39,6 +39,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "cache_backend": ("disk", "s3"),
     "loop": ("auto", "asyncio", "uvloop"),
     "http": ("auto", "h11", "httptools"),
+    "face_crop_side": ("output", "cap"),
 }
 
 
@@ -273,7 +274,8 @@ SETTINGS: tuple[Setting, ...] = (
         sessions.DetectorConfig.crop_threshold,
         "detector",
         "CPU runtimes: a face crop counts detections scoring above this as faces; weaker ones "
-        "(down to 0.05) only steer the crop (docs/cropping.md).",
+        "(down to 0.05) only steer the crop (docs/cropping.md). redact=faces hides the faces "
+        "above it (docs/accuracy.md).",
     ),
     _s(
         "detector_flip",
@@ -291,6 +293,15 @@ SETTINGS: tuple[Setting, ...] = (
         f"Most pixels per side detection runs on, {sessions.MIN_MAX_SIDE} to "
         f"{sessions.DetectorConfig.max_side} (the published cap): smaller is faster and finds "
         "fewer small faces (docs/detector.md).",
+    ),
+    _s(
+        "face_crop_side",
+        "str",
+        "cap",
+        "detector",
+        "Detection side of gravity=face crops with zoom=0: output (twice the output's scale, at "
+        "most detector_max_side) or cap (always detector_max_side, the published algorithm). "
+        "Redaction always detects at detector_max_side (docs/detector.md).",
     ),
     _s("detection_cache_entries", "int", 1024, "detector", "Detections kept per image content."),
     _s(
@@ -525,6 +536,7 @@ class Settings:
     face_crop_threshold: float = DEFAULTS["face_crop_threshold"]
     detector_flip: bool = DEFAULTS["detector_flip"]
     detector_max_side: int = DEFAULTS["detector_max_side"]
+    face_crop_side: str = DEFAULTS["face_crop_side"]
     detection_cache_entries: int = DEFAULTS["detection_cache_entries"]
     presets: tuple[tuple[str, str], ...] = DEFAULTS["presets"]
     presets_only: bool = DEFAULTS["presets_only"]
