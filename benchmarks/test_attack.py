@@ -1,0 +1,47 @@
+"""The attack script's smoke form against a real ``focal serve`` on loopback (under two
+minutes): hostile origin codings and drips, 1,100 connections that never finish a request under
+a soft open-file limit of 1,024, and request heads past the limits.
+
+.venv/bin/pytest benchmarks/test_attack.py -q
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).with_name("attack.py")
+FAMILIES = ("encodings", "drip", "sockets", "heads")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_the_quick_attack_is_refused_and_healthz_keeps_answering(tmp_path: Path) -> None:
+    out = tmp_path / "attack.json"
+    command = [sys.executable, str(SCRIPT), "--quick", "--out", str(out)]
+    command += [arg for family in FAMILIES for arg in ("--family", family)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=280, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+
+    for row in result["encodings"]["rows"]:
+        assert row["status"] == 502 and "Content-Encoding" in row["detail"], row
+        assert row["rss_growth_mib"] < 100, row
+    (drip,) = result["drip"]["rows"]
+    assert drip["status"] == 502 and "in all" in drip["detail"]
+
+    sockets = result["sockets"]
+    assert sum(c["count"] for c in sockets["closed"].values()) == 1100
+    assert sockets["healthz"]["probes"] > 0 and sockets["healthz"]["failed"] == 0
+
+    answers = {row["attack"]: row["answer"] for row in result["heads"]["rows"]}
+    assert answers["url"].startswith("HTTP/1.1 414")
+    assert answers["headers"].startswith("HTTP/1.1 431")
+    assert answers["count"].startswith("HTTP/1.1 431")
+    for row in result["heads"]["rows"]:
+        assert row["rss_growth_mib"] < 50, row
+    assert result["heads"]["health"]["failures"] == 0
