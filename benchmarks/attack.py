@@ -761,13 +761,13 @@ def front_markdown(results: dict[str, Any]) -> str:
             lines.append(
                 f"| {row['what']} | {row['status']} | {row['ms']:.0f} "
                 f"| {row['rss_before_mib']:.0f} MiB | {row['rss_peak_mib']:.0f} MiB "
-                f"| {row['rss_growth_mib']:.0f} MiB | {row['detail']} |"
+                f"| {row['rss_growth_mib']:.0f} MiB | {row['detail'].split(': http')[0]} |"
             )
         lines.append("")
     heads = results.get("heads")
     if heads:
         lines += [
-            "| request | answer | MiB sent before it | time (ms) | RSS before | peak RSS |",
+            "| request | answer | MiB the client sent | time (ms) | RSS before | peak RSS |",
             "|---|---|---|---|---|---|",
         ]
         for row in heads["rows"]:
