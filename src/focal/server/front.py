@@ -20,7 +20,8 @@ front closes both, at the cost of a few attribute updates and one timer per requ
 
 Refusals are JSON (``{"error": ...}``, as focal's other errors), sent with ``Connection: close``;
 the connection's write side is shut at once and what the client still sends is read and dropped
-for at most LINGER_S, so the client receives the answer rather than a reset. Every close is
+for at most LINGER_S, so the client receives the answer rather than a reset (at most LINGER_MAX
+connections at once linger; past that a refusal closes at once). Every close is
 counted by reason in ``/metrics`` (``focal_http_connections_closed_total``) and logged at debug.
 """
 
@@ -42,6 +43,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from focal.server import logs
 
 LINGER_S = 1.0  # how long a refused connection's input is read and dropped before the close
+LINGER_MAX = 128  # refused connections lingering at once; past it a refusal closes at once
 FILE_RESERVE = 256  # descriptors kept for everything but client connections (files, pipes)
 MAX_FILE_LIMIT = 1 << 20  # when the hard limit is unlimited
 
@@ -53,6 +55,7 @@ REASONS = {
     "over_connection_limit": "max_connections already open (503)",
 }
 CLOSED: Counter[str] = Counter()  # this process's closes, by reason
+_lingering = 0  # refused connections still being read and dropped (each holds a descriptor)
 
 
 @dataclass(frozen=True)
@@ -166,9 +169,18 @@ class _Front:
         if transport.is_closing():
             return
         transport.write(_refusal(status, phrase, message))
-        if transport.can_write_eof():
-            transport.write_eof()
-        self.loop.call_later(LINGER_S, transport.close)
+        global _lingering
+        if _lingering >= LINGER_MAX or not transport.can_write_eof():
+            transport.close()  # a flood of refusals: no descriptor held past the answer
+            return
+        transport.write_eof()
+        _lingering += 1
+        self.loop.call_later(LINGER_S, self._linger_over)
+
+    def _linger_over(self) -> None:
+        global _lingering
+        _lingering -= 1
+        self.transport.close()
 
 
 def _httptools_class() -> type[Any]:
