@@ -17,6 +17,7 @@ import httpx
 import pytest
 from tests.live import Live, serve
 
+from focal.errors import SettingsError
 from focal.server import front
 from focal.server.settings import Settings
 
@@ -235,3 +236,9 @@ def test_the_front_limits_are_settings_with_safe_defaults() -> None:
     assert settings.max_header_bytes == 32768 and settings.max_headers == 100
     assert settings.max_url_bytes == 8192 and settings.max_connections == 4096
     assert settings.remote_total_timeout_s < settings.request_timeout_s
+
+
+@pytest.mark.parametrize("name", ["header_timeout_s", "max_connections", "max_header_bytes"])
+def test_a_front_limit_of_zero_is_a_settings_error(name: str) -> None:
+    with pytest.raises(SettingsError, match=name):
+        Settings(**{name: 0})

@@ -489,7 +489,9 @@ class Settings:
             )
         if self.workers < 1:
             raise SettingsError(f"Expected at least 1 for workers but received {self.workers}")
-        for name in ("header_timeout_s", "remote_total_timeout_s", "max_connections"):
+        positive = ["header_timeout_s", "remote_total_timeout_s", "max_connections"]
+        positive += ["max_header_bytes", "max_headers", "max_url_bytes"]
+        for name in positive:
             if getattr(self, name) <= 0:
                 raise SettingsError(f"Expected more than 0 for {name} but received 0")
         low, high = sessions.MIN_MAX_SIDE, sessions.DetectorConfig.max_side
