@@ -21,7 +21,8 @@ read raw, as it came over the wire, and cut off past max_bytes: focal asks for
 deflate, br, gzip inside gzip, an unknown coding) is refused (502) before a byte of it is read,
 so no decompression bomb is ever inflated. The whole fetch, redirects and body included, ends
 after total_timeout seconds (502), however regularly the origin sends its bytes. A failed fetch
-drops what it had read and gives the memory back (focal.server.memory). Public error messages
+drops what it had read and gives the memory back (focal.server.memory), as does a fetch of
+TRIM_AFTER_BYTES or more once its pieces are joined. Public error messages
 never name resolved addresses.
 """
 
@@ -50,6 +51,7 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 READ_CHUNK = 1 << 16
+TRIM_AFTER_BYTES = 8 << 20  # a remote body this large: trim once its chunks are joined
 
 
 @dataclass(frozen=True)
@@ -336,7 +338,7 @@ class RemoteOrigin:
         and the heap trimmed."""
         try:
             async with asyncio.timeout(self._total_timeout):
-                return await self._fetch(url)
+                source = await self._fetch(url)
         except TimeoutError as exc:
             memory.trim_soon()
             host = httpx.URL(url).host
@@ -347,6 +349,9 @@ class RemoteOrigin:
         except BaseException:
             memory.trim_soon()
             raise
+        if len(source.data) >= TRIM_AFTER_BYTES:  # the chunks it was joined from are free now
+            memory.trim_soon()
+        return source
 
     async def _fetch(self, url: str) -> Source:
         current = self._checked_url(url)
