@@ -4,6 +4,9 @@ stops the work and not only the answer, and nothing blocks the event loop."""
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import http.server
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -144,3 +147,55 @@ def test_unicode_and_huge_numbers_are_400_not_500(server: Server, value: str) ->
     r = httpx.get(server.url(f"/cdn-cgi/image/width={value}/anim.gif"), timeout=60)
     assert r.status_code == 400
     assert "width" in r.json()["error"] or "options" in r.json()["error"]
+
+
+class _Streaming(http.server.BaseHTTPRequestHandler):
+    """An origin that streams 80 MB without a Content-Length: over the server's 50 MB limit,
+    found out only while reading."""
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "image/jpeg")
+        self.end_headers()
+        with contextlib.suppress(OSError):
+            for _ in range(80):
+                self.wfile.write(b"\xff" * 1_000_000)
+        self.close_connection = True
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def streaming_origin() -> Iterator[str]:
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Streaming)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_memory_goes_back_after_failed_remote_fetches(
+    tmp_path: Path, streaming_origin: str
+) -> None:
+    args = ["--no-face", "--no-cache-enabled", "--max-bytes", "50000000"]
+    args += ["--remote-prefixes", streaming_origin, "--allowed-networks", "127.0.0.0/8"]
+    running = start_server(tmp_path, args)
+    try:
+        pid = running.process.pid
+        time.sleep(1.0)
+        start = rss_bytes(pid)
+        for attempt in range(2):
+            url = running.url(f"/cdn-cgi/image/width=64/{streaming_origin}big-{attempt}.jpg")
+            r = httpx.get(url, timeout=60)
+            assert r.status_code == 413, r.text[:200]
+        deadline = time.monotonic() + 10
+        while rss_bytes(pid) > start + 20 * MIB and time.monotonic() < deadline:
+            time.sleep(0.2)
+        grown = (rss_bytes(pid) - start) / MIB
+        assert grown <= 20, f"RSS still {grown:.0f} MiB above its start after two refused fetches"
+    finally:
+        running.stop()

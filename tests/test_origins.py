@@ -1,10 +1,13 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import gzip
 import ipaddress
 import os
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -26,6 +29,19 @@ from focal.server.origins import (
 
 IMAGE = b"\xff\xd8\xff\xe0 not really a jpeg, but bytes all the same"
 BIG = 300_000
+
+
+@functools.cache
+def encoded_body(coding: str) -> bytes:
+    """A body as an origin would send it with Content-Encoding ``coding``."""
+    zeros = b"\0" * 20_000_000
+    if coding.replace(" ", "").lower() == "gzip,gzip":
+        return gzip.compress(gzip.compress(zeros, 9), 9)
+    if coding.lower() == "gzip":
+        return gzip.compress(zeros, 9)
+    if coding.lower() == "deflate":
+        return zlib.compress(zeros, 9)
+    return IMAGE  # br, an unknown coding, identity: the bytes themselves
 
 
 # ---------------------------------------------------------------------------------------------
@@ -102,6 +118,31 @@ class Handler(BaseHTTPRequestHandler):
 
     def route_broken(self, query: dict[str, list[str]]) -> None:
         self.send_error(500)
+
+    def route_encoded(self, query: dict[str, list[str]]) -> None:
+        # a body sent with the Content-Encoding asked for (?coding=), focal having asked for
+        # identity: gzip inside gzip inflates to 20 MB from a few kilobytes
+        coding = query.get("coding", [""])[0]
+        body = encoded_body(coding)
+        self.send_response(200)
+        if coding:
+            self.send_header("Content-Encoding", coding)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def route_drip(self, query: dict[str, list[str]]) -> None:
+        # a byte every 0.2 s: each wait under the read timeout, 8 s in all
+        self.send_response(200)
+        self.send_header("Content-Length", "40")
+        self.end_headers()
+        try:
+            for _ in range(40):
+                self.wfile.write(b"x")
+                self.wfile.flush()
+                time.sleep(0.2)
+        except OSError:
+            pass  # the client gave up
 
     def log_message(self, format: str, *args: object) -> None:
         pass
@@ -261,6 +302,37 @@ def test_read_timeout_is_upstream_error(origin: Origin) -> None:
     with pytest.raises(UpstreamError, match="timed out"):
         fetch(open_remote(("127.0.0.0/8",)), f"{origin.base}/slow")
     assert time.monotonic() - started < 8  # the 0.5 s read timeout, not the 10 s answer
+
+
+@pytest.mark.parametrize("coding", ["gzip, gzip", "gzip", "GZIP", "deflate", "br", "x-unknown"])
+def test_encoded_bodies_are_refused_without_being_decoded(origin: Origin, coding: str) -> None:
+    # focal asks for identity; whatever else the origin sends is refused by name, before any
+    # inflation (gzip inside gzip here: 20 MB of zeros in a few kilobytes)
+    with pytest.raises(UpstreamError) as caught:
+        fetch(open_remote(("127.0.0.0/8",)), f"{origin.base}/encoded?coding={coding}")
+    assert caught.value.status == 502
+    assert f"Content-Encoding {coding}" in caught.value.public
+
+
+@pytest.mark.parametrize("coding", ["identity", "Identity", ""])
+def test_identity_bodies_are_read(origin: Origin, coding: str) -> None:
+    source = fetch(open_remote(("127.0.0.0/8",)), f"{origin.base}/encoded?coding={coding}")
+    assert source.data == IMAGE
+
+
+@pytest.mark.timeout(30)
+def test_a_dripping_origin_is_stopped_by_the_total_deadline(origin: Origin) -> None:
+    # a byte every 0.2 s never trips the 0.5 s read timeout; the 1 s total deadline stops it
+    remote = RemoteOrigin(
+        ["http://"],
+        100_000,
+        read_timeout=0.5,
+        total_timeout=1.0,
+        allowed_networks=("127.0.0.0/8",),
+    )
+    with pytest.raises(UpstreamError) as caught:
+        fetch(remote, f"{origin.base}/drip")
+    assert "more than 1 s in all" in caught.value.public
 
 
 def test_connection_refused_is_upstream_error(origin: Origin) -> None:

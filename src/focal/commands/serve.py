@@ -41,12 +41,23 @@ def register(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
-def banner(settings: Settings) -> str:
+def banner(settings: Settings, files: tuple[int, int] | None = None) -> str:
+    """The start-up text; ``files``: the open-file limit before and after raise_file_limit."""
+    from focal.server import front
     from focal.server.app import EXAMPLES
 
     base = f"http://{settings.host}:{settings.port}"
     workers = f" ({settings.workers} worker processes)" if settings.workers > 1 else ""
-    lines = [f"focal serving {settings.root} on {base}{workers}", "Try:"]
+    lines = [f"focal serving {settings.root} on {base}{workers}"]
+    if files is not None:
+        raised = f" (raised from {files[0]})" if files[1] != files[0] else ""
+        each = " per worker" if settings.workers > 1 else ""
+        lines.append(
+            f"open-file limit {files[1]}{raised}; at most "
+            f"{front.connection_limit(settings.max_connections)} connections{each}; request head "
+            f"within {settings.header_timeout_s:g} s, at most {settings.max_header_bytes} bytes"
+        )
+    lines.append("Try:")
     lines += [f"  {base}{example}" for example in EXAMPLES]
     lines += [f"  {base}/healthz", f"  {base}/metrics"]
     return "\n".join(lines)
@@ -82,17 +93,37 @@ def missing_extra(settings: Settings) -> str | None:
     return None
 
 
+def front_limits(settings: Settings) -> Any:
+    """The HTTP front's limits (focal.server.front), the connection limit kept below this
+    process's open-file limit."""
+    from focal.server import front
+
+    return front.FrontLimits(
+        header_timeout_s=settings.header_timeout_s,
+        keep_alive_timeout_s=settings.keep_alive_timeout_s,
+        max_header_bytes=settings.max_header_bytes,
+        max_headers=settings.max_headers,
+        max_url_bytes=settings.max_url_bytes,
+        max_connections=front.connection_limit(settings.max_connections),
+    )
+
+
 def uvicorn_config(app: Any, settings: Settings) -> Any:
     import uvicorn
 
+    from focal.server import front
+
+    limits = front_limits(settings)
     return uvicorn.Config(
         app,
         loop=settings.loop,
-        http=settings.http,
+        http=front.protocol_class(settings.http, limits),
         log_config=None,
         access_log=False,
         lifespan="on",
         timeout_graceful_shutdown=max(1, round(settings.request_timeout_s)),
+        timeout_keep_alive=limits.keep_alive_timeout_s,
+        h11_max_incomplete_event_size=limits.max_header_bytes,
         server_header=False,
     )
 
@@ -102,16 +133,18 @@ def serve_on(sock: socket.socket, settings: Settings, link: Link | None = None) 
     the supervisor's detector pool, for a worker of several)."""
     import uvicorn
 
-    from focal.server import logs, memory
+    from focal.server import front, logs, memory
     from focal.server.app import create_app
 
     memory.tune()
+    front.raise_file_limit()  # inherited from the supervisor already; a no-op then
     logs.configure(settings.log_level)
     try:
         app = create_app(settings, link=link)
     except ValueError as error:  # a malformed remote prefix or network
         print(f"focal serve: {error}", file=sys.stderr)
         return 2
+    app.state.service.metrics.extra.append(front.metric_lines)
     uvicorn.Server(uvicorn_config(app, settings)).run(sockets=[sock])
     return 0
 
@@ -216,7 +249,10 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    print(banner(settings), flush=True)
+    from focal.server import front
+
+    files = front.raise_file_limit()  # before the workers start: they inherit it
+    print(banner(settings, files), flush=True)
     with sock:
         if settings.workers == 1:
             return serve_on(sock, settings)

@@ -151,6 +151,7 @@ def default_origins(settings: Settings) -> Origins:
             read_timeout=settings.remote_read_timeout_s,
             max_redirects=settings.remote_max_redirects,
             allowed_networks=settings.allowed_networks,
+            total_timeout=settings.remote_total_timeout_s,
         )
     local = origins.LocalOrigin(settings.root, settings.max_bytes)
     is_remote: Callable[[str], bool] = origins.is_remote

@@ -6,7 +6,8 @@ process stays at its peak. Two measures, chosen with benchmarks/allocator.py
 (docs/deployment.md, "Memory"):
 
 - at most two malloc arenas, so freed memory is shared by the threads instead of held per thread;
-- when the image threads go idle, ``malloc_trim(0)`` hands the free pages of every arena back.
+- when the image threads go idle, ``malloc_trim(0)`` hands the free pages of every arena back;
+  so does a failed source fetch (``trim_soon``), which may have read up to max_bytes first.
 
 A fixed mmap threshold (each large buffer its own mapping, unmapped at once when freed) also
 gives memory back, but costs every request hundreds of page faults; glibc's adaptive threshold
@@ -15,9 +16,11 @@ with the trim does not.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import os
 import threading
 import time
@@ -85,3 +88,16 @@ def trim(force: bool = False) -> bool:
         _last_trim = now
     _LIBC.malloc_trim(0)
     return True
+
+
+def trim_soon() -> None:
+    """Trim in a thread of the running event loop (a trim of a large heap takes milliseconds,
+    not to be spent on the loop), or here when there is no loop. For a request that failed
+    after a large allocation (a source read and refused): its memory is free, not yet given
+    back."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        trim(force=True)
+        return
+    loop.run_in_executor(None, functools.partial(trim, True))

@@ -37,6 +37,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from focal.errors import ForbiddenError, LimitError, NotFoundError, UpstreamError
+from focal.server import memory
 from focal.server.cache import Entry, Meta, decode, encode
 from focal.server.origins import Source, SourceInfo, is_remote
 
@@ -115,6 +116,7 @@ class Limited:
     def add(self, chunk: Any) -> None:
         self._total += len(chunk)
         if self._total > self.max_bytes:
+            self._chunks.clear()  # a traceback keeps this object alive: not its bytes
             raise self._over()
         self._chunks.append(bytes(chunk))
 
@@ -250,11 +252,15 @@ class S3Origin:
         import obstore
 
         store = self._stores.store(location.bucket)
-        with store_errors(url, location.bucket):
-            result = await obstore.get_async(store, location.key)
-            body = Limited(url, self._max_bytes, int(result.meta["size"]))
-            async for chunk in result.stream(min_chunk_size=STREAM_CHUNK):
-                body.add(chunk)
+        try:
+            with store_errors(url, location.bucket):
+                result = await obstore.get_async(store, location.key)
+                body = Limited(url, self._max_bytes, int(result.meta["size"]))
+                async for chunk in result.stream(min_chunk_size=STREAM_CHUNK):
+                    body.add(chunk)
+        except BaseException:
+            memory.trim_soon()  # what was read is free: give it back
+            raise
         data = body.data()
         meta = result.meta
         identity = _identity(location, meta) or f"s3:{location}:{hashlib.sha256(data).hexdigest()}"

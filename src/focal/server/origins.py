@@ -16,7 +16,14 @@ resolved once (getaddrinfo in a thread) and refused if ANY of its addresses is n
 `address_refused`) unless the address lies in allowed_networks; the connection then goes to the
 checked address itself (no second lookup), with the Host header and TLS server name of the URL.
 Redirects are followed by hand, each target checked again (prefix and addresses). The body is
-streamed and cut off past max_bytes. Public error messages never name resolved addresses.
+read raw, as it came over the wire, and cut off past max_bytes: focal asks for
+`Accept-Encoding: identity`, and a body the origin sends with any other Content-Encoding (gzip,
+deflate, br, gzip inside gzip, an unknown coding) is refused (502) before a byte of it is read,
+so no decompression bomb is ever inflated. The whole fetch, redirects and body included, ends
+after total_timeout seconds (502), however regularly the origin sends its bytes. A failed fetch
+drops what it had read and gives the memory back (focal.server.memory), as does a fetch of
+TRIM_AFTER_BYTES or more once its pieces are joined. Public error messages
+never name resolved addresses.
 """
 
 from __future__ import annotations
@@ -37,12 +44,14 @@ from urllib.parse import quote, unquote
 import httpx
 
 from focal.errors import ForbiddenError, LimitError, NotFoundError, UpstreamError
+from focal.server import memory
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 READ_CHUNK = 1 << 16
+TRIM_AFTER_BYTES = 8 << 20  # a remote body this large: trim once its chunks are joined
 
 
 @dataclass(frozen=True)
@@ -312,17 +321,39 @@ class RemoteOrigin:
         read_timeout: float = 10,
         max_redirects: int = 3,
         allowed_networks: Sequence[str] = (),
+        total_timeout: float = 20,
     ) -> None:
         self._prefixes = tuple(_parse_prefix(p) for p in allowed_prefixes)
         self._networks = tuple(ipaddress.ip_network(n, strict=False) for n in allowed_networks)
         self._max_bytes = max_bytes
         self._connect_timeout = connect_timeout
+        self._total_timeout = total_timeout
         self._max_redirects = max_redirects
         self._timeout = httpx.Timeout(
             connect=connect_timeout, read=read_timeout, write=read_timeout, pool=connect_timeout
         )
 
     async def fetch(self, url: str) -> Source:
+        """The source at ``url``, within total_timeout; on any failure what was read is dropped
+        and the heap trimmed."""
+        try:
+            async with asyncio.timeout(self._total_timeout):
+                source = await self._fetch(url)
+        except TimeoutError as exc:
+            memory.trim_soon()
+            host = httpx.URL(url).host
+            raise UpstreamError(
+                f"the origin took more than {self._total_timeout:g} s in all: {host}",
+                detail="remote_total_timeout_s",
+            ) from exc
+        except BaseException:
+            memory.trim_soon()
+            raise
+        if len(source.data) >= TRIM_AFTER_BYTES:  # the chunks it was joined from are free now
+            memory.trim_soon()
+        return source
+
+    async def _fetch(self, url: str) -> Source:
         current = self._checked_url(url)
         async with httpx.AsyncClient(
             timeout=self._timeout, trust_env=False, follow_redirects=False
@@ -413,6 +444,12 @@ class RemoteOrigin:
             raise NotFoundError(f"source not found at the origin: {url}")
         if status != 200:
             raise UpstreamError(f"the origin answered {status}: {url}")
+        coding = encoded_with(response.headers.get_list("content-encoding"))
+        if coding:
+            raise UpstreamError(
+                f"the origin sent the body with Content-Encoding {coding}; focal asks for "
+                f"identity and takes no other: {url}"
+            )
         declared = response.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self._max_bytes:
             raise LimitError(f"source is over the {self._max_bytes} byte limit: {url}")
@@ -420,17 +457,31 @@ class RemoteOrigin:
         return _Body(data, _last_modified(response.headers.get("last-modified")))
 
     async def _read_body(self, url: httpx.URL, response: httpx.Response) -> bytes:
+        """The body as received (raw: no content decoding), at most max_bytes of it."""
         chunks: list[bytes] = []
         size = 0
         try:
-            async for chunk in response.aiter_bytes(READ_CHUNK):
+            async for chunk in response.aiter_raw(READ_CHUNK):
                 size += len(chunk)
                 if size > self._max_bytes:
                     raise LimitError(f"source is over the {self._max_bytes} byte limit: {url}")
                 chunks.append(chunk)
         except httpx.HTTPError as exc:
+            chunks.clear()
             raise _upstream(url, exc) from exc
+        except BaseException:
+            chunks.clear()  # the traceback keeps this frame, and so the list, alive
+            raise
         return b"".join(chunks)
+
+
+def encoded_with(values: Sequence[str]) -> str:
+    """The content codings of a response (its Content-Encoding values) other than identity,
+    comma-separated as sent; empty when the body is sent as it is."""
+    codings = [c.strip() for value in values for c in value.split(",")]
+    if all(c.lower() in ("", "identity") for c in codings):
+        return ""
+    return ", ".join(c for c in codings if c)
 
 
 def _upstream(url: httpx.URL, exc: httpx.HTTPError) -> UpstreamError:

@@ -117,6 +117,14 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     _s("remote_connect_timeout_s", "float", 5.0, "origin", "Connect timeout for remote sources."),
     _s("remote_read_timeout_s", "float", 10.0, "origin", "Read timeout for remote sources."),
+    _s(
+        "remote_total_timeout_s",
+        "float",
+        20.0,
+        "origin",
+        "Total time of one remote fetch, redirects and body included; an origin that sends a "
+        "byte now and then stays under the read timeout, not under this.",
+    ),
     _s("remote_max_redirects", "int", 3, "origin", "Redirects followed for a remote source."),
     _s(
         "s3_prefixes",
@@ -237,6 +245,38 @@ SETTINGS: tuple[Setting, ...] = (
         64,
         "limits",
         "Requests that may wait for an image thread; past it the answer is 503 + Retry-After.",
+    ),
+    _s(
+        "header_timeout_s",
+        "float",
+        10.0,
+        "limits",
+        "Time a client connection has to send a complete request head (request line and "
+        "headers), from its accept or the end of its last answer; past it the connection closes.",
+    ),
+    _s(
+        "keep_alive_timeout_s",
+        "float",
+        5.0,
+        "limits",
+        "An idle keep-alive connection is closed after this many seconds without a request.",
+    ),
+    _s(
+        "max_header_bytes",
+        "int",
+        32768,
+        "limits",
+        "Largest request head (request line and headers, bytes); past it 431.",
+    ),
+    _s("max_headers", "int", 100, "limits", "Most header fields in a request; past it 431."),
+    _s("max_url_bytes", "int", 8192, "limits", "Longest request URL (bytes); past it 414."),
+    _s(
+        "max_connections",
+        "int",
+        4096,
+        "limits",
+        "Client connections open at once in each worker process (lowered to sit below the "
+        "open-file limit); past it a new connection is answered 503 and closed.",
     ),
     _s("face", "bool", True, "detector", "Run the face detector (gravity=face)."),
     _s("detector_workers", "int", 1, "detector", "Detector processes."),
@@ -468,6 +508,19 @@ PROTECTS: dict[str, str] = {
     "remote_max_redirects": "redirect loops",
     "remote_connect_timeout_s": "origins that never answer",
     "remote_read_timeout_s": "origins that answer slowly, byte by byte",
+    "remote_total_timeout_s": "origins that drip a byte every few seconds, each gap under the "
+    "read timeout: the whole fetch, redirects included, ends past it (502)",
+    "header_timeout_s": "silent connections and request heads sent a byte at a time "
+    "(slowloris), each holding a descriptor: closed past it, counted in "
+    '`focal_http_connections_closed_total{reason="header_timeout"}`',
+    "keep_alive_timeout_s": "idle keep-alive connections held open between requests",
+    "max_header_bytes": "huge request heads filling memory: counted as they arrive (431)",
+    "max_headers": "requests with tens of thousands of header fields (431)",
+    "max_url_bytes": "huge URLs, which the parser would rebuild piece by piece on the event "
+    "loop (414)",
+    "max_connections": "running out of file descriptors (then every client, /healthz too, "
+    "waits): past it new connections get 503 at once; the open-file limit is raised to its "
+    "hard limit at start-up",
     "signing_keys": "variant floods: with keys set, only URLs your site signed are served; an "
     "empty key is a start-up error, never a silent switch to unsigned",
     "cache_max_mb": "the variant cache filling the disk",
@@ -496,6 +549,7 @@ class Settings:
     allowed_networks: tuple[str, ...] = DEFAULTS["allowed_networks"]
     remote_connect_timeout_s: float = DEFAULTS["remote_connect_timeout_s"]
     remote_read_timeout_s: float = DEFAULTS["remote_read_timeout_s"]
+    remote_total_timeout_s: float = DEFAULTS["remote_total_timeout_s"]
     remote_max_redirects: int = DEFAULTS["remote_max_redirects"]
     s3_prefixes: tuple[str, ...] = DEFAULTS["s3_prefixes"]
     s3_endpoint_url: str = DEFAULTS["s3_endpoint_url"]
@@ -522,6 +576,12 @@ class Settings:
     request_timeout_s: float = DEFAULTS["request_timeout_s"]
     concurrency: int = DEFAULTS["concurrency"]
     image_queue: int = DEFAULTS["image_queue"]
+    header_timeout_s: float = DEFAULTS["header_timeout_s"]
+    keep_alive_timeout_s: float = DEFAULTS["keep_alive_timeout_s"]
+    max_header_bytes: int = DEFAULTS["max_header_bytes"]
+    max_headers: int = DEFAULTS["max_headers"]
+    max_url_bytes: int = DEFAULTS["max_url_bytes"]
+    max_connections: int = DEFAULTS["max_connections"]
     face: bool = DEFAULTS["face"]
     detector_workers: int = DEFAULTS["detector_workers"]
     detector_queue: int = DEFAULTS["detector_queue"]
@@ -570,6 +630,11 @@ class Settings:
             )
         if self.workers < 1:
             raise SettingsError(f"Expected at least 1 for workers but received {self.workers}")
+        positive = ["header_timeout_s", "remote_total_timeout_s", "max_connections"]
+        positive += ["max_header_bytes", "max_headers", "max_url_bytes"]
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"Expected more than 0 for {name} but received 0")
         low, high = sessions.MIN_MAX_SIDE, sessions.DetectorConfig.max_side
         if not low <= self.detector_max_side <= high:
             raise SettingsError(
