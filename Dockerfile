@@ -15,6 +15,8 @@ ARG BASE=debian:bookworm-slim
 
 # Python 3 with venv: Debian's python3 (3.11 in bookworm), unless the base already has both
 FROM ${BASE} AS python
+LABEL org.opencontainers.image.title=focal \
+      org.opencontainers.image.description="focal serve: on-the-fly image transformations with face-aware cropping"
 RUN if ! python3 -c "import ensurepip" 2>/dev/null; then \
       apt-get update \
       && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3 python3-venv \

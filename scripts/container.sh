@@ -132,12 +132,21 @@ fi
 old_id="$(podman image inspect --format '{{.Id}}' "$IMAGE" 2>/dev/null || true)"
 log "building $IMAGE (log: build/container-build.log)"
 mkdir -p build
-podman build --isolation chroot --format docker --layers --build-arg "BASE=$BASE" -t "$IMAGE" . \
-  >build/container-build.log 2>&1 || { tail -30 build/container-build.log >&2; fail "podman build"; }
+: >build/container-build.log
+# the build stages are tagged too (focal-build:<stage>), so that the prune below keeps them as the
+# next build's cache and removes only what earlier builds left (all of it labelled focal)
+for target in deps app model ""; do
+  tag="localhost/focal-build:$target"
+  [ -n "$target" ] || tag="$IMAGE"
+  podman build --isolation chroot --format docker --layers --build-arg "BASE=$BASE" \
+    ${target:+--target "$target"} -t "$tag" . >>build/container-build.log 2>&1 \
+    || { tail -30 build/container-build.log >&2; fail "podman build ${target:-(image)}"; }
+done
 new_id="$(podman image inspect --format '{{.Id}}' "$IMAGE")"
 if [ -n "$old_id" ] && [ "$old_id" != "$new_id" ]; then
   podman rmi "$old_id" >/dev/null 2>&1 || true  # the previous build of this tag, if nothing uses it
 fi
+podman image prune -f --filter label=org.opencontainers.image.title=focal >/dev/null 2>&1 || true
 user="$(podman image inspect --format '{{.Config.User}}' "$IMAGE")"
 case "${user%%:*}" in "" | 0 | root) fail "the image runs as root (USER '$user')" ;; esac
 podman image inspect --format '{{json .Config.Healthcheck}}' "$IMAGE" | grep -q healthz \
@@ -223,6 +232,8 @@ PY
 in_image healthcheck "$IMAGE" --env "FOCAL_PORT=$port" -- "${check[@]:1}" \
   || fail "the image's HEALTHCHECK command failed against the running server"
 log "HEALTHCHECK command: exit 0"
+in_image extras "$IMAGE" -- python -c "import obstore, redis" \
+  || fail "the image lacks the s3 or redis extra (deploy/compose.yaml needs both)"
 stop_server || fail "focal serve was still running 30 s after SIGTERM"
 grep -q '"Finished server process' build/container-serve.log \
   || fail "focal serve did not shut down cleanly on SIGTERM (build/container-serve.log)"
