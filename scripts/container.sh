@@ -51,6 +51,9 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 # --- 2. base image
+if ! podman image exists "$BASE" && [ -n "${FOCAL_CONTAINER_BASE:-}" ]; then
+  podman pull "$BASE" || fail "no base image $BASE (FOCAL_CONTAINER_BASE) here or in a registry"
+fi
 if ! podman image exists "$BASE"; then
   log "making $BASE with mmdebstrap (bookworm minbase, python3, python3-venv)"
   mmdebstrap --quiet --variant=minbase --include=python3,python3-venv bookworm "$WORK/rootfs.tar" \
