@@ -217,11 +217,12 @@ while time.monotonic() < deadline:
             health = json.load(r)
         if health.get("face") == "ready":
             break
+        sys.exit(f"the face detector is not ready: /healthz {health}")
     except OSError:
         pass
     time.sleep(1)
 else:
-    sys.exit(f"no face detector ready in 180 s: /healthz {health}")
+    sys.exit("/healthz did not answer within 180 s")
 url = base + "/cdn-cgi/image/width=256,height=256,fit=cover,gravity=face/astronaut.jpg"
 with urllib.request.urlopen(url, timeout=60) as r:
     status, headers, body = r.status, r.headers, r.read()

@@ -136,6 +136,8 @@ def test_every_copied_source_is_in_a_fresh_checkout_and_in_the_context() -> None
         if word == "COPY" and not rest.startswith("--from"):
             sources += [s.rstrip("/") for s in rest.split()[:-1]]
     assert "src" in sources and "deploy/offline/wheels" in sources
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout: no list of tracked files")
     tracked = subprocess.run(
         ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout.split()
