@@ -14,7 +14,7 @@
 ARG BASE=debian:bookworm-slim
 
 # Python 3 with venv: Debian's python3 (3.11 in bookworm), unless the base already has both
-FROM ${BASE} AS python
+FROM ${BASE} AS pybase
 LABEL org.opencontainers.image.title=focal \
       org.opencontainers.image.description="focal serve: on-the-fly image transformations with face-aware cropping"
 RUN if ! python3 -c "import ensurepip" 2>/dev/null; then \
@@ -25,7 +25,7 @@ RUN if ! python3 -c "import ensurepip" 2>/dev/null; then \
 
 # focal's dependencies in /opt/focal (a layer that changes only when the wheels do); focal itself
 # goes to /opt/focal-app, which the .pth file puts on the venv's path
-FROM python AS deps
+FROM pybase AS deps
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 COPY deploy/offline/wheels/ /offline/wheels/
 RUN python3 -m venv /opt/focal \
@@ -61,7 +61,7 @@ RUN if [ -f /offline/models/manifest.json ]; then \
     fi \
     && /opt/focal-app/bin/focal models --model-dir /opt/focal-models status
 
-FROM python
+FROM pybase
 RUN useradd --uid 10001 --user-group --no-create-home --home-dir /nonexistent \
       --shell /usr/sbin/nologin focal \
     && mkdir -p /srv/images /var/cache/focal && chown focal:focal /var/cache/focal
