@@ -7,6 +7,7 @@ files, each made by the command named next to its table).
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from collections.abc import Sequence
@@ -720,6 +721,7 @@ def render() -> str:
 
 
 def main() -> int:
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
     DOC.parent.mkdir(parents=True, exist_ok=True)
     DOC.write_text(render())
     print(f"wrote {DOC.relative_to(ROOT)}")
