@@ -56,10 +56,12 @@ BENCHMARK_SCRIPT = re.compile(r"\bbenchmarks/[\w/]+\.(?:py|cjs)\b")
 
 
 def benchmark_scripts_named() -> dict[str, set[str]]:
-    """Per file (the docs, the README, benchmarks/NOTES.md, the benchmarks and tests themselves):
+    """Per file (the docs, the READMEs, benchmarks/NOTES.md, the benchmarks and tests themselves):
     the benchmark scripts it names."""
+    bench = ROOT / "benchmarks"
     files = [*sorted((ROOT / "docs").glob("*.md")), ROOT / "README.md"]
-    files += [ROOT / "benchmarks" / "NOTES.md", *sorted((ROOT / "benchmarks").rglob("*.py"))]
+    for folder, pattern in ((bench, "*.md"), (bench, "*.py"), (bench / "experiments", "*.py")):
+        files += sorted(folder.glob(pattern))
     files += sorted((ROOT / "tests").glob("*.py"))
     found = {str(f.relative_to(ROOT)): set(BENCHMARK_SCRIPT.findall(f.read_text())) for f in files}
     return {name: paths for name, paths in found.items() if paths}
