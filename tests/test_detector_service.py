@@ -14,6 +14,7 @@ starts it again.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -31,6 +32,7 @@ from tests.model_fixtures import require_model
 from tests.servers import Child, start_detector_service
 from tests.test_server import DEMO, Server, start_server
 
+from focal.cli import main
 from focal.server import inference_protocol as oip
 
 pytestmark = pytest.mark.slow  # a real Ray Serve and real servers on loopback
@@ -196,6 +198,27 @@ def test_a_replica_killed_under_load_costs_no_request(
             assert reply.headers["focal-gravity"] == "face"
     # Serve starts a replica in the killed one's place
     assert replicas(url, 1, seen=before), "no new replica replaced the killed one"
+
+
+@pytest.mark.timeout(900)
+def test_focal_batch_crops_through_the_service_as_transform_does(
+    service: Holder, tmp_path: Path
+) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("astronaut.jpg", "grace_hopper.jpg", "chelsea.jpg"):
+        shutil.copy(DEMO / name, photos / name)
+    options = ["--options", "width=160,height=160,fit=cover,gravity=face,zoom=0.5,format=json"]
+    assert main(["transform", str(photos), "-o", str(tmp_path / "cli"), *options]) == 0
+    ray_args = ["--num-cpus", "1", "--detector-url", service.child.url]
+    assert main(["batch", str(photos), str(tmp_path / "ray"), *options, *ray_args]) == 0
+    found = 0
+    for name in ("astronaut.json", "grace_hopper.json", "chelsea.json"):
+        expected = json.loads((tmp_path / "cli" / name).read_text())
+        got = json.loads((tmp_path / "ray" / name).read_text())
+        assert got["crop"] == expected["crop"] and got["faces"] == expected["faces"], name
+        found += len(got["faces"])
+    assert found >= 2  # the crops depend on faces the service found
 
 
 @pytest.mark.timeout(900)

@@ -204,3 +204,20 @@ async def degraded_without_service(settings: Settings) -> None:
         assert 'focal_detector_service_errors_total{reason="unreachable"}' in metrics
         plain = await client.get("/cdn-cgi/image/width=100/astronaut.jpg")
         assert plain.status_code == 200 and "focal-gravity-fallback" not in plain.headers
+
+
+def test_focal_batch_refuses_a_detector_service_that_does_not_answer(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from focal.cli import main
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.jpg").write_bytes((DEMO / "astronaut.jpg").read_bytes())
+    job = [str(src), str(tmp_path / "out"), "--options", "width=50,height=50,gravity=face"]
+    url = f"http://127.0.0.1:{closed_port()}"
+    assert main(["batch", *job, "--detector-url", url]) == 1
+    assert f"the detector service at {url} does not answer" in capsys.readouterr().err
+    assert main(["batch", *job, "--detector-url", "nope"]) == 2
+    assert "--detector-url" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # nothing started, nothing written
