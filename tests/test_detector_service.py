@@ -140,6 +140,12 @@ def test_crops_match_the_local_pool_and_a_batch_holds_both_instances(
     service: Holder, instances: tuple[Server, Server], root: Path, tmp_path: Path
 ) -> None:
     first, second = instances
+    bad = httpx.post(service.child.url + oip.INFER_PATH, content=b"{}", timeout=60)
+    assert bad.status_code == 400 and "inputs" in bad.json()["error"]
+    big = httpx.post(
+        service.child.url + oip.INFER_PATH, content=b"\0" * (oip.MAX_SIDE**2 * 4), timeout=60
+    )
+    assert big.status_code == 413
     for server in instances:  # no model and no inference runtime in the image process
         maps = Path(f"/proc/{server.process.pid}/maps").read_text()
         assert "onnxruntime" not in maps and "openvino" not in maps

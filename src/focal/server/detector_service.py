@@ -130,10 +130,14 @@ class FaceReplica:
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > MAX_BODY:
             return _error(413, f"a request holds one image of at most {oip.MAX_SIDE} per side")
-        body = await request.body()
+        body = bytearray()
+        async for chunk in request.stream():  # a body sent without a length is capped too
+            body += chunk
+            if len(body) > MAX_BODY:
+                return _error(413, f"a request holds one image of at most {oip.MAX_SIDE} per side")
         header_length = request.headers.get(oip.HEADER_LENGTH)
         try:
-            asked = oip.decode_request(body, header_length)
+            asked = oip.decode_request(bytes(body), header_length)
         except oip.ProtocolError as error:
             return _error(400, str(error))
         left = (asked.deadline_ms / 1000) if asked.deadline_ms is not None else 60.0
@@ -152,7 +156,7 @@ class FaceReplica:
             outcome.faces,
             outcome.weak if asked.candidates else None,
             parameters,
-            binary=oip.wants_binary(body, header_length),
+            binary=oip.wants_binary(bytes(body), header_length),
         )
         return Response(payload, headers=headers)
 
