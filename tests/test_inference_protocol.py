@@ -221,3 +221,17 @@ def test_focal_batch_refuses_a_detector_service_that_does_not_answer(
     assert main(["batch", *job, "--detector-url", "nope"]) == 2
     assert "--detector-url" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()  # nothing started, nothing written
+
+
+def test_focal_detector_serve_refuses_bad_settings_and_a_missing_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from focal.cli import main
+
+    monkeypatch.setenv("FOCAL_MODEL_DIR", str(tmp_path / "no-model"))
+    assert main(["detector", "serve", "--detector-service-max-replicas", "0"]) == 2
+    assert "detector_service_max_replicas" in capsys.readouterr().err
+    assert main(["detector", "serve", "--detector-service-max-batch", "0"]) == 2
+    assert "detector_service_max_batch" in capsys.readouterr().err
+    assert main(["detector", "serve"]) == 3  # before any Ray starts
+    assert "focal models fetch" in capsys.readouterr().err
