@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 import pyvips
 from tests.model_fixtures import require_model
-from tests.servers import Child, start_detector_service
+from tests.servers import Child, start_detector_service, start_redis
 from tests.test_server import DEMO, Server, start_server
 
 from focal.cli import main
@@ -89,12 +89,15 @@ def instances(
     service: Holder, root: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Server, Server]]:
     folder = tmp_path_factory.mktemp("instances")
+    redis = start_redis(folder)  # the shared detection cache, in front of the service
     url = ["--detector-url", service.child.url, "--detector-deadline-s", "8"]
+    url += ["--detection-cache-url", f"redis://127.0.0.1:{redis.port}/0"]
     first = start_server(folder, [*instance_args(root, folder / "c1"), *url])
     second = start_server(folder, [*instance_args(root, folder / "c2"), *url])
     yield first, second
     first.stop()
     second.stop()
+    redis.stop()
 
 
 def metric(server: Server, name: str) -> float:
@@ -247,6 +250,9 @@ def test_a_stopped_service_degrades_face_crops_until_it_is_back(
     for i in range(IMAGES, IMAGES + 4):  # new to every detection cache
         (root / f"p{i}.jpg").write_bytes(bytes(portrait.jpegsave_buffer(Q=60 + i)))
     paths = [crop_path(i) for i in range(IMAGES, IMAGES + 4)]
+    known = f"/cdn-cgi/image/width=140,height=140,{FACE}/p{IMAGES + 4}.jpg"
+    (root / f"p{IMAGES + 4}.jpg").write_bytes(bytes(portrait.jpegsave_buffer(Q=99)))
+    assert get(instances[0], known).headers["focal-gravity"] == "face"  # detected, into Redis
     port = service.child.port
     service.child.stop()
     for server in instances:
@@ -261,6 +267,9 @@ def test_a_stopped_service_degrades_face_crops_until_it_is_back(
             assert "detection failed" in reply.headers["focal-gravity-fallback"]
         resize = get(server, "/cdn-cgi/image/width=90/grace_hopper.jpg")
         assert resize.status_code == 200 and not degraded(resize)
+    # an image one instance had detected: the other crops it from the shared detection cache
+    other = get(instances[1], known.replace("width=140", "width=130"))
+    assert other.headers["focal-gravity"] == "face" and not degraded(other)
     service.child = start_detector_service(service.folder, port=port, args=SERVICE_ARGS)
     for server in instances:
         deadline = time.monotonic() + 60
