@@ -1,6 +1,6 @@
 """One real face detector service (`focal detector serve`: a local Ray, Ray Serve, two replicas
-with the real model) and two real `focal serve` instances using it (detector_url), all on
-loopback. One service serves the whole module (Ray starts slowly); the last test stops it and
+with the real model) and two real `focal serve` instances using it (detector_url) and sharing a
+redis-server (detection_cache_url), all on loopback. One service serves the whole module (Ray starts slowly); the last test stops it and
 starts it again.
 
 - Face crops through the service are byte-identical to the same requests answered by an
@@ -9,7 +9,7 @@ starts it again.
 - kill -9 of one replica under a bounded load: no request fails (retried, or degraded and not
   cached), and Serve replaces the replica.
 - The whole service stopped: face requests answer the degraded crop, resizes are untouched,
-  /healthz says so; the service back on its port: face crops resume, focal not restarted.
+  /healthz says so, an image already in Redis is still face-cropped; the service back on its port: face crops resume, focal not restarted.
 """
 
 from __future__ import annotations
