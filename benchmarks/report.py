@@ -55,8 +55,8 @@ made from the bundled demo images (`benchmarks/prepare.py`: 2400 px JPEGs, portr
 photos, PNGs with alpha, an animated GIF) and, for crop quality, the labelled photos of
 `../shared/facedata`, read in place (never copied).
 
-The one-off experiments (section 2d, the profiles in the notes below, and the numbers other pages
-quote) live in `benchmarks/experiments/` and write to the same `benchmarks/results/`;
+The one-off experiments (sections 2d and 7, the profiles in the notes below, and the numbers
+other pages quote) live in `benchmarks/experiments/` and write to the same `benchmarks/results/`;
 [benchmarks/README.md](../benchmarks/README.md) lists both kinds of script.
 
 Timings depend on the machine and on what else runs on it: the load generator shares the cores
