@@ -9,6 +9,7 @@ environment).
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -175,6 +176,7 @@ def save(fig: Any, name: str) -> Path:
 
 
 def main() -> int:
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
     for name, draw in (
         ("crop_quality", crop_quality),
         ("throughput", throughput),

@@ -1,5 +1,6 @@
 """Hostile image files, made byte by byte: small files that claim or hold far more than they
-look like. Used by benchmarks/attack.py (against a real server) and by the regression tests.
+look like. Used by benchmarks/experiments/attack.py (against a real server) and by the regression
+tests.
 
 Families:
 - canvas bombs: animations of tiny frames on a huge canvas (GIF logical screen, WebP VP8X canvas),

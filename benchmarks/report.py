@@ -7,6 +7,7 @@ files, each made by the command named next to its table).
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from collections.abc import Sequence
@@ -53,6 +54,10 @@ Each section names the script that made its numbers; each script also runs alone
 made from the bundled demo images (`benchmarks/prepare.py`: 2400 px JPEGs, portraits and group
 photos, PNGs with alpha, an animated GIF) and, for crop quality, the labelled photos of
 `../shared/facedata`, read in place (never copied).
+
+The one-off experiments (sections 2d and 7, the profiles in the notes below, and the numbers
+other pages quote) live in `benchmarks/experiments/` and write to the same `benchmarks/results/`;
+[benchmarks/README.md](../benchmarks/README.md) lists both kinds of script.
 
 Timings depend on the machine and on what else runs on it: the load generator shares the cores
 with the servers, and the load average at the time is not controlled. Compare ratios measured in
@@ -783,6 +788,7 @@ def render() -> str:
 
 
 def main() -> int:
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
     DOC.parent.mkdir(parents=True, exist_ok=True)
     DOC.write_text(render())
     print(f"wrote {DOC.relative_to(ROOT)}")

@@ -19,9 +19,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks import harness
+import harness
 
 SOURCE = harness.DEMO / "coffee.jpg"
 COMMAND = ".venv/bin/python benchmarks/startup.py"

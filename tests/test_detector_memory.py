@@ -2,7 +2,7 @@
 
 A memory bound, not a time bound: the load may run as slowly as the machine makes it. The
 numbers behind the bound are in docs/detector.md ("The detector worker's memory",
-benchmarks/detector_memory.py).
+benchmarks/experiments/detector_memory.py).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Every module docs/architecture.md names exists, and it is linked from the README."""
+"""Every module docs/architecture.md names exists, and it is linked from the README; every
+benchmark script a document names exists."""
 
 from __future__ import annotations
 
@@ -48,3 +49,28 @@ def test_every_named_dotted_module_exists() -> None:
 
 def test_the_readme_links_it() -> None:
     assert "(docs/architecture.md)" in (ROOT / "README.md").read_text()
+
+
+# benchmarks/experiments/int8.py, benchmarks/ipx_server.cjs: a script the reader is told to run
+BENCHMARK_SCRIPT = re.compile(r"\bbenchmarks/[\w/]+\.(?:py|cjs)\b")
+
+
+def benchmark_scripts_named() -> dict[str, set[str]]:
+    """Per file (the docs, the READMEs, benchmarks/NOTES.md, the benchmarks and tests themselves):
+    the benchmark scripts it names."""
+    bench = ROOT / "benchmarks"
+    files = [*sorted((ROOT / "docs").glob("*.md")), ROOT / "README.md"]
+    for folder, pattern in ((bench, "*.md"), (bench, "*.py"), (bench / "experiments", "*.py")):
+        files += sorted(folder.glob(pattern))
+    files += sorted((ROOT / "tests").glob("*.py"))
+    found = {str(f.relative_to(ROOT)): set(BENCHMARK_SCRIPT.findall(f.read_text())) for f in files}
+    return {name: paths for name, paths in found.items() if paths}
+
+
+def test_every_benchmark_script_the_docs_name_exists() -> None:
+    named = benchmark_scripts_named()
+    assert "benchmarks/run_all.py" in named["docs/benchmarks.md"]
+    missing = {
+        name: sorted(p for p in paths if not (ROOT / p).is_file()) for name, paths in named.items()
+    }
+    assert {name: paths for name, paths in missing.items() if paths} == {}

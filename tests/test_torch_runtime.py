@@ -463,7 +463,8 @@ def test_fp16_finds_the_same_faces(detector: tr.TorchDetector, singles: list[RGB
 
 
 def test_benchmark_smoke_results_are_kept() -> None:
-    """benchmarks/gpu.py --device cpu --quick was run and its JSON kept (docs/gpu.md cites it)."""
+    """benchmarks/experiments/gpu.py --device cpu --quick was run and its JSON kept (docs/gpu.md
+    cites it)."""
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "gpu-cpu-smoke.json"
     result = json.loads(path.read_text())
     assert result["device"]["type"] == "cpu"

@@ -4,11 +4,12 @@ image at opacity 0.3, and the logo in a corner on a 5-frame animated GIF (every 
 One thread, in process, after two warm-up runs; the median of the runs, and the medians of the
 pipeline's own "process" (decode, resize, draw) and "encode" stages (wall ms).
 
-    .venv/bin/python benchmarks/draw.py [runs]     # writes benchmarks/results/draw.json
+    .venv/bin/python benchmarks/experiments/draw.py [runs]     # writes benchmarks/results/draw.json
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import sys
@@ -17,14 +18,14 @@ from pathlib import Path
 
 import pyvips
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository: tests/
 
 from tests import images
 
 from focal.options import draw_b64, parse_options
 from focal.pipeline import transform
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "src" / "focal" / "demo"
 CORNER = [{"url": "logo.png", "width": 0.25, "fit": "contain", "bottom": 10, "right": 10}]
 TILED = [{"url": "logo.png", "width": 120, "repeat": True, "opacity": 0.3}]
@@ -45,7 +46,9 @@ def measure(data: bytes, text: str, overlays: dict[str, bytes], runs: int) -> di
 
 
 def main() -> None:
-    runs = int(sys.argv[1]) if len(sys.argv) > 1 else 30
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="?", type=int, default=30, help="runs per case (30)")
+    runs = parser.parse_args().runs
     pyvips.cache_set_max(0)  # as focal serve runs
     photo = (DEMO / "coffee.jpg").read_bytes()
     gif = images.animated_gif(400, 300)

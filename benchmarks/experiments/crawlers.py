@@ -15,7 +15,8 @@ applications (``httpx.ASGITransport``), alternating, ``--asgi-requests`` each (m
 microseconds); and one ``Policy.decide`` alone for the same browser and for a listed crawler
 a rule allows.
 
-    .venv/bin/python benchmarks/crawlers.py [--rounds 15] [--batch 200] [--asgi-requests 3000]
+    .venv/bin/python benchmarks/experiments/crawlers.py [--rounds 15] [--batch 200] \
+        [--asgi-requests 3000]
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -30,13 +32,15 @@ from typing import Any
 
 import httpx
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: the shared helpers
+
 import harness
 from focal.options import parse_options
 from focal.server import crawlers
 from focal.server.app import create_app
 from focal.server.settings import Settings
 
-COMMAND = ".venv/bin/python benchmarks/crawlers.py"
+COMMAND = ".venv/bin/python benchmarks/experiments/crawlers.py"
 PATH = "/cdn-cgi/image/width=320,format=jpeg/astronaut.jpg"
 BROWSER = (
     "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "

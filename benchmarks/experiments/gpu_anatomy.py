@@ -1,4 +1,4 @@
-"""Where the detector network's work, time and memory go: for benchmarks/gpu.py.
+"""Where the detector network's work, time and memory go: for benchmarks/experiments/gpu.py.
 
 - `network_cost`: every aten op of one forward pass on the CPU, channels_last as on the GPU (the
   counts depend on shapes and layouts only, so they hold for any device): floating-point

@@ -4,9 +4,9 @@ Runs in one go (about 5 minutes) on a machine with PyTorch + CUDA, onnx, onnxrun
 opencv and numpy, without internet, focal's install, pyvips or scipy: focal is imported from
 this checkout's src/, and the model is the converted ONNX file given with --model.
 
-    python benchmarks/gpu.py --model ~/.cache/focal/models/retinaface_mnv2.onnx \\
+    python benchmarks/experiments/gpu.py --model ~/.cache/focal/models/retinaface_mnv2.onnx \\
         --facedata ../shared/facedata                     # on the GPU machine
-    .venv/bin/python benchmarks/gpu.py --device cpu --quick   # CPU smoke run (small counts)
+    .venv/bin/python benchmarks/experiments/gpu.py --device cpu --quick  # CPU smoke run
 
 Sections, each saved to the result file as soon as it is done (in this order):
 
@@ -64,7 +64,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import gpu_anatomy as ga
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results"
 DEFAULT_FACEDATA = Path(os.environ.get("FOCAL_FACEDATA", ROOT.parent / "shared" / "facedata"))
 BATCHES = (1, 8, 32, 64)
@@ -966,7 +966,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     photos = load_photos(args.facedata, args.wider_count)
     say(f"torch {torch.__version__}; {len(photos)} photos from {args.facedata}")
     run: dict[str, Any] = {
-        "command": "python benchmarks/gpu.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": " ".join(
+            ["python benchmarks/experiments/gpu.py", *(sys.argv[1:] if argv is None else argv)]
+        ),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "sections": ",".join(s for s in SECTIONS if s in args.sections),
     }

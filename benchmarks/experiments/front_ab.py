@@ -10,8 +10,8 @@ job: the medians of req/s and of the server's CPU time per request (its own user
 over the run, from /proc: the client's cost and other processes on the machine left out), and the
 medians of the per-round ratios new / old.
 
-    .venv/bin/python benchmarks/front_ab.py            # writes benchmarks/results/front_ab.json
-    .venv/bin/python benchmarks/front_ab.py --rounds 2 --seconds 4
+    .venv/bin/python benchmarks/experiments/front_ab.py  # writes benchmarks/results/front_ab.json
+    .venv/bin/python benchmarks/experiments/front_ab.py --rounds 2 --seconds 4
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: the shared helpers
 
 import harness
 import loadgen
@@ -100,7 +100,7 @@ def main() -> int:
     harness.write_result(
         "front_ab",
         {"old_rev": old_rev, "rows": rows, "summary": summary},
-        ".venv/bin/python benchmarks/front_ab.py",
+        ".venv/bin/python benchmarks/experiments/front_ab.py",
     )
     return 0
 

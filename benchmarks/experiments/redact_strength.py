@@ -16,7 +16,7 @@ FACE (large faces: the ones a weak redaction leaves findable). For each (image, 
 strengths are tried from 100 downwards and the scan stops at the first strength where a face is
 found again; the answer is one above the highest such strength over all pairs.
 
-    .venv/bin/python benchmarks/redact_strength.py [--limit N] [--out NAME]
+    .venv/bin/python benchmarks/experiments/redact_strength.py [--limit N] [--out NAME]
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from focal.options import parse_options
 from focal.pipeline import transform
 from focal.steps import REDACT_MARGIN
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FACEDATA = ROOT.parent / "shared" / "facedata"
 if not FACEDATA.is_dir():
     FACEDATA = Path("/work/shared/facedata")

@@ -35,8 +35,8 @@ ONNX Runtime (with and without its memory pattern), one call of each in turn per
 benchmarks/results/detector_memory.json (configurations and timings of an earlier run of the
 same load that this run did not redo are kept).
 
-    .venv/bin/python benchmarks/detector_memory.py [--distinct 20] [--rounds 3] [--speed]
-        [--only NAME ...]
+    .venv/bin/python benchmarks/experiments/detector_memory.py [--distinct 20] [--rounds 3]
+        [--speed] [--only NAME ...]
 """
 
 from __future__ import annotations
@@ -54,6 +54,8 @@ from typing import Any
 import numpy as np
 import pyvips
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: the shared helpers
+
 import harness
 from focal.detection import Detector, Face, RGBImage
 from focal.face import models
@@ -63,7 +65,7 @@ from focal.face.sessions import FACTORY, OnnxRuntimeSession, OpenVinoSession
 from focal.geometry import INFERENCE_CAP
 from focal.server.detector_pool import DetectorPool, PoolSettings
 
-COMMAND = ".venv/bin/python benchmarks/detector_memory.py"
+COMMAND = ".venv/bin/python benchmarks/experiments/detector_memory.py"
 MIB = 1024 * 1024
 CAP = INFERENCE_CAP
 FACTORY_HERE = "detector_memory:build"

@@ -14,7 +14,7 @@ turn), so that load from other processes falls on all of them alike:
 
 Times are medians in milliseconds; ratios are to ONNX Runtime fp32 of the same run.
 
-    .venv/bin/python benchmarks/detector.py [--repeat 15]
+    .venv/bin/python benchmarks/experiments/detector.py [--repeat 15]
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: the shared helpers
+
 import harness
 import prepare
 from focal.face import detector as det
@@ -35,7 +37,7 @@ from focal.face import models
 from focal.face import retinaface as rf
 from focal.face import sessions as rt
 
-COMMAND = ".venv/bin/python benchmarks/detector.py"
+COMMAND = ".venv/bin/python benchmarks/experiments/detector.py"
 SIZES = (640, 1024)
 PORTRAIT = "portrait_2048.jpg"
 WIDER_IMAGES = 12

@@ -19,7 +19,7 @@ so that every request detects. Then:
 4. the image host's memory with `detector_url` set: VmRSS and VmHWM of the focal serve process
    after a face load of 4 requests at a time.
 
-    .venv/bin/python benchmarks/detector_service.py [--images 30]
+    .venv/bin/python benchmarks/experiments/detector_service.py [--images 30]
 
 Writes benchmarks/results/detector_service.json and prints the tables of docs/benchmarks.md.
 """
@@ -40,7 +40,7 @@ import httpx
 import numpy as np
 import pyvips
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository: benchmarks/, tests/
 
 from benchmarks.harness import (
     FACEDATA,
@@ -61,6 +61,7 @@ from focal.face.sessions import open_detector
 from focal.server import inference_protocol as oip
 from focal.server.service_client import ServiceDetector
 
+COMMAND = ".venv/bin/python benchmarks/experiments/detector_service.py"
 IMAGE_ROOT = FACEDATA / "wider_face" / "WIDER_val" / "images"
 CROP = "/cdn-cgi/image/width=300,height=300,fit=cover,gravity=face/"
 
@@ -269,7 +270,7 @@ def main() -> None:
             result["memory_own_pool"] = face_load_memory(own, paths) | {
                 "pool_rss_mib": sum(status_kib(p, "VmRSS") for p in children(own.pid)) / 1024
             }
-    write_result("detector_service", result, ".venv/bin/python benchmarks/detector_service.py")
+    write_result("detector_service", result, COMMAND)
     print(markdown(result))
 
 

@@ -16,7 +16,7 @@ sources of benchmarks/work/inputs/large/ (2400 px on the long side, 1596-2400 px
 short). The cases run in rounds, the order rotating each round; the ratio of two cases is taken
 within a round and reported as min / median / max.
 
-    .venv/bin/python benchmarks/jpeg_decode.py [--rounds 12]
+    .venv/bin/python benchmarks/experiments/jpeg_decode.py [--rounds 12]
 
 simplejpeg and Pillow are not dependencies of focal: ``.venv/bin/python -m pip install
 simplejpeg pillow==12.3.0`` first (the Pillow thumbor 7.8 runs on in benchmarks/threeway.py).
@@ -29,13 +29,16 @@ import io
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: the shared helpers
 
 import harness
 import prepare
 import threeway
 
-COMMAND = ".venv/bin/python benchmarks/jpeg_decode.py"
+COMMAND = ".venv/bin/python benchmarks/experiments/jpeg_decode.py"
 FIT = "width=512,height=512,fit=scale-down,format={fmt},quality=80,metadata=none"
 SHRINK = 4  # what focal picks for 2400 px -> 512 (decode.jpeg_shrink)
 

@@ -7,13 +7,14 @@ jobs at once on two threads (animations at the frame budget, a 49-megapixel stil
 idle; RSS is read before, at the peak and after. Then 40 fit-512 resizes of a 2400 px JPEG: CPU ms
 (user + system) and minor page faults per request.
 
-    .venv/bin/python benchmarks/allocator.py     # writes benchmarks/results/allocator.json
+    .venv/bin/python benchmarks/experiments/allocator.py  # writes benchmarks/results/allocator.json
 
 Needs Debian's libjemalloc2 for the jemalloc variant (installed if missing, as root).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import resource
@@ -24,9 +25,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: the shared helpers
 
-from benchmarks import harness
+import harness
 
 JEMALLOC = Path("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2")
 MIB = 1024 * 1024
@@ -128,6 +129,7 @@ def run_variant(env: dict[str, str], config: dict[str, Any], photo: Path) -> dic
 
 
 def main() -> int:
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
     have_jemalloc = ensure_jemalloc()
     photo = harness.ROOT / "src" / "focal" / "demo" / "astronaut.jpg"
     rows: dict[str, Any] = {}
@@ -141,7 +143,7 @@ def main() -> int:
         print(f"{name:45} {json.dumps(rows[name])}", flush=True)
     print(f"(this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} MiB)")
     harness.write_result(
-        "allocator", {"variants": rows}, ".venv/bin/python benchmarks/allocator.py"
+        "allocator", {"variants": rows}, ".venv/bin/python benchmarks/experiments/allocator.py"
     )
     return 0
 

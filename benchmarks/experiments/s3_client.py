@@ -2,13 +2,14 @@
 200 kB object from a local S3-compatible server (moto's, in a process of its own, so its CPU is
 not counted), each client reused across fetches as a server would.
 
-    .venv/bin/python benchmarks/s3_client.py      # writes benchmarks/results/s3_client.json
+    .venv/bin/python benchmarks/experiments/s3_client.py  # writes benchmarks/results/s3_client.json
 
 Needs the s3 extra's candidates installed: boto3, aiobotocore, obstore, moto[server].
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -21,11 +22,11 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository: tests/
 
 from tests.servers import S3_ENV, start_moto
 
-RESULTS = Path(__file__).resolve().parent / "results" / "s3_client.json"
+RESULTS = Path(__file__).resolve().parents[1] / "results" / "s3_client.json"
 BUCKET = "bench"
 KEY = "originals/photo.jpg"
 SIZE = 200 * 1024
@@ -144,6 +145,7 @@ CLIENTS: dict[str, Callable[[str], dict[str, float]]] = {
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
     os.environ.update(S3_ENV)
     with tempfile.TemporaryDirectory() as folder:
         moto = start_moto(Path(folder))

@@ -11,7 +11,7 @@ photo scaled to ``--side`` x ``--side``, ``--repeat`` times, in a fresh process 
 and reports the process's RSS after the runs and the CPU and wall time per image (the first
 call, which sizes the runtime's memory, left out). Modes alternate for ``--rounds`` rounds.
 
-    .venv/bin/python benchmarks/detector_batch.py [--batch 8] [--side 1024] [--rounds 2]
+    .venv/bin/python benchmarks/experiments/detector_batch.py [--batch 8] [--side 1024] [--rounds 2]
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: the shared helpers
 
-from benchmarks import harness
+import harness
 
-COMMAND = ".venv/bin/python benchmarks/detector_batch.py"
+COMMAND = ".venv/bin/python benchmarks/experiments/detector_batch.py"
 MODES = ("pieces", "whole")
 
 

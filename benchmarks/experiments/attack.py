@@ -20,10 +20,10 @@ yield the original or a face (onerror=redirect, format=json, the playground, pre
 signed URL; the detector down, and the lowest redact-strength). Everything goes to 127.0.0.1
 only.
 
-    .venv/bin/python benchmarks/attack.py                 # writes benchmarks/results/attack*.json
-    .venv/bin/python benchmarks/attack.py --family sockets --family heads
-    .venv/bin/python benchmarks/attack.py --markdown      # the tables for docs/deployment.md
-    .venv/bin/python benchmarks/attack.py --quick         # a short smoke run (tests)
+    .venv/bin/python benchmarks/experiments/attack.py       # writes benchmarks/results/attack*.json
+    .venv/bin/python benchmarks/experiments/attack.py --family sockets --family heads
+    .venv/bin/python benchmarks/experiments/attack.py --markdown   # tables for docs/deployment.md
+    .venv/bin/python benchmarks/experiments/attack.py --quick      # a short smoke run (tests)
 """
 
 from __future__ import annotations
@@ -53,9 +53,10 @@ from typing import Any
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: the shared helpers
 
-from benchmarks import harness, hostile
+import harness
+import hostile
 
 MIB = 1024 * 1024
 SETTLE_S = 10.0
@@ -376,7 +377,7 @@ def family_files(args: argparse.Namespace) -> dict[str, Any]:
     if args.out is not None:
         args.out.write_text(json.dumps(result, indent=1) + "\n")
     elif not (args.quick or args.mixed_only):
-        harness.write_result("attack", result, ".venv/bin/python benchmarks/attack.py")
+        harness.write_result("attack", result, ".venv/bin/python benchmarks/experiments/attack.py")
     return result
 
 
@@ -1042,7 +1043,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         front = harness.read_result("attack_front")
         if saved is None and front is None:
             print(
-                "no benchmarks/results/attack*.json: run benchmarks/attack.py first",
+                "no benchmarks/results/attack*.json: run benchmarks/experiments/attack.py first",
                 file=sys.stderr,
             )
             return 1
@@ -1064,7 +1065,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             saved = harness.read_result("attack_front") or {}
             kept = {k: v for k, v in saved.items() if k in FAMILIES and k not in others}
             harness.write_result(
-                "attack_front", kept | others, ".venv/bin/python benchmarks/attack.py"
+                "attack_front", kept | others, ".venv/bin/python benchmarks/experiments/attack.py"
             )
     return 0
 

@@ -3,7 +3,7 @@ minutes): hostile origin codings and drips, 1,100 connections that never finish 
 a soft open-file limit of 1,024, request heads past the limits; then the cache disk failing and
 every path around redaction.
 
-.venv/bin/pytest benchmarks/test_attack.py -q
+.venv/bin/pytest benchmarks/experiments/test_attack.py -q
 """
 
 from __future__ import annotations

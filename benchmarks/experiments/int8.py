@@ -35,8 +35,8 @@ The int8 model is written into a model folder of its own (with a manifest, so th
 `focal eval widerface --model-dir` and FOCAL_MODEL_DIR load it); its model_id differs from the
 fp32 one by the model file's hash. Results: benchmarks/results/int8.json.
 
-    .venv/bin/python benchmarks/int8.py [--repeat 15] [--skip-crop-quality] [--variants]
-    .venv/bin/python benchmarks/int8.py --recipe nncf-openvino [--nncf-variants]
+    .venv/bin/python benchmarks/experiments/int8.py [--repeat 15] [--skip-crop-quality] [--variants]
+    .venv/bin/python benchmarks/experiments/int8.py --recipe nncf-openvino [--nncf-variants]
 
 --variants also measures the AP of four variants of the ONNX Runtime recipe (VARIANTS: parts of
 the network left in fp32, moving-average calibration ranges). Results: benchmarks/results/int8.json
@@ -59,6 +59,8 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: the shared helpers
+
 import harness
 from focal.detection import RGBImage
 from focal.face import detector as det
@@ -66,7 +68,7 @@ from focal.face import models, sessions
 from focal.face import retinaface as rf
 from focal.face.sessions import OnnxRuntimeSession, OpenVinoSession
 
-COMMAND = ".venv/bin/python benchmarks/int8.py"
+COMMAND = ".venv/bin/python benchmarks/experiments/int8.py"
 CALIBRATION_NEGATIVES = (  # public domain or CC0 (../shared/facedata/manifest.jsonl)
     "skimage_chelsea.png",
     "skimage_rocket.jpg",

@@ -2,7 +2,8 @@
 the Python load generator) sends one operation of benchmarks/throughput.py; prints the functions
 that hold the most samples, self and inclusive, and writes the raw stacks.
 
-    .venv/bin/python benchmarks/spy_profile.py --op fit512-jpeg --mode warm [--seconds 10]
+    .venv/bin/python benchmarks/experiments/spy_profile.py --op fit512-jpeg --mode warm \
+        [--seconds 10]
 
 py-spy lives in the benchmarks' own environment (benchmarks/work/venv, made by run_all.py).
 Output: benchmarks/results/profile_<op>_<mode>.txt (top functions) and the collapsed stacks in
@@ -17,6 +18,9 @@ import subprocess
 import sys
 import threading
 from collections.abc import Sequence
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: the shared helpers
 
 import harness
 import loadgen
@@ -79,7 +83,7 @@ def profile_floor_job(name: str, runs: int) -> int:
         f"profile_{name}",
         f"# py-spy, focal.pipeline.transform in process, floor job {name}, {runs} runs, "
         f"{total} samples",
-        f"# command: .venv/bin/python benchmarks/spy_profile.py --floor-job {name}",
+        f"# command: .venv/bin/python benchmarks/experiments/spy_profile.py --floor-job {name}",
         own,
         inclusive,
         total,
@@ -149,7 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"profile_{args.op}_{args.mode}",
         f"# py-spy, focal serve, {args.op} {args.mode}, concurrency {args.concurrency}, "
         f"{load.rps:.1f} req/s, {total} samples",
-        f"# command: .venv/bin/python benchmarks/spy_profile.py --op {args.op} --mode {args.mode}",
+        f"# command: .venv/bin/python benchmarks/experiments/spy_profile.py --op {args.op} "
+        f"--mode {args.mode}",
         own,
         inclusive,
         total,

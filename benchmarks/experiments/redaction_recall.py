@@ -15,7 +15,7 @@ greedy NMS never lets a lower score suppress a higher one):
   side S, score above T, flip or not      S in --sides (1024: the published cap), T in 0.5 (the
                                           detection threshold) and 0.3 (the crop threshold)
 
-    .venv/bin/python benchmarks/redaction_recall.py [--limit N] [--sides 1024,768]
+    .venv/bin/python benchmarks/experiments/redaction_recall.py [--limit N] [--sides 1024,768]
 """
 
 from __future__ import annotations
@@ -24,14 +24,17 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: the shared helpers
+
 import harness
 from focal.face.evaluation import box_iou
 
-COMMAND = ".venv/bin/python benchmarks/redaction_recall.py"
+COMMAND = ".venv/bin/python benchmarks/experiments/redaction_recall.py"
 SIZES = (10, 16, 32)
 COVERED_SHARE = 0.9
 THRESHOLDS = (0.5, 0.3)

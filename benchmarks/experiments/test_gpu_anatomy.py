@@ -1,6 +1,6 @@
-"""Checks of benchmarks/gpu.py's CPU path and of its op-by-op counting (gpu_anatomy).
+"""Checks of benchmarks/experiments/gpu.py's CPU path and of its op-by-op counting (gpu_anatomy).
 
-.venv/bin/pytest benchmarks/test_gpu_anatomy.py -q
+.venv/bin/pytest benchmarks/experiments/test_gpu_anatomy.py -q
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ import gpu_anatomy as ga
 from focal.face import models
 from focal.face import torch_graph as tg
 
-ROOT = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
 SIDE, CIN, COUT = 16, 3, 8
 
 
@@ -133,7 +134,7 @@ def test_gpu_benchmark_runs_on_the_cpu_and_merges(tmp_path: Path) -> None:
     (7 minutes for the equivalence images on a loaded 2-core machine) to take most of the run,
     and the torch runtime's fp16 path has tests of its own (tests/test_torch_runtime.py)."""
     out = tmp_path / "gpu.json"
-    script = [sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--device", "cpu", "--quick"]
+    script = [sys.executable, str(HERE / "gpu.py"), "--device", "cpu", "--quick"]
     script += ["--precisions", "fp32"]
     subprocess.run([*script, "--out", str(out)], check=True, capture_output=True, timeout=600)
     report = json.loads(out.read_text())

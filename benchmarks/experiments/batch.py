@@ -5,8 +5,8 @@ The folder is made in a temporary directory and removed afterwards: 500 JPEGs, r
 (1024 px on the long side, a different quality each, so every file has pixels of its own) of the
 evaluation photos in ../shared/facedata, read in place.
 
-    .venv/bin/python benchmarks/batch.py            # writes benchmarks/results/batch.json
-    .venv/bin/python benchmarks/batch.py --count 100 --options width=256
+    .venv/bin/python benchmarks/experiments/batch.py  # writes benchmarks/results/batch.json
+    .venv/bin/python benchmarks/experiments/batch.py --count 100 --options width=256
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any
 
 import pyvips
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FACEDATA = Path(os.environ.get("FOCAL_FACEDATA", ROOT.parent / "shared" / "facedata"))
 RESULTS = ROOT / "benchmarks" / "results" / "batch.json"
 FOCAL = [sys.executable, "-m", "focal"]
