@@ -123,7 +123,7 @@ class Options:
         Options holds a value the URL could not ask for."""
         for spec in OPTIONS:
             value = getattr(self, spec.name)
-            if value is None or value is _DEFAULTS[spec.name]:
+            if value is _DEFAULTS[spec.name]:  # None too, where None is the default
                 continue
             object.__setattr__(self, spec.name, spec.check(value))
         if not isinstance(self.width_auto, bool):
