@@ -91,6 +91,9 @@ class GravityMode(StrEnum):
     POINT = "point"  # the XxY form
 
 
+GRAVITY_WHAT = "one of " + ", ".join(GravityMode) + ", with x and y from 0 to 1"
+
+
 @dataclass(frozen=True)
 class Gravity:
     """Where to crop from; for ``point`` (the ``XxY`` form), ``x`` and ``y`` are fractions 0..1
@@ -101,12 +104,11 @@ class Gravity:
     y: float = 0.5
 
     def __post_init__(self) -> None:
-        what = "one of " + ", ".join(GravityMode) + ", with x and y from 0 to 1"
-        if self.mode not in tuple(GravityMode):
-            raise expected("gravity", what, self.mode)
+        if self.mode not in GravityMode.__members__.values():
+            raise expected("gravity", GRAVITY_WHAT, self.mode)
         object.__setattr__(self, "mode", GravityMode(self.mode))  # "face" -> GravityMode.FACE
         if not (is_number(self.x) and is_number(self.y) and 0 <= self.x <= 1 and 0 <= self.y <= 1):
-            raise expected("gravity", what, f"x={self.x!r}, y={self.y!r}")
+            raise expected("gravity", GRAVITY_WHAT, f"x={self.x!r}, y={self.y!r}")
 
 
 @dataclass(frozen=True)

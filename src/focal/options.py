@@ -21,13 +21,11 @@ from focal.cloudflare_options import cloudflare_markdown as cloudflare_markdown
 from focal.errors import OptionError as OptionError
 from focal.errors import expected
 from focal.option_draw import draw_b64 as draw_b64
-from focal.option_draw import draw_text as draw_text
-from focal.option_parsers import MAX_OPTIONS_LENGTH as MAX_OPTIONS_LENGTH
-from focal.option_parsers import MAX_VALUE_LENGTH as MAX_VALUE_LENGTH
+from focal.option_draw import draw_text
+from focal.option_parsers import MAX_OPTIONS_LENGTH
 from focal.option_table import BY_KEY as BY_KEY
 from focal.option_table import OPTIONS as OPTIONS
 from focal.option_table import options_markdown as options_markdown
-from focal.option_values import MAX_DIMENSION as MAX_DIMENSION
 from focal.option_values import MIN_REDACT_STRENGTH as MIN_REDACT_STRENGTH
 from focal.option_values import RGBA as RGBA
 from focal.option_values import TRIM_PARTS, WIDTH_AUTO, canonical

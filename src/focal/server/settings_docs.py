@@ -126,7 +126,8 @@ def markdown() -> str:
 def limits_markdown() -> str:
     """The limits table of docs/deployment.md, from SETTINGS and PROTECTS (a test keeps the page
     current; ``python -m focal.server.settings --limits`` prints it). Option strings are bounded
-    in code: at most MAX_OPTIONS_LENGTH characters, MAX_VALUE_LENGTH a value (focal.options)."""
+    in code: at most MAX_OPTIONS_LENGTH characters, MAX_VALUE_LENGTH a value
+    (focal.option_parsers)."""
     lines = ["| setting | default | protects against |", "|---|---|---|"]
     for setting in SETTINGS:
         if setting.name in PROTECTS:
