@@ -102,6 +102,18 @@ class Settings:
     presets_only: bool = DEFAULTS["presets_only"]
     detection_cache_url: str = DEFAULTS["detection_cache_url"]
     detection_cache_ttl_s: int = DEFAULTS["detection_cache_ttl_s"]
+    detector_url: str = DEFAULTS["detector_url"]
+    detector_service_host: str = DEFAULTS["detector_service_host"]
+    detector_service_port: int = DEFAULTS["detector_service_port"]
+    detector_service_address: str = DEFAULTS["detector_service_address"]
+    detector_service_min_replicas: int = DEFAULTS["detector_service_min_replicas"]
+    detector_service_max_replicas: int = DEFAULTS["detector_service_max_replicas"]
+    detector_service_idle_s: float = DEFAULTS["detector_service_idle_s"]
+    detector_service_target_requests: float = DEFAULTS["detector_service_target_requests"]
+    detector_service_replica_cpus: float = DEFAULTS["detector_service_replica_cpus"]
+    detector_service_replica_gpus: float = DEFAULTS["detector_service_replica_gpus"]
+    detector_service_max_batch: int = DEFAULTS["detector_service_max_batch"]
+    detector_service_batch_wait_ms: float = DEFAULTS["detector_service_batch_wait_ms"]
     log_level: str = DEFAULTS["log_level"]
     playground: str = DEFAULTS["playground"]  # auto, on or off
     robots_txt: str = DEFAULTS["robots_txt"]
@@ -141,12 +153,37 @@ class Settings:
                 f"Expected {low} to {high} pixels for detector_max_side but received "
                 f"{self.detector_max_side}"
             )
+        if self.detector_url:
+            check_service_url(self.detector_url)
 
     @property
     def threads(self) -> int:
         if self.concurrency > 0:
             return self.concurrency
         return max(1, (os.cpu_count() or 1) // max(1, self.workers))
+
+
+def check_service_url(url: str) -> None:
+    """Refuse a detector_url that is not http(s)://host[:port][/path] (SettingsError)."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises ValueError for a port that is not a number)
+    except ValueError:
+        parts = None
+    if (
+        parts is None
+        or parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or parts.username is not None
+        or parts.query
+        or parts.fragment
+    ):
+        raise SettingsError(
+            f"Expected http(s)://host:port of the detector service for detector_url but "
+            f"received {url!r}"
+        )
 
 
 # ---- converting values -------------------------------------------------------------------------

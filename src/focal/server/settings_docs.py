@@ -68,6 +68,7 @@ GROUP_TITLES = {
     "limits": "Limits",
     "presets": "Presets",
     "detector": "Face detector",
+    "detector_service": "Face detector service (focal detector serve)",
     "crawlers": "Crawlers (robots.txt, rules, pay per crawl)",
 }
 

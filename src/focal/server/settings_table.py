@@ -361,6 +361,70 @@ SETTINGS: tuple[Setting, ...] = (
         "detector",
         "How long the shared detection cache keeps an answer (seconds).",
     ),
+    _s(
+        "detector_url",
+        "str",
+        "",
+        "detector",
+        "http(s)://host:port of the face detector service (`focal detector serve`, "
+        "docs/scaling.md) that every instance shares. Set: no detector pool and no model in "
+        "this process. Empty: this host runs its own pool.",
+    ),
+    _s("detector_service_host", "str", "127.0.0.1", "detector_service", "Address it listens on."),
+    _s("detector_service_port", "int", 8000, "detector_service", "TCP port it listens on."),
+    _s(
+        "detector_service_address",
+        "str",
+        "",
+        "detector_service",
+        "Ray cluster to deploy on (ray://host:10001 or host:6379; `--address`). Empty: start a "
+        "local Ray.",
+    ),
+    _s(
+        "detector_service_min_replicas",
+        "int",
+        1,
+        "detector_service",
+        "Fewest replicas; 0: none after detector_service_idle_s without requests (the first "
+        "request after that waits for a replica to load the model).",
+    ),
+    _s("detector_service_max_replicas", "int", 2, "detector_service", "Most replicas."),
+    _s(
+        "detector_service_idle_s",
+        "float",
+        300.0,
+        "detector_service",
+        "Seconds of low load before replicas are removed (down to the minimum).",
+    ),
+    _s(
+        "detector_service_target_requests",
+        "float",
+        4.0,
+        "detector_service",
+        "Requests in flight per replica the autoscaler aims at.",
+    ),
+    _s("detector_service_replica_cpus", "float", 1.0, "detector_service", "CPUs per replica."),
+    _s(
+        "detector_service_replica_gpus",
+        "float",
+        0.0,
+        "detector_service",
+        "GPUs per replica (a fraction shares one GPU); with detector_runtime = torch.",
+    ),
+    _s(
+        "detector_service_max_batch",
+        "int",
+        8,
+        "detector_service",
+        "Most images in one batch of a replica, from any instances.",
+    ),
+    _s(
+        "detector_service_batch_wait_ms",
+        "float",
+        10.0,
+        "detector_service",
+        "Longest a batch waits for more images after its first (ms).",
+    ),
     _s("log_level", "str", "info", "server", "One of debug, info, warning, error."),
     _s(
         "playground",
