@@ -336,3 +336,18 @@ def test_any_options_that_is_made_plans_or_raises_a_focal_error(
             zoom=options.zoom,
             faces=boxes,
         )
+
+
+def test_the_library_answers_bad_arguments_with_option_errors() -> None:
+    import pyvips
+
+    from focal.encode import encode
+    from focal.pipeline import transform
+
+    data = (
+        Path(__file__).resolve().parents[1] / "src" / "focal" / "demo" / "logo.png"
+    ).read_bytes()
+    with pytest.raises(OptionError, match="for face_crop_side but received 'sideways'"):
+        transform(data, Options(), face_crop_side="sideways")
+    with pytest.raises(OptionError, match="for format but received 'bmp'"):
+        encode(pyvips.Image.black(4, 4), "bmp", Options())
