@@ -162,3 +162,13 @@ def test_a_bad_number_flag_is_refused_by_name_and_nothing_is_written(
     assert done.returncode == 2
     assert f"argument {flag}: {expected}" in done.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.timeout(120)
+def test_detect_refuses_a_zoom_out_of_range_by_name_without_a_traceback(tmp_path: Path) -> None:
+    out = tmp_path / "drawn.png"
+    done = focal("detect", images.DEMO / "astronaut.jpg", "--zoom", "2", "--draw", out)
+    assert done.returncode == 2
+    assert "argument --zoom: Expected a number from 0 to 1 for zoom but received '2'" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -11,7 +11,7 @@ import pytest
 import pyvips
 from tests import images
 
-from focal.errors import ImageError, LimitError, OptionError
+from focal.errors import ImageError, LimitError, OptionError, SettingsError
 from focal.options import Options, Overlay, draw_b64, parse_options
 from focal.pipeline import Limits, transform
 from focal.presets import check as check_presets
@@ -367,7 +367,7 @@ def test_draw_names_a_presets_draw_list() -> None:
         expand("draw=plain", PRESETS)
     with pytest.raises(OptionError, match="received 'avatar'"):
         expand("draw=avatar", PRESETS)  # its draw names another preset: one level only
-    with pytest.raises(ValueError, match="Preset 'bad'"):
+    with pytest.raises(SettingsError, match="Preset 'bad'"):
         check_presets({"bad": "draw=nothing"})
 
 

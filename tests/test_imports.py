@@ -15,7 +15,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-CORE = ("options", "geometry", "steps", "decode", "encode", "pipeline", "detection", "errors")
+CORE = (
+    *("options", "option_values", "option_parsers", "option_draw", "option_table"),
+    *("cloudflare_options", "geometry", "boxes", "published_crop", "placement"),
+    *("steps", "decode", "encode", "pipeline", "detection", "errors"),
+)
 CORE_MODULES = {f"focal.{name}" for name in (*CORE, "files")}
 FACE_MAY_IMPORT = {"focal.detection", "focal.geometry", "focal.errors", "focal.files"}
 RUNTIMES = ("onnxruntime", "openvino")

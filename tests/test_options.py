@@ -1,19 +1,25 @@
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import math
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from focal.errors import OptionError
+from focal.errors import FocalError, OptionError
+from focal.geometry import Box, Size, plan
 from focal.options import (
     BY_KEY,
+    Border,
     Fit,
     Format,
     Gravity,
     Metadata,
     Options,
+    Overlay,
     Trim,
     normalise,
     options_markdown,
@@ -252,3 +258,96 @@ def test_arbitrary_key_value_lists_are_options_or_an_option_error(
     if options is not None:  # parsing is deterministic, and so is the cache key
         assert parse_options(text) == options
         assert normalise(parse_options(text)) == normalise(options)
+
+
+# ---- Options built in code: checked when made, with the parser's messages ---------------------
+
+
+def test_an_options_made_in_code_is_checked_like_a_parsed_one() -> None:
+    with pytest.raises(OptionError) as raised:
+        Options(zoom=2.0, gravity="face")  # type: ignore[arg-type]
+    assert raised.value.public == "Expected a number from 0 to 1 for zoom but received 2.0"
+    assert raised.value.status == 400
+
+
+def test_replace_cannot_make_an_invalid_options() -> None:
+    options = parse_options("width=256,fit=cover")
+    with pytest.raises(OptionError, match=r"^Expected an integer from 1 to 12000 for width "):
+        dataclasses.replace(options, width=-1)
+    with pytest.raises(OptionError, match="for quality but received 0"):
+        dataclasses.replace(options, quality=0)
+    with pytest.raises(OptionError, match="for dpr but received nan"):
+        dataclasses.replace(options, dpr=math.nan)
+    with pytest.raises(OptionError, match="for gravity"):
+        dataclasses.replace(options, gravity=Gravity("point", x=2.0))  # type: ignore[arg-type]
+    with pytest.raises(OptionError, match="fit=outside is not supported"):
+        dataclasses.replace(options, fit="outside")  # type: ignore[arg-type]
+
+
+def test_text_values_given_in_code_are_read_as_the_url_reads_them() -> None:
+    made = Options(width="auto", fit="fill", gravity="face", quality="high", format="jpg")  # type: ignore[arg-type]
+    assert made == parse_options("width=auto,fit=fill,gravity=face,quality=high,format=jpg")
+    assert made.width_auto and made.width is None and made.fit is Fit.SQUEEZE
+
+
+def test_overlays_and_records_made_in_code_are_checked() -> None:
+    with pytest.raises(OptionError, match=r"for draw\[0\]\.opacity but received 2"):
+        Options(draw=(Overlay(url="logo.png", opacity=2.0),))
+    with pytest.raises(OptionError, match=r"for trim\.top but received -1"):
+        Trim(top=-1)
+    with pytest.raises(OptionError, match="for border top"):
+        Border(top=5000)
+
+
+sizes = st.integers(min_value=1, max_value=4000).map(float)
+anything = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-20_000, max_value=20_000),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=12),
+    st.sampled_from(["face", "auto", "cover", "crop", "pad", "0.5x0.5", "auto", "jpg"]),
+)
+geometry_fields = ("width", "height", "dpr", "fit", "gravity", "zoom")
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.dictionaries(st.sampled_from(geometry_fields), anything, max_size=6),
+    st.tuples(sizes, sizes),
+    st.lists(st.tuples(sizes, sizes, sizes, sizes), max_size=3),
+)
+def test_any_options_that_is_made_plans_or_raises_a_focal_error(
+    values: dict[str, object], source: tuple[float, float], faces: list[tuple[float, ...]]
+) -> None:
+    try:
+        options = Options(**values)  # type: ignore[arg-type]
+    except OptionError as error:
+        assert " for " in error.public or error.public.startswith("The option "), error.public
+        return
+    boxes = [Box(x, y, x + w, y + h) for x, y, w, h in faces]
+    with contextlib.suppress(FocalError):  # a FocalError is a clear error; anything else is not
+        plan(
+            Size(int(source[0]), int(source[1])),
+            options.target_width,
+            options.target_height,
+            options.fit,
+            options.gravity,
+            zoom=options.zoom,
+            faces=boxes,
+        )
+
+
+def test_the_library_answers_bad_arguments_with_option_errors() -> None:
+    import pyvips
+
+    from focal.encode import encode
+    from focal.pipeline import transform
+
+    data = (
+        Path(__file__).resolve().parents[1] / "src" / "focal" / "demo" / "logo.png"
+    ).read_bytes()
+    with pytest.raises(OptionError, match="for face_crop_side but received 'sideways'"):
+        transform(data, Options(), face_crop_side="sideways")
+    with pytest.raises(OptionError, match="for format but received 'bmp'"):
+        encode(pyvips.Image.black(4, 4), "bmp", Options())

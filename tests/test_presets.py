@@ -32,11 +32,11 @@ def test_presets_from_the_config_file_and_the_environment(tmp_path: Path) -> Non
 
 def test_presets_are_checked_when_the_server_starts() -> None:
     check(PRESETS)
-    with pytest.raises(ValueError, match="'Bad Name'"):
+    with pytest.raises(SettingsError, match="'Bad Name'"):
         check({"Bad Name": "width=1"})
-    with pytest.raises(ValueError, match=r"Preset 'x'.*for width"):
+    with pytest.raises(SettingsError, match=r"Preset 'x'.*for width"):
         check({"x": "width=0"})
-    with pytest.raises(ValueError, match="names another preset"):
+    with pytest.raises(SettingsError, match="names another preset"):
         check({"x": "preset=y"})
 
 

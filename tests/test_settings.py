@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from focal.server import settings as st
+from focal.server import settings_docs
 from focal.server.settings import SETTINGS, Settings, SettingsError, load
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -133,7 +134,8 @@ def test_the_detection_side_reaches_the_workers_detector() -> None:
 
 def test_configuration_doc_is_current() -> None:
     doc = (ROOT / "docs" / "configuration.md").read_text()
-    assert doc == st.markdown(), "run: python -m focal.server.settings > docs/configuration.md"
+    regenerate = "run: python -m focal.server.settings > docs/configuration.md"
+    assert doc == settings_docs.markdown(), regenerate
     for setting in SETTINGS:
         assert f"`{setting.env}`" in doc and f"`{setting.flag}`" in doc
 
@@ -197,10 +199,11 @@ def test_serve_refuses_to_start_with_an_empty_signing_key(tmp_path: Path) -> Non
 
 def test_deployment_docs_carry_the_current_limits_table() -> None:
     page = (ROOT / "docs" / "deployment.md").read_text()
-    assert st.limits_markdown() in page, "regenerate: python -m focal.server.settings --limits"
+    regenerate = "regenerate: python -m focal.server.settings --limits"
+    assert settings_docs.limits_markdown() in page, regenerate
 
 
 def test_every_limit_says_what_it_protects_against() -> None:
     limits = {s.name for s in SETTINGS if s.group == "limits"}
-    assert limits <= set(st.PROTECTS)
-    assert set(st.PROTECTS) <= {s.name for s in SETTINGS}
+    assert limits <= set(settings_docs.PROTECTS)
+    assert set(settings_docs.PROTECTS) <= {s.name for s in SETTINGS}

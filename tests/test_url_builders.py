@@ -85,7 +85,7 @@ def test_python_builds_checked_urls() -> None:
     )
     with pytest.raises(OptionError, match="for width"):
         focal.url("a.jpg", {"width": 0})
-    with pytest.raises(ValueError, match="needs options or a preset"):
+    with pytest.raises(OptionError, match="needs one"):
         focal.url("a.jpg")
     drawn = focal.url("a.jpg", {"draw": [{"url": "logo.png", "repeat": True, "opacity": 0.2}]})
     encoded = "W3sidXJsIjoibG9nby5wbmciLCJyZXBlYXQiOnRydWUsIm9wYWNpdHkiOjAuMn1d"

@@ -6,6 +6,7 @@ import pyvips
 
 from focal.accept import negotiable_formats
 from focal.decode import MIME, Header
+from focal.errors import expected
 from focal.options import Format, Metadata, Options
 
 KEEPS_ALPHA = {"png", "webp", "avif", "gif"}
@@ -84,5 +85,5 @@ def encode(image: pyvips.Image, fmt: str, options: Options) -> bytes:
     elif fmt == "gif":
         data = image.gifsave_buffer(keep=keep)
     else:
-        raise ValueError(f"unknown output format {fmt}")
+        raise expected("format", "one of " + ", ".join(Format), fmt)
     return data

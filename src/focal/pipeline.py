@@ -36,6 +36,7 @@ from focal.errors import (
     LimitError,
     OptionError,
     RedactionError,
+    expected,
 )
 from focal.geometry import (
     DETECTION_FAILED,
@@ -169,7 +170,7 @@ def transform(
     browsers show it, with :attr:`Result.source_warning` set; one that does not decode at all is
     an ImageError (415). ``cancel`` stops the work from another thread (DeadlineError, 504)."""
     if face_crop_side not in FACE_CROP_SIDES:
-        raise ValueError(f"face_crop_side {face_crop_side!r}: expected one of {FACE_CROP_SIDES}")
+        raise expected("face_crop_side", "one of " + ", ".join(FACE_CROP_SIDES), face_crop_side)
     drawn = dict(overlays or {})
     run = _Run(data, options, detector, limits, accept, cancel or Cancel(), drawn, face_crop_side)
     try:

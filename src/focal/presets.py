@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from focal.errors import ForbiddenError, OptionError
+from focal.errors import ForbiddenError, OptionError, SettingsError
 from focal.options import BY_KEY, parse_options, split_options
 
 NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
@@ -28,18 +28,18 @@ DRAW = "draw"
 
 
 def check(presets: Mapping[str, str]) -> None:
-    """Every preset has a usable name and options that parse (else a ValueError naming it)."""
+    """Every preset has a usable name and options that parse (else a SettingsError naming it)."""
     for name, text in presets.items():
         if NAME.fullmatch(name) is None:
-            raise ValueError(
+            raise SettingsError(
                 f"Preset name {name!r} must be lowercase letters, digits, - and _ (setting presets)"
             )
         if any(part.partition("=")[0].strip() == KEY for part in split_options(text)):
-            raise ValueError(f"Preset {name!r} names another preset (setting presets)")
+            raise SettingsError(f"Preset {name!r} names another preset (setting presets)")
         try:
             parse_options(resolve_draw(text, presets))
         except OptionError as error:
-            raise ValueError(f"Preset {name!r} (setting presets): {error.public}") from None
+            raise SettingsError(f"Preset {name!r} (setting presets): {error.public}") from None
 
 
 def _unknown(name: str, presets: Mapping[str, str]) -> OptionError:

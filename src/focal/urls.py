@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from urllib.parse import quote, unquote
 
+from focal.errors import expected
 from focal.options import draw_b64, parse_options
 from focal.server.signing import signed_url
 
@@ -67,7 +68,7 @@ def url(
     if preset is not None:
         text = preset if not text else f"preset={preset},{text}"
     elif not text:
-        raise ValueError("focal.url needs options or a preset")
+        raise expected("options", "options or a preset (focal.url needs one)", text)
     else:
         parse_options(unquote(text))  # an OptionError names the option, as the server would
     path = PREFIX + text + "/" + source_path(source)

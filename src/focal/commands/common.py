@@ -8,11 +8,11 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
-from focal.errors import FocalError
+from focal.errors import FocalError, OptionError
 from focal.face.retinaface import CROP_THRESHOLD
 from focal.face.sessions import MIN_MAX_SIDE, PRECISIONS, RUNTIMES
 from focal.geometry import INFERENCE_CAP
-from focal.options import Format, Options
+from focal.options import BY_KEY, Format, Options
 from focal.pipeline import Limits
 
 Number = TypeVar("Number", int, float)
@@ -94,6 +94,21 @@ def detector_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "flip": args.detector_flip,
         "max_side": args.detector_max_side,
     }
+
+
+def option_flag(name: str) -> Callable[[str], Any]:
+    """An argparse type reading a flag as the option ``name`` reads its URL value: the same
+    grammar, and the OptionError's message (naming the option and what was expected)."""
+    spec = BY_KEY[name]
+
+    def parse(text: str) -> Any:
+        try:
+            return spec.parse(name, text)
+        except OptionError as error:
+            raise argparse.ArgumentTypeError(error.public) from None
+
+    parse.__name__ = name
+    return parse
 
 
 def _checked(

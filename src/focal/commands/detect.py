@@ -17,6 +17,7 @@ from typing import Any
 import pyvips
 
 from focal import geometry
+from focal.commands.common import option_flag
 from focal.detection import Face
 from focal.errors import FocalError, ModelMissingError
 from focal.face import detector as cpu
@@ -36,7 +37,9 @@ def register(sub: Any) -> None:
     p.add_argument("image", type=Path)
     p.add_argument("--json", action="store_true", help="print a JSON description")
     p.add_argument("--draw", type=Path, metavar="OUT.png", help="write an annotated PNG")
-    p.add_argument("--zoom", type=float, default=0.5, help="zoom of the drawn crop (0..1)")
+    p.add_argument(
+        "--zoom", type=option_flag("zoom"), default=0.5, help="zoom of the drawn crop (0..1)"
+    )
     p.add_argument("--model-dir", type=Path, default=None, help="model cache dir")
     p.add_argument("--runtime", choices=sessions.CPU_RUNTIMES, default="auto")
     p.add_argument("--precision", choices=sessions.PRECISIONS, default=sessions.DEFAULT_PRECISION)
