@@ -10,7 +10,7 @@ import pytest
 import pyvips
 from tests import images
 
-from focal import geometry, pipeline
+from focal import geometry, render, source
 from focal.detection import DetectionFailed, Face, RGBImage
 from focal.errors import ImageError, LimitError, OptionError
 from focal.geometry import Size
@@ -131,10 +131,10 @@ def test_animated_strip_steps_equal_frame_by_frame_steps(text: str) -> None:
     plan = geometry.plan(
         Size(97, 61), options.target_width, options.target_height, options.fit, options.gravity
     )
-    by_strip = pipeline._finish_strip(strip, 5, plan, options, 1.0, "webp", [])
-    frames = pipeline._split(strip, 5)
-    pages = [pipeline._finish(page, plan, options, 1.0, "webp", []) for page in frames]
-    by_frame = pipeline._join(pages)
+    by_strip = render.finish_strip(strip, 5, plan, options, 1.0, "webp", [])
+    frames = source.split(strip, 5)
+    pages = [render.finish(page, plan, options, 1.0, "webp", []) for page in frames]
+    by_frame = render.join(pages)
     assert (by_strip.width, by_strip.height) == (by_frame.width, by_frame.height)
     assert by_strip.get("page-height") == by_frame.get("page-height") == plan.canvas.height
     assert np.array_equal(_pixels(by_strip), _pixels(by_frame))

@@ -24,13 +24,19 @@ from pathlib import Path
 from typing import Any
 
 from focal.commands.common import (
+    DONE,
+    FAILED,
     IMAGE_SUFFIXES,
+    NO_MODEL,
+    USAGE,
     add_job_arguments,
     detector_kwargs,
     non_negative_float,
     output_name,
     positive_int,
     reason,
+    summarize,
+    up_to_date,
 )
 from focal.detection import Detector
 from focal.errors import FocalError, ForbiddenError, ModelMissingError, OptionError
@@ -90,24 +96,24 @@ def run(args: argparse.Namespace) -> int:
         options = parse_options(args.options)
     except OptionError as error:
         print(f"focal: {error.public}", file=sys.stderr)
-        return 2
+        return USAGE
     limits = Limits(max_pixels=args.max_pixels, max_bytes=args.max_bytes)
     try:
         overlays = load_overlays(options, args.overlay_root, limits.max_bytes)
     except FocalError as error:
         print(f"focal: {error.public}", file=sys.stderr)
-        return 1
+        return FAILED
     try:
         detector = _detector(options, args)
     except ModelMissingError as error:
         print(f"focal: {error.public}", file=sys.stderr)
-        return 3
+        return NO_MODEL
     except FocalError as error:  # a runtime or precision this machine cannot run
         print(f"focal: {error.public}", file=sys.stderr)
-        return 2
+        return USAGE
     except ImportError as error:
         print(f"focal: the {args.runtime} runtime is not installed ({error})", file=sys.stderr)
-        return 2
+        return USAGE
     if args.src.is_dir():
         return _folder(args, options, detector, limits, overlays)
     return _single(args, options, detector, limits, overlays)
@@ -148,10 +154,10 @@ def _single(
         result = _one(args.src, args.out, options, detector, limits, overlays)
     except (FocalError, OSError) as error:
         print(f"focal: {args.src}: {reason(error)}", file=sys.stderr)
-        return 1
+        return FAILED
     if args.json:
         print(json.dumps(result.description, indent=2))
-    return 0
+    return DONE
 
 
 @dataclass
@@ -187,7 +193,7 @@ def _folder(
         _job, args=args, options=options, detector=batching, limits=limits, overlays=overlays
     )
     summary = Summary()
-    failed: list[tuple[Path, str]] = []
+    failed: list[tuple[str, str]] = []
     started = time.perf_counter()
     try:
         with ThreadPoolExecutor(args.workers, thread_name_prefix="focal-transform") as pool:
@@ -197,7 +203,7 @@ def _folder(
                 if outcome.skipped:
                     summary.skipped += 1
                 elif outcome.failure is not None:
-                    failed.append((src, outcome.failure))
+                    failed.append((str(src), outcome.failure))
                 else:
                     summary.done += 1
                     if args.json:
@@ -205,17 +211,8 @@ def _folder(
     finally:
         if batching is not None:
             batching.close()
-    if sys.stderr.isatty():
-        print(file=sys.stderr)
     seconds = time.perf_counter() - started
-    print(
-        f"{summary.done} done, {summary.skipped} skipped (already there), {len(failed)} failed, "
-        f"in {seconds:.1f} s",
-        file=sys.stderr,
-    )
-    for src, why in failed:
-        print(f"  failed: {src}: {why}", file=sys.stderr)
-    return 1 if failed else 0
+    return summarize(summary.done, summary.skipped, failed, f", in {seconds:.1f} s")
 
 
 def _job(
@@ -229,7 +226,8 @@ def _job(
     """One source of a folder run, on a worker thread."""
     out = _output_path(src, args.src, args.out, options)
     try:
-        if not args.force and out.exists() and out.stat().st_mtime >= src.stat().st_mtime:
+        done_at = out.stat().st_mtime if out.exists() else None
+        if not args.force and up_to_date(done_at, src.stat().st_mtime, whole_seconds=False):
             return Outcome(skipped=True)
         result = _one(src, out, options, detector, limits, overlays)
     except (FocalError, OSError) as error:
