@@ -39,19 +39,15 @@ from typing import Any
 
 import numpy as np
 
+from focal.commands import common
 from focal.commands.common import (
-    FAILED,
-    NO_MODEL,
-    NOT_INSTALLED,
-    USAGE,
+    add_command,
     add_job_arguments,
     detector_kwargs,
     is_image_name,
     output_name,
     positive_int,
     reason,
-    summarize,
-    up_to_date,
 )
 from focal.detection import DetectionFailed, Detector, faces_and_candidates
 from focal.detection_input import Answer, DetectionInput, detection_input
@@ -96,12 +92,8 @@ S3_SETTINGS = (
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser(
-        "batch",
-        help="transform a folder or s3:// prefix of images on Ray (local or a cluster)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    about = "transform a folder or s3:// prefix of images on Ray (local or a cluster)"
+    p = add_command(sub, "batch", about, __doc__)
     p.add_argument("src", help="a folder of images, or s3://bucket/prefix/")
     p.add_argument("dest", help="the output folder, or s3://bucket/prefix/")
     add_job_arguments(p)
@@ -218,13 +210,7 @@ class Tree:
         """The bytes, refused (413) past ``max_bytes`` before they are read whole."""
         if self.prefix is not None:
             return objectstore.read_object(self._store(), self._location(relative), max_bytes)
-        path = Path(self.folder) / relative
-        size = path.stat().st_size
-        if size > max_bytes:
-            raise FocalError(
-                f"The source is {size} bytes: expected at most {max_bytes}", status=413
-            )
-        return path.read_bytes()
+        return common.read_file(Path(self.folder) / relative, max_bytes)
 
     def write(self, relative: str, data: bytes, content_type: str = "") -> None:
         """Whole or not at all: a rename into place, or one PUT."""
@@ -394,7 +380,7 @@ def pending(src: Tree, dest: Tree, options: Options, force: bool) -> Plan:
             plan.refused.append({"source": src.name(relative), "status": "failed", "reason": why})
             continue
         done_at = outputs.get(output_name(relative, options))
-        if up_to_date(done_at, sources[relative], whole_seconds=whole_seconds):
+        if common.up_to_date(done_at, sources[relative], whole_seconds=whole_seconds):
             plan.skipped += 1
         else:
             plan.todo.append(relative)
@@ -406,43 +392,43 @@ def run(args: argparse.Namespace) -> int:
         options = parse_options(args.options)
     except OptionError as error:
         print(f"focal: {error.public}", file=sys.stderr)
-        return USAGE
+        return common.USAGE
     if options.draw:
         print(
             "focal batch: draw is not supported here: overlays are drawn by focal serve and "
             "focal transform",
             file=sys.stderr,
         )
-        return USAGE
+        return common.USAGE
     in_store = objectstore.is_s3(args.src) or objectstore.is_s3(args.dest)
     try:
         store = store_settings(args) if in_store else None
         src, dest = Tree.of(args.src, store), Tree.of(args.dest, store)
     except FocalError as error:  # a malformed s3:// prefix, or a bad s3_* setting
         print(f"focal batch: {error.public}", file=sys.stderr)
-        return USAGE
+        return common.USAGE
     if not src.in_store and not Path(args.src).is_dir():
         print(f"focal batch: {args.src} is not a folder", file=sys.stderr)
-        return USAGE
+        return common.USAGE
     if in_store:
         try:
             import obstore  # noqa: F401
         except ImportError:
             message = "focal batch: obstore is not installed (pip install 'focal-images[s3]')"
             print(message, file=sys.stderr)
-            return NOT_INSTALLED
+            return common.NOT_INSTALLED
     try:
         import ray
     except ImportError:
         message = "focal batch: Ray is not installed (pip install 'focal-images[batch]')"
         print(message, file=sys.stderr)
-        return NOT_INSTALLED
+        return common.NOT_INSTALLED
     if options.needs_faces:
         try:
             require_face_model(args.model_dir)
         except ModelMissingError as error:
             print(f"focal: {error.public}", file=sys.stderr)
-            return NO_MODEL
+            return common.NO_MODEL
     try:
         plan = pending(src, dest, options, args.force)
     except (FocalError, OSError) as error:
@@ -451,7 +437,7 @@ def run(args: argparse.Namespace) -> int:
         if detail and detail != getattr(error, "public", ""):  # the store's own words
             message += "\n  " + detail.splitlines()[0][:500]
         print(message, file=sys.stderr)
-        return FAILED
+        return common.FAILED
     job = Job(
         options_text=args.options,
         src=src,
@@ -536,8 +522,8 @@ def report(records: list[dict[str, Any]], skipped: int, dest: Tree) -> int:
         manifest = "not written"
     done = sum(1 for r in records if r["status"] == "done")
     failed = [(r["source"], r["reason"]) for r in ordered if r["status"] != "done"]
-    code = summarize(done, skipped, failed, f"; manifest: {manifest}")
-    return FAILED if manifest == "not written" else code
+    code = common.summarize(done, skipped, failed, f"; manifest: {manifest}")
+    return common.FAILED if manifest == "not written" else code
 
 
 def _plain(value: Any) -> Any:

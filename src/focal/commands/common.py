@@ -34,6 +34,13 @@ FORMAT_SUFFIXES = {
 }
 
 
+def add_command(sub: Any, name: str, about: str, doc: str | None) -> Any:
+    """The subcommand's parser, its module docstring as the description."""
+    return sub.add_parser(
+        name, help=about, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+
+
 def add_job_arguments(p: Any, *, folder: str = "") -> None:
     """The options, limits, resume and face detector flags of a transform job. ``folder``
     prefixes the help of the flags that only matter for many images (``"folder: "``)."""
@@ -175,3 +182,11 @@ def summarize(done: int, skipped: int, failures: list[tuple[str, str]], tail: st
     for source, why in failures:
         print(f"  failed: {source}: {why}", file=sys.stderr)
     return FAILED if failures else DONE
+
+
+def read_file(path: Path, max_bytes: int) -> bytes:
+    """The file's bytes, refused (413) past ``max_bytes`` before they are read whole."""
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise FocalError(f"The source is {size} bytes: expected at most {max_bytes}", status=413)
+    return path.read_bytes()
