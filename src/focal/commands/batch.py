@@ -3,12 +3,13 @@
 
 Stages, streamed (Ray Data's backpressure bounds what waits between them):
 
-    list SRC (skip finished outputs) -> read, decode and cap [CPU tasks]
+    list SRC (skip finished outputs) -> read, decode and cap [CPU tasks: the pipeline's phase 1]
       -> detect [pool of detector actors, batches of --batch; one GPU each with --gpus]
-      -> crop, encode and write atomically [CPU tasks] -> manifest + summary [this process]
+      -> crop, encode and write atomically [CPU tasks: phase 2] -> manifest + summary [here]
 
-The crop stage runs focal's own pipeline with the faces found by the actors, so the outputs are
-those of `focal transform` for the same options. Images are detected grouped by padded canvas,
+The pipeline's two phases (focal.detection_input, then focal.pipeline.transform with the faces
+the actors found) are those `focal transform` runs in one call, so the outputs are its outputs
+for the same options. Images are detected grouped by padded canvas,
 as `focal transform` groups them, so an image's faces never depend on its batch neighbours.
 Outputs are named as `focal transform` names them; one already there and newer than its source
 is skipped (resumable; --force redoes it): for an s3 DEST the prefix is listed once, no object is
