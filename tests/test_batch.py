@@ -127,6 +127,25 @@ def test_batch_redacts_an_animation_as_transform_does(ray_local: None, tmp_path:
     assert json.loads((tmp_path / "json" / "moving.json").read_text())["redacted"] >= 3
 
 
+def test_batch_trims_the_border_before_it_detects_as_transform_does(
+    ray_local: None, tmp_path: Path
+) -> None:
+    photo = pyvips.Image.thumbnail(str(DEMO / "astronaut.jpg"), 256)
+    src = tmp_path / "src"
+    src.mkdir()
+    framed = photo.embed(60, 40, 376, 336, extend="white")
+    (src / "framed.png").write_bytes(bytes(framed.pngsave_buffer()))
+    options = ["--options", "width=120,height=120,fit=cover,gravity=face,trim=border,format=json"]
+    assert main(["transform", str(src), "-o", str(tmp_path / "cli"), *options]) == 0
+    assert main(["batch", str(src), str(tmp_path / "ray"), *options]) == 0
+    expected = json.loads((tmp_path / "cli" / "framed.json").read_text())
+    got = json.loads((tmp_path / "ray" / "framed.json").read_text())
+    assert expected["gravity"] == "face" and expected["faces"]
+    assert {k: v for k, v in got.items() if k != "timings"} == {
+        k: v for k, v in expected.items() if k != "timings"
+    }
+
+
 def test_batch_resumes_and_lists_failures_in_the_manifest(
     ray_local: None, photos: Path, tmp_path: Path
 ) -> None:
