@@ -143,7 +143,8 @@ def detection_input(
             if resolved.redact and frames > 1:
                 images, frame_scale = _frames(source, working, cap, frames)
         damaged = fail_on == "none"
-        return DetectionInput(page, images, page_scale, frame_scale, cap, damaged, timer.ms)
+        timings = dict(timer.ms)
+        return DetectionInput(page, images, page_scale, frame_scale, cap, damaged, timings)
 
     return decoding(attempt, cancel)
 
@@ -154,16 +155,20 @@ def detect(inputs: DetectionInput, detector: Detector) -> Faces:
     if inputs.page is None:
         return inputs.faces([])
     timer = Timer(inputs.timings)
-    answers: list[Answer | DetectionFailed] = []
     with timer("detect"):
-        for images in ([inputs.page], list(inputs.frames)):
-            if not images or (answers and isinstance(answers[0], DetectionFailed)):
-                continue
-            try:  # faces above the crop threshold, and the weak candidates
-                answers += faces_and_candidates(detector, images)
-            except DetectionFailed as error:
-                answers += [error] * len(images)
+        answers = _answer(detector, [inputs.page])
+        if inputs.frames and not isinstance(answers[0], DetectionFailed):
+            answers += _answer(detector, list(inputs.frames))
     return replace(inputs.faces(answers), timings=timer.ms)
+
+
+def _answer(detector: Detector, images: list[RGBImage]) -> list[Answer | DetectionFailed]:
+    """One detector call: faces above the crop threshold and the weak candidates per image, or
+    the failure for every image."""
+    try:
+        return list(faces_and_candidates(detector, images))
+    except DetectionFailed as error:
+        return [error] * len(images)
 
 
 def detector_faces(
