@@ -161,6 +161,8 @@ def host_detection(settings: Settings) -> tuple[PoolHost | None, str]:
 
     if not settings.face:
         return None, "face detection is off"
+    if settings.detector_url:  # each worker asks the shared detector service itself
+        return None, ""
     pool = detector_host.start_pool(DetectorPool(detector_host.pool_settings(settings)))
     if isinstance(pool, str):
         return None, pool

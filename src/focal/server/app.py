@@ -87,6 +87,7 @@ from focal.server.cache import (
 )
 from focal.server.metrics import CONTENT_TYPE as METRICS_TYPE
 from focal.server.metrics import Gauges, Metrics, SharedMetrics, merge
+from focal.server.service_client import ServiceDetector
 from focal.server.settings import Settings
 
 PREFIX = b"/cdn-cgi/image/"
@@ -167,6 +168,7 @@ class Detection:
     detector: Detector | None = None
     pool: detector_host.Pool | None = None
     state: str = "off"
+    remote: ServiceDetector | None = None  # the shared detector service's client (detector_url)
 
     def model_id(self) -> str:
         return self.detector.model_id if self.detector is not None else "none"
@@ -192,6 +194,8 @@ def start_detection(settings: Settings, link: detector_host.Link | None = None) 
     if not settings.face:
         logs.event("face detection off: gravity=face falls back to centre", {"setting": "face"})
         return Detection(state="off")
+    if settings.detector_url:  # the shared detector service: no pool, no model here
+        return start_service_detection(settings, Detection(state="starting"))
     if link is not None and link.conn is None:  # the supervisor logged why
         return Detection(state="unavailable: " + link.unavailable)
     pool = detector_host.start_pool(
@@ -205,6 +209,22 @@ def start_detection(settings: Settings, link: detector_host.Link | None = None) 
     if link is None:
         logs.event("face detection ready", {"model": pool.model_id})
     return Detection(detector=detector, pool=pool, state="ready")
+
+
+def start_service_detection(settings: Settings, detection: Detection) -> Detection:
+    """The detector service's client behind the detection cache; a service that is down is
+    waited for (gravity=face falls back meanwhile), never a start-up failure."""
+    remote = ServiceDetector(
+        settings.detector_url,
+        settings.detector_deadline_s,
+        on_state=lambda state: setattr(detection, "state", state),
+    )
+    remote.start()
+    detection.remote = remote
+    detection.detector = detector_pool.CachingDetector(
+        remote, max_entries=settings.detection_cache_entries
+    )
+    return detection
 
 
 class ImageWorkers:
@@ -966,6 +986,8 @@ def create_app(
         if settings.detection_cache_url:  # shared by every instance (the redis extra)
             shared_detection.share_detection(service)
         app.state.detector = service.detection.detector
+        if service.detection.remote is not None:
+            service.metrics.extra.append(service.detection.remote.metric_lines)
         tasks = [asyncio.ensure_future(service.metrics.loop_lag.watch())]
         shared = service.shared_metrics
         if shared is not None:
@@ -985,6 +1007,8 @@ def create_app(
             service.workers.shutdown()
             if service.detection.pool is not None:
                 await anyio.to_thread.run_sync(service.detection.pool.stop)
+            if service.detection.remote is not None:
+                await anyio.to_thread.run_sync(service.detection.remote.stop)
 
     app = Starlette(
         routes=list(build_routes(settings)),

@@ -132,7 +132,8 @@ def share_detection(service: Any) -> None:
     or unavailable)."""
     settings = service.settings
     detection = service.detection
-    if not settings.detection_cache_url or detection.pool is None:
+    inner = detection.pool if detection.pool is not None else detection.remote
+    if not settings.detection_cache_url or inner is None:
         return
     shared = RedisFaces(
         settings.detection_cache_url,
@@ -140,7 +141,7 @@ def share_detection(service: Any) -> None:
         timeout_s=settings.shared_cache_timeout_s,
     )
     detection.detector = CachingDetector(
-        detection.pool, max_entries=settings.detection_cache_entries, shared=shared
+        inner, max_entries=settings.detection_cache_entries, shared=shared
     )
     service.metrics.extra.append(shared.metric_lines)
     register(service.metrics, shared.breaker)
