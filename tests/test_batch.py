@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import pyvips
 from tests.conftest import FACEDATA
+from tests.images import DEMO
 from tests.servers import S3_ENV, Child, free_port, start_moto
 
 from focal.cli import main
@@ -100,6 +101,49 @@ def test_batch_images_match_transform_pixel_for_pixel(
         b = pyvips.Image.new_from_file(str(ray[name]))
         assert (a.width, a.height) == (b.width, b.height) == (200, 200)
         assert (a - b).abs().max() == 0, name
+
+
+def test_batch_redacts_an_animation_as_transform_does(ray_local: None, tmp_path: Path) -> None:
+    # the astronaut moving across the canvas over three frames: every frame is detected on its own
+    photo = pyvips.Image.thumbnail(str(DEMO / "astronaut.jpg"), 256)
+    frames = [photo.embed(x, 0, 400, 256, extend="white") for x in (0, 70, 140)]
+    strip = pyvips.Image.arrayjoin(frames, across=1).copy()
+    strip.set_type(pyvips.GValue.gint_type, "page-height", 256)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "moving.webp").write_bytes(bytes(strip.webpsave_buffer(lossless=True)))
+    options = ["--options", "width=300,redact=faces,format=webp,quality=100"]
+    assert main(["transform", str(src), "-o", str(tmp_path / "cli"), *options]) == 0
+    assert main(["batch", str(src), str(tmp_path / "ray"), *options]) == 0
+    expected = (tmp_path / "cli" / "moving.webp").read_bytes()
+    assert (tmp_path / "ray" / "moving.webp").read_bytes() == expected
+    plain = tmp_path / "plain"
+    unredacted = ["--options", "width=300,format=webp,quality=100"]
+    assert main(["transform", str(src), "-o", str(plain), *unredacted]) == 0
+    assert pyvips.Image.new_from_buffer(expected, "", n=-1).get("n-pages") == 3
+    assert (plain / "moving.webp").read_bytes() != expected
+    described = ["--options", "width=300,redact=faces,format=json"]
+    assert main(["batch", str(src), str(tmp_path / "json"), *described]) == 0
+    assert json.loads((tmp_path / "json" / "moving.json").read_text())["redacted"] >= 3
+
+
+def test_batch_trims_the_border_before_it_detects_as_transform_does(
+    ray_local: None, tmp_path: Path
+) -> None:
+    photo = pyvips.Image.thumbnail(str(DEMO / "astronaut.jpg"), 256)
+    src = tmp_path / "src"
+    src.mkdir()
+    framed = photo.embed(60, 40, 376, 336, extend="white")
+    (src / "framed.png").write_bytes(bytes(framed.pngsave_buffer()))
+    options = ["--options", "width=120,height=120,fit=cover,gravity=face,trim=border,format=json"]
+    assert main(["transform", str(src), "-o", str(tmp_path / "cli"), *options]) == 0
+    assert main(["batch", str(src), str(tmp_path / "ray"), *options]) == 0
+    expected = json.loads((tmp_path / "cli" / "framed.json").read_text())
+    got = json.loads((tmp_path / "ray" / "framed.json").read_text())
+    assert expected["gravity"] == "face" and expected["faces"]
+    assert {k: v for k, v in got.items() if k != "timings"} == {
+        k: v for k, v in expected.items() if k != "timings"
+    }
 
 
 def test_batch_resumes_and_lists_failures_in_the_manifest(

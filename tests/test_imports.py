@@ -1,8 +1,8 @@
 """The shape of focal's import graph, read from the source (every module parsed, no imports run).
 
 * no import cycle among focal's modules (imports inside functions count too);
-* the core (options, geometry, steps, decode, encode, pipeline, detection, errors, files) never
-  imports the face wing (focal.face);
+* the core (options, geometry, steps, decode, encode, the pipeline's modules, detection, errors,
+  files) never imports the face wing (focal.face);
 * the face wing reaches into the rest of focal only for focal.detection, focal.geometry,
   focal.errors and focal.files;
 * focal.face.sessions is the only module that imports an inference runtime or the torch path.
@@ -20,7 +20,8 @@ CORE = (
     *("cloudflare_options", "geometry", "boxes", "published_crop", "placement"),
     *("steps", "decode", "encode", "pipeline", "detection", "errors"),
 )
-CORE_MODULES = {f"focal.{name}" for name in (*CORE, "files")}
+PIPELINE = ("control", "source", "detection_input", "render", "describe")
+CORE_MODULES = {f"focal.{name}" for name in (*CORE, *PIPELINE, "files")}
 FACE_MAY_IMPORT = {"focal.detection", "focal.geometry", "focal.errors", "focal.files"}
 RUNTIMES = ("onnxruntime", "openvino")
 TORCH_PATH = ("focal.face.torch_detector",)

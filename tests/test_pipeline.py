@@ -10,12 +10,18 @@ import pytest
 import pyvips
 from tests import images
 
-from focal import geometry, pipeline
-from focal.detection import DetectionFailed, Face, RGBImage
-from focal.errors import ImageError, LimitError, OptionError
+from focal import geometry, render, source
+from focal.detection import (
+    DetectionFailed,
+    Face,
+    RGBImage,
+    faces_and_candidates,
+    inference_cap,
+)
+from focal.errors import ImageError, LimitError, OptionError, RedactionError
 from focal.geometry import Size
 from focal.options import parse_options
-from focal.pipeline import Limits, transform
+from focal.pipeline import DetectionInput, Faces, Limits, Result, detection_input, transform
 
 
 def run(data: bytes, text: str, **kwargs: object) -> tuple[pyvips.Image, dict[str, object]]:
@@ -131,10 +137,10 @@ def test_animated_strip_steps_equal_frame_by_frame_steps(text: str) -> None:
     plan = geometry.plan(
         Size(97, 61), options.target_width, options.target_height, options.fit, options.gravity
     )
-    by_strip = pipeline._finish_strip(strip, 5, plan, options, 1.0, "webp", [])
-    frames = pipeline._split(strip, 5)
-    pages = [pipeline._finish(page, plan, options, 1.0, "webp", []) for page in frames]
-    by_frame = pipeline._join(pages)
+    by_strip = render.finish_strip(strip, 5, plan, options, 1.0, "webp", [])
+    frames = source.split(strip, 5)
+    pages = [render.finish(page, plan, options, 1.0, "webp", []) for page in frames]
+    by_frame = render.join(pages)
     assert (by_strip.width, by_strip.height) == (by_frame.width, by_frame.height)
     assert by_strip.get("page-height") == by_frame.get("page-height") == plan.canvas.height
     assert np.array_equal(_pixels(by_strip), _pixels(by_frame))
@@ -576,3 +582,57 @@ def test_on_a_real_photo_candidates_keep_the_face_the_faces_alone_lose() -> None
         inside_h = min(y2, crop["top"] + crop["height"]) - max(y1, crop["top"])  # type: ignore[index]
         assert max(inside_w, 0) * max(inside_h, 0) >= 0.9 * (x2 - x1) * (y2 - y1)
     assert all(face["score"] > 0.3 for face in described["faces"])  # type: ignore[index]
+
+
+# --- the two phases: detection input, then the transform with the faces found elsewhere --------
+
+
+def phases(data: bytes, text: str, detector: FixedDetector) -> tuple[DetectionInput, Result]:
+    """Phase 1, every image answered in one detector call (as focal batch's actors answer
+    them), then phase 2 with the faces."""
+    options = parse_options(text)
+    inputs = detection_input(data, options, cap=inference_cap(detector))
+    answers = faces_and_candidates(detector, inputs.images)
+    return inputs, transform(data, options, faces=inputs.faces(answers))
+
+
+@pytest.mark.parametrize(
+    ("data", "text", "images_seen"),
+    [
+        (ASTRONAUT, "width=200,height=120,fit=cover,gravity=face,zoom=0.5,format=png", 1),
+        (images.animated_gif(240, 160), "width=120,redact=faces,format=webp,quality=100", 1 + 5),
+        (images.animated_gif(240, 160), "width=120,redact=faces,anim=false,format=png", 1),
+    ],
+    ids=["face crop", "animation redacted", "first frame redacted"],
+)
+def test_the_two_phases_give_the_one_calls_bytes(data: bytes, text: str, images_seen: int) -> None:
+    one_call = transform(data, parse_options(text), detector=FixedDetector([(40, 30, 90, 100)]))
+    inputs, two = phases(data, text, FixedDetector([(40, 30, 90, 100)]))
+    assert len(inputs.images) == images_seen
+    assert two.data == one_call.data
+    assert two.description["faces"] == one_call.description["faces"] != []
+
+
+def test_phase_two_never_redacts_an_animation_without_every_frames_faces() -> None:
+    data, options = images.animated_gif(240, 160), parse_options("width=120,redact=faces")
+    inputs = detection_input(data, options)
+    answer = ([Face(box=(40, 30, 90, 100), score=0.99)], [])
+    page_only = inputs.faces([answer])
+    failed = inputs.faces([answer, *[DetectionFailed("worker died")] * 5])
+    for faces in (page_only, failed):
+        with pytest.raises(RedactionError):
+            transform(data, options, faces=faces)
+    assert failed.frames_failed is not None and "worker died" in failed.frames_failed
+
+
+def test_phase_two_takes_a_detector_or_faces_not_both() -> None:
+    with pytest.raises(ValueError, match="not both"):
+        transform(ASTRONAUT, parse_options("width=10"), detector=FixedDetector([]), faces=Faces())
+
+
+def test_a_damaged_source_found_in_phase_one_is_served_with_a_warning_in_phase_two() -> None:
+    options = parse_options("width=100,height=100,fit=cover,gravity=face")
+    inputs = detection_input(images.truncated_jpeg(), options)
+    assert inputs.damaged and inputs.page is not None
+    result = transform(images.truncated_jpeg(), options, faces=inputs.faces([([], [])]))
+    assert result.source_warning is not None and result.fallback == geometry.NO_FACE

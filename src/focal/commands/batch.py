@@ -3,12 +3,13 @@
 
 Stages, streamed (Ray Data's backpressure bounds what waits between them):
 
-    list SRC (skip finished outputs) -> read, decode and cap [CPU tasks]
+    list SRC (skip finished outputs) -> read, decode and cap [CPU tasks: the pipeline's phase 1]
       -> detect [pool of detector actors, batches of --batch; one GPU each with --gpus]
-      -> crop, encode and write atomically [CPU tasks] -> manifest + summary [this process]
+      -> crop, encode and write atomically [CPU tasks: phase 2] -> manifest + summary [here]
 
-The crop stage runs focal's own pipeline with the faces found by the actors, so the outputs are
-those of `focal transform` for the same options. Images are detected grouped by padded canvas,
+The pipeline's two phases (focal.detection_input, then focal.pipeline.transform with the faces
+the actors found) are those `focal transform` runs in one call, so the outputs are its outputs
+for the same options. Images are detected grouped by padded canvas,
 as `focal transform` groups them, so an image's faces never depend on its batch neighbours.
 Outputs are named as `focal transform` names them; one already there and newer than its source
 is skipped (resumable; --force redoes it): for an s3 DEST the prefix is listed once, no object is
@@ -28,20 +29,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
+import pickle
 import sys
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from hashlib import blake2b
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from focal.commands import common
 from focal.commands.common import (
+    add_command,
     add_job_arguments,
     detector_kwargs,
     is_image_name,
@@ -49,15 +50,8 @@ from focal.commands.common import (
     positive_int,
     reason,
 )
-from focal.detection import (
-    DetectionFailed,
-    Detector,
-    Face,
-    RGBImage,
-    face_rows,
-    faces_and_candidates,
-    faces_from_rows,
-)
+from focal.detection import DetectionFailed, Detector, faces_and_candidates
+from focal.detection_input import Answer, DetectionInput, detection_input
 from focal.errors import FocalError, ModelMissingError, OptionError
 from focal.face.retinaface import PAD_MULTIPLE
 from focal.files import write_atomic
@@ -115,12 +109,8 @@ S3_SETTINGS = (
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser(
-        "batch",
-        help="transform a folder or s3:// prefix of images on Ray (local or a cluster)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    about = "transform a folder or s3:// prefix of images on Ray (local or a cluster)"
+    p = add_command(sub, "batch", about, __doc__)
     p.add_argument("src", help="a folder of images, or s3://bucket/prefix/")
     p.add_argument("dest", help="the output folder, or s3://bucket/prefix/")
     add_job_arguments(p)
@@ -244,13 +234,7 @@ class Tree:
         """The bytes, refused (413) past ``max_bytes`` before they are read whole."""
         if self.prefix is not None:
             return objectstore.read_object(self._store(), self._location(relative), max_bytes)
-        path = Path(self.folder) / relative
-        size = path.stat().st_size
-        if size > max_bytes:
-            raise FocalError(
-                f"The source is {size} bytes: expected at most {max_bytes}", status=413
-            )
-        return path.read_bytes()
+        return common.read_file(Path(self.folder) / relative, max_bytes)
 
     def write(self, relative: str, data: bytes, content_type: str = "") -> None:
         """Whole or not at all: a rename into place, or one PUT."""
@@ -299,64 +283,31 @@ class Job:
         return int(self.detector_kwargs.get("max_side", INFERENCE_CAP))
 
 
-# ---- stage 1: read, decode and cap (CPU) ------------------------------------------------------
+# ---- stage 1: read, and phase 1 of the pipeline (CPU) ----------------------------------------
 
 
 def prepare(row: dict[str, Any], job: Job) -> dict[str, Any]:
-    """The source's bytes and, with gravity=face, the capped RGB copy the detector sees (exactly
-    the pipeline's: focal.pipeline._detect)."""
-    out = {"src": row["src"], "rel": row["rel"], "data": b"", "pixels": b"", "height": 0}
-    out |= {"width": 0, "error": "", "digest": ""}
+    """The source's bytes and, when the options need faces, the pipeline's detection input (the
+    images the detector sees, and what maps its faces back), pickled: Ray pickles what moves
+    between its stages anyway, and these rows never leave the job."""
+    out = {"src": row["src"], "rel": row["rel"], "data": b"", "input": b"", "error": ""}
     try:
         limits = job.limits
-        data = job.src.read(row["rel"], limits.max_bytes)
-        out["data"] = data
-        array = inference_array(data, job.options, limits, job.max_side)
+        out["data"] = data = job.src.read(row["rel"], limits.max_bytes)
+        if job.options.needs_faces:
+            inputs = detection_input(data, job.options, cap=job.max_side, limits=limits)
+            out["input"] = pickle.dumps(inputs)
     except (FocalError, OSError) as error:
         out["error"] = reason(error)
-        return out
-    if array is not None:
-        out |= {"pixels": array.tobytes(), "height": array.shape[0], "width": array.shape[1]}
-        out["digest"] = digest(array)
     return out
-
-
-def inference_array(
-    data: bytes, options: Options, limits: Limits, cap: int = INFERENCE_CAP
-) -> RGBImage | None:
-    import pyvips
-
-    from focal import geometry, pipeline, steps
-    from focal.decode import check, jpeg_shrink, load, read_header
-
-    if not options.needs_faces or (options.trim is not None and options.trim.border):
-        return None
-    header = read_header(data)
-    check(header, max_pixels=limits.max_pixels, max_frames=limits.max_frames)
-    working = pipeline._working_size(header, options)
-    side = pipeline.detection_side(options, working, cap, pipeline.FACE_CROP_SIDE)
-    inference, factor = geometry.inference_size(working, side)
-    shrink = jpeg_shrink(1 / factor) if header.format == "jpeg" else 1
-    for fail_on in ("warning", "none"):  # as the pipeline retries a damaged source
-        try:
-            page = load(data, header, animated=False, shrink=shrink, fail_on=fail_on)
-            page = pipeline._prepare(page, options, header)
-            return steps.inference_array(page, inference)
-        except pyvips.Error:
-            continue
-    return None  # undecodable: the crop stage reports it
-
-
-def digest(array: RGBImage) -> str:
-    return blake2b(np.ascontiguousarray(array).data, digest_size=16).hexdigest()
 
 
 # ---- stage 2: detect (actors) -----------------------------------------------------------------
 
 
 class DetectActor:
-    """One detector per actor, built once; answers a batch of rows with each image's faces (in
-    inference coordinates) as JSON, or the reason detection failed."""
+    """One detector per actor, built once; answers a batch of rows with each row's Faces
+    (pickled), from the detector's answers for every image of its detection input."""
 
     def __init__(self, detector_kwargs: dict[str, Any], detector_url: str = "") -> None:
         self.detector = (
@@ -365,58 +316,44 @@ class DetectActor:
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         count = len(batch["src"])
-        faces = [""] * count
-        groups: dict[tuple[int, int], list[int]] = {}
-        images: dict[int, RGBImage] = {}
-        for i in range(count):
-            pixels = batch["pixels"][i]
-            if not pixels:
-                continue
-            height, width = int(batch["height"][i]), int(batch["width"][i])
-            images[i] = np.frombuffer(pixels, dtype=np.uint8).reshape(height, width, 3)
-            key = (-(-height // CANVAS_MULTIPLE), -(-width // CANVAS_MULTIPLE))
-            groups.setdefault(key, []).append(i)
-        for members in groups.values():
-            try:
-                found = faces_and_candidates(self.detector, [images[i] for i in members])
-                for i, (answer, weak) in zip(members, found, strict=True):
-                    faces[i] = json.dumps(
-                        {"faces": face_rows(answer), "candidates": face_rows(weak)}
-                    )
-            except Exception as error:  # every image of the call falls back, marked
-                for i in members:
-                    faces[i] = json.dumps({"failed": f"{type(error).__name__}: {error}"})
-        result = {k: v for k, v in batch.items() if k != "pixels"}
+        inputs: dict[int, DetectionInput] = {
+            i: pickle.loads(batch["input"][i]) for i in range(count) if batch["input"][i]
+        }
+        answers = self.answers(inputs)
+        faces = [b""] * count
+        for i, row_input in inputs.items():
+            faces[i] = pickle.dumps(row_input.faces(answers[i]))
+        result = {k: v for k, v in batch.items() if k != "input"}
         result["faces"] = np.array(faces, dtype=object)
         return result
 
+    def answers(
+        self, inputs: dict[int, DetectionInput]
+    ) -> dict[int, list[Answer | DetectionFailed]]:
+        """Every image of every row detected, grouped by padded canvas; a failed call fails each
+        of its images."""
+        answers: dict[int, list[Answer | DetectionFailed]] = {}
+        groups: dict[tuple[int, int], list[tuple[int, int]]] = {}
+        for i, row_input in inputs.items():
+            answers[i] = [DetectionFailed("not detected")] * len(row_input.images)
+            for j, image in enumerate(row_input.images):
+                height, width = image.shape[:2]
+                key = (-(-height // CANVAS_MULTIPLE), -(-width // CANVAS_MULTIPLE))
+                groups.setdefault(key, []).append((i, j))
+        for members in groups.values():
+            images = [inputs[i].images[j] for i, j in members]
+            try:
+                found: list[Answer | DetectionFailed] = list(
+                    faces_and_candidates(self.detector, images)
+                )
+            except Exception as error:  # every image of the call falls back, marked
+                found = [DetectionFailed(f"{type(error).__name__}: {error}")] * len(members)
+            for (i, j), answer in zip(members, found, strict=True):
+                answers[i][j] = answer
+        return answers
 
-# ---- stage 3: crop, encode and write (CPU) ------------------------------------------------------
 
-
-class Found:
-    """A Detector answering the faces the actors found, for the image they were found in."""
-
-    model_id = "batch"
-
-    def __init__(self, faces_json: str, expected_digest: str, max_side: int) -> None:
-        self.faces_json = faces_json
-        self.expected_digest = expected_digest
-        self.max_side = max_side  # the pipeline prepares the image the actors saw
-
-    def detect(self, images: Sequence[RGBImage]) -> list[list[Face]]:
-        return [faces for faces, _ in self.detect_with_candidates(images)]
-
-    def detect_with_candidates(
-        self, images: Sequence[RGBImage]
-    ) -> list[tuple[list[Face], list[Face]]]:
-        answer = json.loads(self.faces_json) if self.faces_json else {}
-        if "failed" in answer:
-            raise DetectionFailed(answer["failed"])
-        if len(images) != 1 or digest(images[0]) != self.expected_digest:
-            raise DetectionFailed("the image differs from the one detected")
-        found = answer.get("faces", []), answer.get("candidates", [])
-        return [(faces_from_rows(found[0]), faces_from_rows(found[1]))]
+# ---- stage 3: phase 2 of the pipeline, encode and write (CPU) ---------------------------------
 
 
 def finish(row: dict[str, Any], job: Job) -> dict[str, Any]:
@@ -427,11 +364,9 @@ def finish(row: dict[str, Any], job: Job) -> dict[str, Any]:
         return record | {"status": "failed", "reason": row["error"]}
     options = job.options
     out = output_name(row["rel"], options)
-    detector = None
-    if options.needs_faces:
-        detector = Found(row.get("faces", ""), row["digest"], job.max_side)
+    faces = pickle.loads(row["faces"]) if row.get("faces") else None
     try:
-        result = transform(row["data"], options, detector=detector, limits=job.limits)
+        result = transform(row["data"], options, faces=faces, limits=job.limits)
         job.dest.write(out, result.data, result.content_type)
     except (FocalError, OSError) as error:
         return record | {"status": "failed", "reason": reason(error)}
@@ -472,8 +407,7 @@ def pending(src: Tree, dest: Tree, options: Options, force: bool) -> Plan:
             plan.refused.append({"source": src.name(relative), "status": "failed", "reason": why})
             continue
         done_at = outputs.get(output_name(relative, options))
-        since = math.floor(sources[relative]) if whole_seconds else sources[relative]
-        if done_at is not None and done_at >= since:
+        if common.up_to_date(done_at, sources[relative], whole_seconds=whole_seconds):
             plan.skipped += 1
         else:
             plan.todo.append(relative)
@@ -485,37 +419,37 @@ def run(args: argparse.Namespace) -> int:
         options = parse_options(args.options)
     except OptionError as error:
         print(f"focal: {error.public}", file=sys.stderr)
-        return 2
+        return common.USAGE
     if options.draw:
         print(
             "focal batch: draw is not supported here: overlays are drawn by focal serve and "
             "focal transform",
             file=sys.stderr,
         )
-        return 2
+        return common.USAGE
     in_store = objectstore.is_s3(args.src) or objectstore.is_s3(args.dest)
     try:
         store = store_settings(args) if in_store else None
         src, dest = Tree.of(args.src, store), Tree.of(args.dest, store)
     except FocalError as error:  # a malformed s3:// prefix, or a bad s3_* setting
         print(f"focal batch: {error.public}", file=sys.stderr)
-        return 2
+        return common.USAGE
     if not src.in_store and not Path(args.src).is_dir():
         print(f"focal batch: {args.src} is not a folder", file=sys.stderr)
-        return 2
+        return common.USAGE
     if in_store:
         try:
             import obstore  # noqa: F401
         except ImportError:
             message = "focal batch: obstore is not installed (pip install 'focal-images[s3]')"
             print(message, file=sys.stderr)
-            return 4
+            return common.NOT_INSTALLED
     try:
         import ray
     except ImportError:
         message = "focal batch: Ray is not installed (pip install 'focal-images[batch]')"
         print(message, file=sys.stderr)
-        return 4
+        return common.NOT_INSTALLED
     if options.needs_faces and args.detector_url:
         try:
             from focal.server.settings import check_service_url
@@ -527,16 +461,16 @@ def run(args: argparse.Namespace) -> int:
                 f"focal batch: {error.public.replace('detector_url', '--detector-url')}",
                 file=sys.stderr,
             )
-            return 2
+            return common.USAGE
         except RuntimeError as error:
             print(f"focal batch: {error}", file=sys.stderr)
-            return 1
+            return common.FAILED
     elif options.needs_faces:
         try:
             require_face_model(args.model_dir)
         except ModelMissingError as error:
             print(f"focal: {error.public}", file=sys.stderr)
-            return 3
+            return common.NO_MODEL
     try:
         plan = pending(src, dest, options, args.force)
     except (FocalError, OSError) as error:
@@ -545,7 +479,7 @@ def run(args: argparse.Namespace) -> int:
         if detail and detail != getattr(error, "public", ""):  # the store's own words
             message += "\n  " + detail.splitlines()[0][:500]
         print(message, file=sys.stderr)
-        return 1
+        return common.FAILED
     job = Job(
         options_text=args.options,
         src=src,
@@ -633,17 +567,9 @@ def report(records: list[dict[str, Any]], skipped: int, dest: Tree) -> int:
         print(f"focal batch: the manifest was not written: {reason(error)}", file=sys.stderr)
         manifest = "not written"
     done = sum(1 for r in records if r["status"] == "done")
-    failed = [r for r in ordered if r["status"] != "done"]
-    if sys.stderr.isatty():
-        print(file=sys.stderr)
-    print(
-        f"{done} done, {skipped} skipped (already there), {len(failed)} failed; "
-        f"manifest: {manifest}",
-        file=sys.stderr,
-    )
-    for record in failed:
-        print(f"  failed: {record['source']}: {record['reason']}", file=sys.stderr)
-    return 1 if failed or manifest == "not written" else 0
+    failed = [(r["source"], r["reason"]) for r in ordered if r["status"] != "done"]
+    code = common.summarize(done, skipped, failed, f"; manifest: {manifest}")
+    return common.FAILED if manifest == "not written" else code
 
 
 def _plain(value: Any) -> Any:

@@ -1,9 +1,12 @@
 """What `focal transform` and `focal batch` share: their job arguments, the names of their
-outputs, and the way a failure is reported."""
+outputs and when one is skipped, the summary, the way a failure is reported, and the exit
+codes."""
 
 from __future__ import annotations
 
 import argparse
+import math
+import sys
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
@@ -16,6 +19,9 @@ from focal.options import BY_KEY, Format, Options
 from focal.pipeline import Limits
 
 Number = TypeVar("Number", int, float)
+# exit codes: all done; an input failed; usage or option error; the face model is not
+# installed; an optional dependency (Ray, obstore) is not installed
+DONE, FAILED, USAGE, NO_MODEL, NOT_INSTALLED = 0, 1, 2, 3, 4
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".avif", ".tif", ".tiff"}
 FORMAT_SUFFIXES = {
     "jpeg": ".jpg",
@@ -26,6 +32,13 @@ FORMAT_SUFFIXES = {
     "gif": ".gif",
     "json": ".json",
 }
+
+
+def add_command(sub: Any, name: str, about: str, doc: str | None) -> Any:
+    """The subcommand's parser, its module docstring as the description."""
+    return sub.add_parser(
+        name, help=about, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
 
 
 def add_job_arguments(p: Any, *, folder: str = "") -> None:
@@ -162,3 +175,33 @@ def reason(error: Exception) -> str:
     if isinstance(error, FocalError):
         return f"{error.public} (status {error.status})"
     return f"{type(error).__name__}: {error}"
+
+
+def up_to_date(output_time: float | None, source_time: float, *, whole_seconds: bool) -> bool:
+    """The skip rule: an output is there (``output_time`` not None) and not older than its
+    source. Object-storage times have whole seconds: with ``whole_seconds`` (either side is
+    object storage) the source's time is compared in whole seconds too."""
+    if output_time is None:
+        return False
+    return output_time >= (math.floor(source_time) if whole_seconds else source_time)
+
+
+def summarize(done: int, skipped: int, failures: list[tuple[str, str]], tail: str = "") -> int:
+    """The summary on stderr (counts, then each failed source and its reason); the exit code."""
+    if sys.stderr.isatty():
+        print(file=sys.stderr)
+    print(
+        f"{done} done, {skipped} skipped (already there), {len(failures)} failed{tail}",
+        file=sys.stderr,
+    )
+    for source, why in failures:
+        print(f"  failed: {source}: {why}", file=sys.stderr)
+    return FAILED if failures else DONE
+
+
+def read_file(path: Path, max_bytes: int) -> bytes:
+    """The file's bytes, refused (413) past ``max_bytes`` before they are read whole."""
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise FocalError(f"The source is {size} bytes: expected at most {max_bytes}", status=413)
+    return path.read_bytes()

@@ -24,13 +24,21 @@ from pathlib import Path
 from typing import Any
 
 from focal.commands.common import (
+    DONE,
+    FAILED,
     IMAGE_SUFFIXES,
+    NO_MODEL,
+    USAGE,
+    add_command,
     add_job_arguments,
     detector_kwargs,
     non_negative_float,
     output_name,
     positive_int,
+    read_file,
     reason,
+    summarize,
+    up_to_date,
 )
 from focal.detection import Detector
 from focal.errors import FocalError, ForbiddenError, ModelMissingError, OptionError
@@ -53,12 +61,7 @@ SUFFIX_FORMATS = {
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser(
-        "transform",
-        help="transform an image or a folder of images",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = add_command(sub, "transform", "transform an image or a folder of images", __doc__)
     p.add_argument("src", type=Path, help="an image file or a folder of images")
     p.add_argument("-o", "--out", type=Path, required=True, help="output file (or folder)")
     p.add_argument("--json", action="store_true", help="print the JSON description of each result")
@@ -90,27 +93,28 @@ def run(args: argparse.Namespace) -> int:
         options = parse_options(args.options)
     except OptionError as error:
         print(f"focal: {error.public}", file=sys.stderr)
-        return 2
+        return USAGE
     limits = Limits(max_pixels=args.max_pixels, max_bytes=args.max_bytes)
     try:
         overlays = load_overlays(options, args.overlay_root, limits.max_bytes)
     except FocalError as error:
         print(f"focal: {error.public}", file=sys.stderr)
-        return 1
+        return FAILED
     try:
         detector = _detector(options, args)
     except ModelMissingError as error:
         print(f"focal: {error.public}", file=sys.stderr)
-        return 3
+        return NO_MODEL
     except FocalError as error:  # a runtime or precision this machine cannot run
         print(f"focal: {error.public}", file=sys.stderr)
-        return 2
+        return USAGE
     except ImportError as error:
         print(f"focal: the {args.runtime} runtime is not installed ({error})", file=sys.stderr)
-        return 2
+        return USAGE
+    work = _Work(options, detector, limits, overlays)
     if args.src.is_dir():
-        return _folder(args, options, detector, limits, overlays)
-    return _single(args, options, detector, limits, overlays)
+        return _folder(args, work)
+    return _single(args, work)
 
 
 def load_overlays(options: Options, root: Path, max_bytes: int) -> dict[str, bytes]:
@@ -135,29 +139,43 @@ def _detector(options: Options, args: argparse.Namespace) -> Detector | None:
     return open_detector(DetectorConfig(**detector_kwargs(args)))
 
 
-def _single(
-    args: argparse.Namespace,
-    options: Options,
-    detector: Detector | None,
-    limits: Limits,
-    overlays: dict[str, bytes],
-) -> int:
+@dataclass(frozen=True)
+class _Work:
+    """What every source of a run is transformed with."""
+
+    options: Options
+    detector: Detector | None
+    limits: Limits
+    overlays: dict[str, bytes]
+
+    def one(self, src: Path, out: Path) -> Result:
+        """``src`` transformed and written whole to ``out``."""
+        data = read_file(src, self.limits.max_bytes)
+        result = transform(
+            data,
+            self.options,
+            detector=self.detector,
+            limits=self.limits,
+            overlays=self.overlays,
+        )
+        write_atomic(out, result.data)
+        return result
+
+
+def _single(args: argparse.Namespace, work: _Work) -> int:
+    options = work.options
     if options.format is None and args.out.suffix.lower() in SUFFIX_FORMATS:
-        options = replace(options, format=SUFFIX_FORMATS[args.out.suffix.lower()])
+        work = replace(
+            work, options=replace(options, format=SUFFIX_FORMATS[args.out.suffix.lower()])
+        )
     try:
-        result = _one(args.src, args.out, options, detector, limits, overlays)
+        result = work.one(args.src, args.out)
     except (FocalError, OSError) as error:
         print(f"focal: {args.src}: {reason(error)}", file=sys.stderr)
-        return 1
+        return FAILED
     if args.json:
         print(json.dumps(result.description, indent=2))
-    return 0
-
-
-@dataclass
-class Summary:
-    done: int = 0
-    skipped: int = 0
+    return DONE
 
 
 @dataclass(frozen=True)
@@ -169,25 +187,17 @@ class Outcome:
     failure: str | None = None
 
 
-def _folder(
-    args: argparse.Namespace,
-    options: Options,
-    detector: Detector | None,
-    limits: Limits,
-    overlays: dict[str, bytes],
-) -> int:
+def _folder(args: argparse.Namespace, work: _Work) -> int:
     sources = sorted(
         p for p in args.src.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
     )
     batching = None
-    if detector is not None:  # each worker waits on one image: no batch holds more than --workers
+    if work.detector is not None:  # each worker waits on one image: a batch is <= --workers
         most = min(args.batch, args.workers)
-        batching = BatchingDetector(detector, most, args.batch_window_ms)
-    job = partial(
-        _job, args=args, options=options, detector=batching, limits=limits, overlays=overlays
-    )
-    summary = Summary()
-    failed: list[tuple[Path, str]] = []
+        batching = BatchingDetector(work.detector, most, args.batch_window_ms)
+    job = partial(_job, args=args, work=replace(work, detector=batching))
+    done = skipped = 0
+    failed: list[tuple[str, str]] = []
     started = time.perf_counter()
     try:
         with ThreadPoolExecutor(args.workers, thread_name_prefix="focal-transform") as pool:
@@ -195,43 +205,28 @@ def _folder(
             for index, (src, outcome) in enumerate(zip(sources, outcomes, strict=True), 1):
                 _progress(index, len(sources), src.name)
                 if outcome.skipped:
-                    summary.skipped += 1
+                    skipped += 1
                 elif outcome.failure is not None:
-                    failed.append((src, outcome.failure))
+                    failed.append((str(src), outcome.failure))
                 else:
-                    summary.done += 1
+                    done += 1
                     if args.json:
                         print(json.dumps({"source": str(src), **(outcome.description or {})}))
     finally:
         if batching is not None:
             batching.close()
-    if sys.stderr.isatty():
-        print(file=sys.stderr)
     seconds = time.perf_counter() - started
-    print(
-        f"{summary.done} done, {summary.skipped} skipped (already there), {len(failed)} failed, "
-        f"in {seconds:.1f} s",
-        file=sys.stderr,
-    )
-    for src, why in failed:
-        print(f"  failed: {src}: {why}", file=sys.stderr)
-    return 1 if failed else 0
+    return summarize(done, skipped, failed, f", in {seconds:.1f} s")
 
 
-def _job(
-    src: Path,
-    args: argparse.Namespace,
-    options: Options,
-    detector: Detector | None,
-    limits: Limits,
-    overlays: dict[str, bytes],
-) -> Outcome:
+def _job(src: Path, args: argparse.Namespace, work: _Work) -> Outcome:
     """One source of a folder run, on a worker thread."""
-    out = _output_path(src, args.src, args.out, options)
+    out = _output_path(src, args.src, args.out, work.options)
     try:
-        if not args.force and out.exists() and out.stat().st_mtime >= src.stat().st_mtime:
+        done_at = out.stat().st_mtime if out.exists() else None
+        if not args.force and up_to_date(done_at, src.stat().st_mtime, whole_seconds=False):
             return Outcome(skipped=True)
-        result = _one(src, out, options, detector, limits, overlays)
+        result = work.one(src, out)
     except (FocalError, OSError) as error:
         return Outcome(failure=reason(error))
     return Outcome(description=result.description)
@@ -247,22 +242,3 @@ def _progress(index: int, total: int, name: str) -> None:
         filled = width * index // max(total, 1)
         bar = "#" * filled + "-" * (width - filled)
         print(f"\r[{bar}] {index}/{total} {name[:40]:<40}", end="", file=sys.stderr, flush=True)
-
-
-def _one(
-    src: Path,
-    out: Path,
-    options: Options,
-    detector: Detector | None,
-    limits: Limits,
-    overlays: dict[str, bytes],
-) -> Result:
-    size = src.stat().st_size
-    if size > limits.max_bytes:
-        raise FocalError(
-            f"The source is {size} bytes: expected at most {limits.max_bytes}", status=413
-        )
-    data = src.read_bytes()
-    result = transform(data, options, detector=detector, limits=limits, overlays=overlays)
-    write_atomic(out, result.data)
-    return result
