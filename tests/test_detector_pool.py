@@ -19,7 +19,8 @@ from tests.fake_detectors import FAIL, SLOW, Echo, image_with
 
 from focal.detection import DetectionFailed, Face, RGBImage, inference_cap
 from focal.errors import BusyError, ModelMissingError
-from focal.server.detector_pool import CachingDetector, DetectorPool, PoolSettings, image_key
+from focal.server.detection.caching import CachingDetector, image_key
+from focal.server.detection.pool import DetectorPool, PoolSettings
 
 MakePool = Callable[[PoolSettings], DetectorPool]
 
@@ -269,7 +270,7 @@ def test_stop_fails_waiting_requests_and_ends_the_workers(
 ORPHAN_SCRIPT = """
 import sys, time
 sys.path.insert(0, sys.argv[1])
-from focal.server.detector_pool import DetectorPool, PoolSettings
+from focal.server.detection.pool import DetectorPool, PoolSettings
 pool = DetectorPool(PoolSettings(factory="tests.fake_detectors:echo", workers=2))
 pool.start()
 print(*pool.worker_pids(), flush=True)
@@ -405,7 +406,7 @@ def test_pool_with_the_real_model_finds_the_astronauts_face(make_pool: MakePool)
 NO_RUNTIME_SCRIPT = """
 import json, sys
 import numpy as np, pyvips
-from focal.server.detector_pool import DetectorPool, PoolSettings
+from focal.server.detection.pool import DetectorPool, PoolSettings
 image = np.asarray(pyvips.Image.new_from_file(sys.argv[1]).numpy(), dtype=np.uint8)
 pool = DetectorPool(PoolSettings())
 pool.start()
@@ -458,8 +459,8 @@ def test_weak_candidates_come_through_the_pool_and_its_cache(make_pool: MakePool
     assert (cache.hits, cache.misses) == (1, 2)
 
 
-def test_the_pool_and_its_cache_report_their_workers_detection_side(make_pool: MakePool) -> None:
-    pool = make_pool(fake("sided", ("max_side", 640)))
+def test_the_pool_and_its_cache_report_their_settings_detection_side(make_pool: MakePool) -> None:
+    pool = make_pool(replace(fake("sided", ("max_side", 640)), max_side=640))
     assert pool.max_side == 640 and CachingDetector(pool).max_side == 640
     assert inference_cap(pool) == 640
     plain = make_pool(fake("echo"))
