@@ -663,6 +663,67 @@ def startup_section(data: dict[str, Any]) -> str:
     )
 
 
+def detector_service_section(data: dict[str, Any]) -> str:
+    wire = [
+        [r["format"], f"{r['bytes']:,}", f"{r['encode_ms']:.2f}", f"{r['decode_ms']:.2f}"]
+        for r in data["wire_formats"]
+    ]
+    crops = []
+    for key, name in (("own_pool", "own detector pool"), ("service", "detector service")):
+        r = data[key]
+        crops.append(
+            [
+                name,
+                f"{r['latency_ms_p50']:.0f}",
+                f"{r['latency_ms_p90']:.0f}",
+                f"{r['host_cpu_ms_per_crop']:.0f}",
+                f"{r['service_cpu_ms_per_crop']:.0f}",
+            ]
+        )
+    o, m, p = data["overhead"], data["memory_service_client"], data["memory_own_pool"]
+    verdict = (
+        "**met**" if m["vmhwm_mib"] <= 150 and not m["inference_runtime_loaded"] else ("**missed**")
+    )
+    return "\n".join(
+        [
+            "## 7. The shared face detector service\n",
+            f"`{data['command']}`\n",
+            "One machine (2 cores, shared with other work while it ran): the detector service "
+            "(`focal detector serve`, a local Ray, one replica), one `focal serve` with its own "
+            "detector pool and one with `detector_url` set; variant and detection caches off, so "
+            f"every request detects. {data['own_pool']['crops']} distinct WIDER FACE photos, "
+            "one face crop at a time to each instance. Image host CPU: the focal serve process "
+            "and its children (the pool's detector process); service CPU: every process of the "
+            "service, Ray's own included (idle, they took "
+            f"{data['service_idle_cpu_ms_per_s']:.0f} ms of CPU per second).\n",
+            table(
+                [
+                    "per face crop",
+                    "latency p50 ms",
+                    "p90 ms",
+                    "image host CPU ms",
+                    "service CPU ms",
+                ],
+                crops,
+            ),
+            "",
+            f"The service's overhead per detection over the same detector called in the "
+            f"process, one image at a time, in turn ({o['images']} capped images): "
+            f"{o['overhead_ms_p50']:.1f} ms at the median of the differences (p90 "
+            f"{o['overhead_ms_p90']:.1f} ms); direct {o['direct_ms_p50']:.0f} ms, through the "
+            f"service {o['service_ms_p50']:.0f} ms.\n",
+            f"The image host with `detector_url` after {m['requests']} face crops, 4 at a "
+            f"time: VmRSS {m['vmrss_mib']:.0f} MiB, VmHWM {m['vmhwm_mib']:.0f} MiB, no "
+            f"inference runtime mapped: {not m['inference_runtime_loaded']}. Goal (at most 150 "
+            f"MiB, no model in the image process) {verdict}. With its own pool: the server "
+            f"{p['vmrss_mib']:.0f} MiB and its detector process {p['pool_rss_mib']:.0f} MiB.\n",
+            "Wire formats of one capped image (CPU ms, median of 7; JSON of 3):\n",
+            table(["format", "bytes", "encode ms", "decode ms"], wire),
+            "",
+        ]
+    )
+
+
 STEP_OF = {"face_crop_breakdown": "breakdown"}
 # studies run by hand (each result names its command): left out of the page until measured
 OPTIONAL = {
@@ -676,6 +737,7 @@ OPTIONAL = {
     "threeway_threads_face",
     "threeway_workers_threads",
     "threeway_workers_threads_face",
+    "detector_service",
 }
 SECTIONS = (
     ("crop_quality", crop_section),
@@ -696,6 +758,7 @@ SECTIONS = (
     ("face_cost", face_cost_section),
     ("memory", memory_section),
     ("startup", startup_section),
+    ("detector_service", detector_service_section),
 )
 
 

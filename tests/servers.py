@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -116,3 +117,44 @@ def running(child: Child) -> Iterator[Child]:
         yield child
     finally:
         child.stop()
+
+
+def fixed_port() -> int:
+    """A free loopback port below the kernel's ephemeral range: one the processes a local Ray
+    starts (which bind port 0 for their own servers) never take before the service binds it."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20000, max(20001, low))
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    return free_port()
+
+
+def start_detector_service(
+    folder: Path, port: int | None = None, args: tuple[str, ...] = (), timeout: float = 300
+) -> Child:
+    """``focal detector serve`` (a local Ray and Ray Serve, the service extra) on a loopback
+    port, waited for until a replica answers the model's metadata; stop() shuts its Ray down."""
+    port = port or fixed_port()
+    log = folder / f"detector-service-{port}.log"
+    command = [sys.executable, "-m", "focal", "detector", "serve"]
+    command += ["--detector-service-port", str(port), *args]
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("FOCAL_", "RAY_"))}
+    with open(log, "wb") as sink:
+        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=environ)
+    child = Child("detector service", port, process, log)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the detector service exited:\n{log.read_text(errors='replace')}")
+        with contextlib.suppress(httpx.TransportError):
+            if httpx.get(child.url + "/v2/models/focal-faces", timeout=5).status_code == 200:
+                return child
+        time.sleep(0.5)
+    child.stop()
+    raise RuntimeError(f"the detector service did not start:\n{log.read_text(errors='replace')}")

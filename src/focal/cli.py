@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from focal import __version__
 
-COMMANDS = ("transform", "detect", "models", "eval", "serve", "batch")
+COMMANDS = ("transform", "detect", "models", "eval", "serve", "batch", "detector")
 
 
 def build_parser() -> argparse.ArgumentParser:

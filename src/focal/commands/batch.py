@@ -79,6 +79,22 @@ def open_face_detector(detector_kwargs: dict[str, Any]) -> Detector:
     return open_detector(DetectorConfig(**detector_kwargs))
 
 
+SERVICE_DEADLINE_S = 120.0  # a batch job waits for the service; a request has its own
+
+
+def service_detector(url: str) -> Any:
+    """The detector service's client (focal.server.service_client), or RuntimeError when the
+    service does not answer."""
+    from focal.server.service_client import ServiceDetector
+
+    detector = ServiceDetector(url, SERVICE_DEADLINE_S)
+    if not detector.check():
+        detector.stop()
+        raise RuntimeError(f"the detector service at {url} does not answer (--detector-url)")
+    detector.start()
+    return detector
+
+
 def require_face_model(model_dir: Path | None) -> None:
     from focal.face.models import require
 
@@ -116,6 +132,13 @@ def register(sub: Any) -> None:
         help="CPUs of the local Ray (default: CPU count)",
     )
     p.add_argument("--detectors", type=positive_int, default=1, help="detector actors")
+    p.add_argument(
+        "--detector-url",
+        default="",
+        help="the face detector service (`focal detector serve`, docs/scaling.md) to ask "
+        "instead of loading the model in detector actors of this job; the actors then only "
+        "send images",
+    )
     p.add_argument(
         "--gpus",
         type=float,
@@ -260,6 +283,7 @@ class Job:
     max_pixels: int
     max_bytes: int = Limits.max_bytes
     detector_kwargs: dict[str, Any] = field(default_factory=dict)
+    detector_url: str = ""  # the detector service, instead of a model in the actors
 
     @property
     def options(self) -> Options:
@@ -334,8 +358,10 @@ class DetectActor:
     """One detector per actor, built once; answers a batch of rows with each image's faces (in
     inference coordinates) as JSON, or the reason detection failed."""
 
-    def __init__(self, detector_kwargs: dict[str, Any]) -> None:
-        self.detector = open_face_detector(detector_kwargs)
+    def __init__(self, detector_kwargs: dict[str, Any], detector_url: str = "") -> None:
+        self.detector = (
+            service_detector(detector_url) if detector_url else open_face_detector(detector_kwargs)
+        )
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         count = len(batch["src"])
@@ -490,7 +516,22 @@ def run(args: argparse.Namespace) -> int:
         message = "focal batch: Ray is not installed (pip install 'focal-images[batch]')"
         print(message, file=sys.stderr)
         return 4
-    if options.needs_faces:
+    if options.needs_faces and args.detector_url:
+        try:
+            from focal.server.settings import check_service_url
+
+            check_service_url(args.detector_url)
+            service_detector(args.detector_url).stop()
+        except FocalError as error:
+            print(
+                f"focal batch: {error.public.replace('detector_url', '--detector-url')}",
+                file=sys.stderr,
+            )
+            return 2
+        except RuntimeError as error:
+            print(f"focal batch: {error}", file=sys.stderr)
+            return 1
+    elif options.needs_faces:
         try:
             require_face_model(args.model_dir)
         except ModelMissingError as error:
@@ -512,6 +553,7 @@ def run(args: argparse.Namespace) -> int:
         max_pixels=args.max_pixels,
         max_bytes=args.max_bytes,
         detector_kwargs=detector_kwargs(args),
+        detector_url=args.detector_url,
     )
     started_here = not ray.is_initialized() and bool(plan.todo)
     if started_here:
@@ -544,7 +586,10 @@ def execute(
     if options.needs_faces:
         ds = ds.map_batches(
             DetectActor,
-            fn_constructor_kwargs={"detector_kwargs": job.detector_kwargs},
+            fn_constructor_kwargs={
+                "detector_kwargs": job.detector_kwargs,
+                "detector_url": job.detector_url,
+            },
             batch_size=args.batch,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=args.detectors),

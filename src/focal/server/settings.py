@@ -375,6 +375,70 @@ SETTINGS: tuple[Setting, ...] = (
         "detector",
         "How long the shared detection cache keeps an answer (seconds).",
     ),
+    _s(
+        "detector_url",
+        "str",
+        "",
+        "detector",
+        "http(s)://host:port of the face detector service (`focal detector serve`, "
+        "docs/scaling.md) that every instance shares. Set: no detector pool and no model in "
+        "this process. Empty: this host runs its own pool.",
+    ),
+    _s("detector_service_host", "str", "127.0.0.1", "detector_service", "Address it listens on."),
+    _s("detector_service_port", "int", 8000, "detector_service", "TCP port it listens on."),
+    _s(
+        "detector_service_address",
+        "str",
+        "",
+        "detector_service",
+        "Ray cluster to deploy on (ray://host:10001 or host:6379; `--address`). Empty: start a "
+        "local Ray.",
+    ),
+    _s(
+        "detector_service_min_replicas",
+        "int",
+        1,
+        "detector_service",
+        "Fewest replicas; 0: none after detector_service_idle_s without requests (the first "
+        "request after that waits for a replica to load the model).",
+    ),
+    _s("detector_service_max_replicas", "int", 2, "detector_service", "Most replicas."),
+    _s(
+        "detector_service_idle_s",
+        "float",
+        300.0,
+        "detector_service",
+        "Seconds of low load before replicas are removed (down to the minimum).",
+    ),
+    _s(
+        "detector_service_target_requests",
+        "float",
+        4.0,
+        "detector_service",
+        "Requests in flight per replica the autoscaler aims at.",
+    ),
+    _s("detector_service_replica_cpus", "float", 1.0, "detector_service", "CPUs per replica."),
+    _s(
+        "detector_service_replica_gpus",
+        "float",
+        0.0,
+        "detector_service",
+        "GPUs per replica (a fraction shares one GPU); with detector_runtime = torch.",
+    ),
+    _s(
+        "detector_service_max_batch",
+        "int",
+        8,
+        "detector_service",
+        "Most images in one batch of a replica, from any instances.",
+    ),
+    _s(
+        "detector_service_batch_wait_ms",
+        "float",
+        10.0,
+        "detector_service",
+        "Longest a batch waits for more images after its first (ms).",
+    ),
     _s("log_level", "str", "info", "server", "One of debug, info, warning, error."),
     _s(
         "playground",
@@ -602,6 +666,18 @@ class Settings:
     presets_only: bool = DEFAULTS["presets_only"]
     detection_cache_url: str = DEFAULTS["detection_cache_url"]
     detection_cache_ttl_s: int = DEFAULTS["detection_cache_ttl_s"]
+    detector_url: str = DEFAULTS["detector_url"]
+    detector_service_host: str = DEFAULTS["detector_service_host"]
+    detector_service_port: int = DEFAULTS["detector_service_port"]
+    detector_service_address: str = DEFAULTS["detector_service_address"]
+    detector_service_min_replicas: int = DEFAULTS["detector_service_min_replicas"]
+    detector_service_max_replicas: int = DEFAULTS["detector_service_max_replicas"]
+    detector_service_idle_s: float = DEFAULTS["detector_service_idle_s"]
+    detector_service_target_requests: float = DEFAULTS["detector_service_target_requests"]
+    detector_service_replica_cpus: float = DEFAULTS["detector_service_replica_cpus"]
+    detector_service_replica_gpus: float = DEFAULTS["detector_service_replica_gpus"]
+    detector_service_max_batch: int = DEFAULTS["detector_service_max_batch"]
+    detector_service_batch_wait_ms: float = DEFAULTS["detector_service_batch_wait_ms"]
     log_level: str = DEFAULTS["log_level"]
     playground: str = DEFAULTS["playground"]  # auto, on or off
     robots_txt: str = DEFAULTS["robots_txt"]
@@ -641,12 +717,37 @@ class Settings:
                 f"Expected {low} to {high} pixels for detector_max_side but received "
                 f"{self.detector_max_side}"
             )
+        if self.detector_url:
+            check_service_url(self.detector_url)
 
     @property
     def threads(self) -> int:
         if self.concurrency > 0:
             return self.concurrency
         return max(1, (os.cpu_count() or 1) // max(1, self.workers))
+
+
+def check_service_url(url: str) -> None:
+    """Refuse a detector_url that is not http(s)://host[:port][/path] (SettingsError)."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises ValueError for a port that is not a number)
+    except ValueError:
+        parts = None
+    if (
+        parts is None
+        or parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or parts.username is not None
+        or parts.query
+        or parts.fragment
+    ):
+        raise SettingsError(
+            f"Expected http(s)://host:port of the detector service for detector_url but "
+            f"received {url!r}"
+        )
 
 
 # ---- converting values -------------------------------------------------------------------------
@@ -856,6 +957,7 @@ GROUP_TITLES = {
     "limits": "Limits",
     "presets": "Presets",
     "detector": "Face detector",
+    "detector_service": "Face detector service (focal detector serve)",
     "crawlers": "Crawlers (robots.txt, rules, pay per crawl)",
 }
 

@@ -7,8 +7,10 @@
                  RemotePool   ──wire──► supervisor's PoolHost ──► DetectorPool  .host
                                          (a worker of workers > 1)
 
-:func:`start_detection` chooses the detector behind the cache (the one branch where another kind
-of detector plugs in), wraps it in the cache, and says what /healthz and /metrics report.
+:func:`start_detection` chooses the detector behind the cache, wraps it in the cache, and says
+what /healthz and /metrics report. Its one branch for another kind of detector: with
+``detector_url``, the shared detector service's client (focal.server.service_client) instead of
+a pool, and no model in the server.
 :func:`host_detection` starts the supervisor's pool for ``workers`` > 1. Both speak
 focal.server.detection.wire; the detection side comes from the settings (``detector_max_side``,
 checked there), never from the wire.
@@ -30,6 +32,7 @@ from focal.server.detection.host import Link, PoolHost, RemotePool
 from focal.server.detection.pool import DetectorPool, PoolSettings, PoolStats
 from focal.server.metrics import Gauges
 from focal.server.objectstore import register
+from focal.server.service_client import ServiceDetector
 from focal.server.settings import Settings
 
 START_ERRORS = (FocalError, ImportError, OSError, RuntimeError, TimeoutError)
@@ -83,6 +86,7 @@ class Detection:
     detector: Detector | None = None
     pool: Pool | None = None
     state: str = "off"
+    remote: ServiceDetector | None = None  # the shared detector service's client (detector_url)
 
     def model_id(self) -> str:
         return self.detector.model_id if self.detector is not None else "none"
@@ -104,6 +108,8 @@ class Detection:
     def stop(self) -> None:
         if self.pool is not None:
             self.pool.stop()
+        if self.remote is not None:
+            self.remote.stop()
 
 
 def start_detection(settings: Settings, metrics: Any, link: Link | None = None) -> Detection:
@@ -113,6 +119,8 @@ def start_detection(settings: Settings, metrics: Any, link: Link | None = None) 
     if not settings.face:
         logs.event("face detection off: gravity=face falls back to centre", {"setting": "face"})
         return Detection(state="off")
+    if settings.detector_url:  # the shared detector service: no pool, no model here
+        return start_service_detection(settings, metrics)
     if link is not None and link.conn is None:  # the supervisor logged why
         return Detection(state="unavailable: " + link.unavailable)
     pool = start_pool(
@@ -125,6 +133,22 @@ def start_detection(settings: Settings, metrics: Any, link: Link | None = None) 
     if link is None:
         logs.event("face detection ready", {"model": pool.model_id})
     return Detection(detector=cached(settings, pool, metrics), pool=pool, state="ready")
+
+
+def start_service_detection(settings: Settings, metrics: Any) -> Detection:
+    """The detector service's client behind the detection cache; a service that is down is
+    waited for (gravity=face falls back meanwhile), never a start-up failure."""
+    detection = Detection(state="starting")
+    remote = ServiceDetector(
+        settings.detector_url,
+        settings.detector_deadline_s,
+        on_state=lambda state: setattr(detection, "state", state),
+    )
+    remote.start()
+    detection.remote = remote
+    detection.detector = cached(settings, remote, metrics)
+    metrics.extra.append(remote.metric_lines)
+    return detection
 
 
 def cached(settings: Settings, inner: Detector, metrics: Any) -> CachingDetector:
@@ -147,6 +171,8 @@ def host_detection(settings: Settings) -> tuple[PoolHost | None, str]:
     off or cannot start)."""
     if not settings.face:
         return None, "face detection is off"
+    if settings.detector_url:  # each worker asks the shared detector service itself
+        return None, ""
     pool = start_pool(DetectorPool(pool_settings(settings)))
     if isinstance(pool, str):
         return None, pool
