@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from focal.detection import Detector, Face, RGBImage
 from focal.errors import FocalError
@@ -30,7 +30,7 @@ from focal.server import logs
 from focal.server.detection.caching import CachingDetector, RedisFaces
 from focal.server.detection.host import Link, PoolHost, RemotePool
 from focal.server.detection.pool import DetectorPool, PoolSettings, PoolStats
-from focal.server.metrics import Gauges
+from focal.server.metrics import Gauges, Metrics
 from focal.server.objectstore import register
 from focal.server.service_client import ServiceDetector
 from focal.server.settings import Settings
@@ -112,7 +112,7 @@ class Detection:
             self.remote.stop()
 
 
-def start_detection(settings: Settings, metrics: Any, link: Link | None = None) -> Detection:
+def start_detection(settings: Settings, metrics: Metrics, link: Link | None = None) -> Detection:
     """Start the detector pool, or with ``link`` (a worker of ``workers`` > 1) connect to the
     supervisor's, behind the detection cache (its Redis tier's counters go to ``metrics``); on
     a missing model or runtime, serve on with the fallback."""
@@ -135,7 +135,7 @@ def start_detection(settings: Settings, metrics: Any, link: Link | None = None) 
     return Detection(detector=cached(settings, pool, metrics), pool=pool, state="ready")
 
 
-def start_service_detection(settings: Settings, metrics: Any) -> Detection:
+def start_service_detection(settings: Settings, metrics: Metrics) -> Detection:
     """The detector service's client behind the detection cache; a service that is down is
     waited for (gravity=face falls back meanwhile), never a start-up failure."""
     detection = Detection(state="starting")
@@ -151,7 +151,7 @@ def start_service_detection(settings: Settings, metrics: Any) -> Detection:
     return detection
 
 
-def cached(settings: Settings, inner: Detector, metrics: Any) -> CachingDetector:
+def cached(settings: Settings, inner: Detector, metrics: Metrics) -> CachingDetector:
     """``inner`` behind the detection cache: the LRU, and with ``detection_cache_url`` the Redis
     tier every instance shares (the redis extra), its counters and breaker on /metrics."""
     if not settings.detection_cache_url:
