@@ -74,7 +74,7 @@ ENV PATH=/opt/focal-app/bin:/opt/focal/bin:$PATH \
     FOCAL_MODEL_DIR=/opt/focal-models \
     FOCAL_HOST=0.0.0.0 \
     FOCAL_PORT=8080 \
-    FOCAL_PLAYGROUND=false \
+    FOCAL_PLAYGROUND=off \
     FOCAL_ROOT=/srv/images \
     FOCAL_CACHE_DIR=/var/cache/focal
 VOLUME ["/srv/images", "/var/cache/focal"]

@@ -99,9 +99,9 @@ def test_the_public_defaults(image: list[tuple[str, str]]) -> None:
     env = env_of(image)
     assert env["FOCAL_HOST"] == "0.0.0.0"
     assert one(image, "EXPOSE") == env["FOCAL_PORT"] == "8080"
-    assert env["FOCAL_PLAYGROUND"] == "false"
+    assert env["FOCAL_PLAYGROUND"] == "off"
     values = settings.from_env(env)  # every value converts (a wrong type raises)
-    assert values["playground"] is False and values["port"] == 8080
+    assert values["playground"] == "off" and values["port"] == 8080
     volumes = json.loads(one(image, "VOLUME"))
     assert env["FOCAL_ROOT"] in volumes and env["FOCAL_CACHE_DIR"] in volumes
     assert json.loads(one(image, "CMD")) == ["focal", "serve"]
