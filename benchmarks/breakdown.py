@@ -5,7 +5,7 @@ In process (focal.pipeline.transform with focal's RetinaFace detector), from Res
 
   cold     every run detects (the detector itself, no cache)
   cached   the detector wrapped in the server's detection cache
-           (focal.server.detector_pool.CachingDetector), filled by one run first
+           (focal.server.detection.caching.CachingDetector), filled by one run first
 
 and, through the server (``focal serve``, detector in its own worker process), the end-to-end
 latency of the same URL with no caches, and with the detection cached but no variant cache.
@@ -88,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     prepare.prepare()
     from focal.face.sessions import load_detector
-    from focal.server.detector_pool import CachingDetector
+    from focal.server.detection.caching import CachingDetector
 
     data = (harness.INPUTS / SOURCE).read_bytes()
     detector = load_detector()

@@ -1,4 +1,4 @@
-"""One detector pool per host (focal.server.detector_host): HTTP workers ask the supervisor's
+"""One detector pool per host (focal.server.detection.host): HTTP workers ask the supervisor's
 pool over a socket each. The pool's detector processes are real (the fake factories of
 tests/fake_detectors.py); host and links run in this process, as they would in supervisor and
 workers; the server test at the end runs `focal serve --workers 2` with the real model."""
@@ -22,8 +22,8 @@ from tests.test_workers import children
 
 from focal.detection import DetectionFailed, Face
 from focal.errors import BusyError
-from focal.server.detector_host import STATS_INTERVAL_S, PoolHost, RemotePool
-from focal.server.detector_pool import DetectorPool, PoolSettings
+from focal.server.detection.host import STATS_INTERVAL_S, PoolHost, RemotePool
+from focal.server.detection.pool import DetectorPool, PoolSettings
 
 Hosted = Callable[..., tuple[PoolHost, DetectorPool]]
 
@@ -165,7 +165,7 @@ def detector_processes(supervisor: int) -> list[int]:
             command = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             continue
-        if b"focal.server.detector_worker" in command:
+        if b"focal.server.detection.worker" in command:
             found.append(pid)
     return found
 

@@ -15,7 +15,7 @@ from tests.conftest import FACEDATA
 from focal.detection import RGBImage
 from focal.face.retinaface import padded_size
 from focal.geometry import INFERENCE_CAP as CAP
-from focal.server.detector_pool import DetectorPool, PoolSettings
+from focal.server.detection.pool import DetectorPool, PoolSettings
 from focal.server.settings import Settings
 
 BOUND_MIB = 400

@@ -19,7 +19,9 @@ from tests.fake_detectors import FAIL, SLOW, Echo, image_with
 
 from focal.detection import DetectionFailed, Face, RGBImage, inference_cap
 from focal.errors import BusyError, ModelMissingError
-from focal.server.detector_pool import CachingDetector, DetectorPool, PoolSettings, image_key
+from focal.server.detection.caching import CachingDetector, image_key
+from focal.server.detection.pool import DetectorPool, PoolSettings
+from focal.server.detection.worker import detect_each, same_shape_groups
 
 MakePool = Callable[[PoolSettings], DetectorPool]
 
@@ -269,7 +271,7 @@ def test_stop_fails_waiting_requests_and_ends_the_workers(
 ORPHAN_SCRIPT = """
 import sys, time
 sys.path.insert(0, sys.argv[1])
-from focal.server.detector_pool import DetectorPool, PoolSettings
+from focal.server.detection.pool import DetectorPool, PoolSettings
 pool = DetectorPool(PoolSettings(factory="tests.fake_detectors:echo", workers=2))
 pool.start()
 print(*pool.worker_pids(), flush=True)
@@ -405,7 +407,7 @@ def test_pool_with_the_real_model_finds_the_astronauts_face(make_pool: MakePool)
 NO_RUNTIME_SCRIPT = """
 import json, sys
 import numpy as np, pyvips
-from focal.server.detector_pool import DetectorPool, PoolSettings
+from focal.server.detection.pool import DetectorPool, PoolSettings
 image = np.asarray(pyvips.Image.new_from_file(sys.argv[1]).numpy(), dtype=np.uint8)
 pool = DetectorPool(PoolSettings())
 pool.start()
@@ -458,8 +460,8 @@ def test_weak_candidates_come_through_the_pool_and_its_cache(make_pool: MakePool
     assert (cache.hits, cache.misses) == (1, 2)
 
 
-def test_the_pool_and_its_cache_report_their_workers_detection_side(make_pool: MakePool) -> None:
-    pool = make_pool(fake("sided", ("max_side", 640)))
+def test_the_pool_and_its_cache_report_their_settings_detection_side(make_pool: MakePool) -> None:
+    pool = make_pool(replace(fake("sided", ("max_side", 640)), max_side=640))
     assert pool.max_side == 640 and CachingDetector(pool).max_side == 640
     assert inference_cap(pool) == 640
     plain = make_pool(fake("echo"))
@@ -470,3 +472,55 @@ def test_a_pool_whose_detector_has_no_candidates_answers_none(make_pool: MakePoo
     pool = make_pool(fake("echo"))
     ((faces, weak),) = pool.detect_with_candidates([image_with(9)])
     assert [f.box[0] for f in faces] == [9.0] and weak == []
+
+
+# ---------------------------------------------------------------------------------------------
+# An image's faces never depend on the images it is batched with
+
+
+class CanvasSized:
+    """Answers one face per image scoring the height of the batch's tallest image: what a
+    detector that pads a batch to its largest canvas would let leak from one image to another."""
+
+    model_id = "canvas"
+
+    def detect(self, images: Sequence[RGBImage]) -> list[list[Face]]:
+        tallest = max(image.shape[0] for image in images)
+        return [[Face(box=(0, 0, 1, 1), score=float(tallest))] for _ in images]
+
+
+def test_a_worker_detects_each_shape_apart_so_companions_never_change_an_answer() -> None:
+    small, large, other_small = image_with(1, 8), image_with(2, 32), image_with(3, 8)
+    answers = detect_each(CanvasSized(), [small, large, other_small])
+    assert [faces[0].score for faces in answers] == [8.0, 32.0, 8.0]
+    assert same_shape_groups([small, large, other_small]) == [[0, 2], [1]]
+
+
+def portrait_crop(top: int, bottom: int, right: int) -> RGBImage:
+    """The astronaut's face cut by the crop's right edge (her face spans about x 180..270)."""
+    return np.ascontiguousarray(astronaut()[top:bottom, 0:right])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_the_same_image_alone_or_batched_with_a_larger_one_gets_the_same_faces(
+    make_pool: MakePool,
+) -> None:
+    import pyvips
+
+    larger = np.asarray(
+        pyvips.Image.new_from_file(str(DEMO / "grace_hopper.jpg")).numpy(), dtype=np.uint8
+    )
+    pool = make_pool(PoolSettings(batch_window_ms=2000, max_batch=8))
+    for crop in (portrait_crop(0, 200, 240), portrait_crop(40, 200, 230)):
+        ((faces, weak),) = pool.detect_with_candidates([crop])
+        batches = pool.stats().batches
+        alone_again = pool.submit([crop], candidates=True)
+        with_larger = pool.submit([larger], candidates=True)
+        ((faces_batched, weak_batched),) = alone_again.future.result(120)
+        with_larger.future.result(120)
+        assert pool.stats().batches == batches + 1  # the two requests shared one batch
+        assert faces and [(f.box, f.score) for f in faces_batched] == [
+            (f.box, f.score) for f in faces
+        ]
+        assert [(f.box, f.score) for f in weak_batched] == [(f.box, f.score) for f in weak]

@@ -106,7 +106,7 @@ def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
 
 def test_the_graph_is_read() -> None:
     edges = graph()
-    assert "focal.face.sessions" in edges["focal.server.detector_pool"]
+    assert "focal.face.sessions" in edges["focal.server.detection.start"]
     assert "focal.face.retinaface" in edges["focal.face.detector"]
     assert "focal.face.torch_detector" in edges["focal.face.sessions"]  # the lazy import counts
 

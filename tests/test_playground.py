@@ -83,9 +83,8 @@ DEFAULT_LIMITS = Limits()
 
 
 def make_client(root: Path = DEMO, limits: Limits = DEFAULT_LIMITS, detector: Any = None) -> Client:
-    app = Starlette(routes=playground.routes(Settings(root=root)))
-    app.state.limits = limits
-    app.state.detector = detector
+    engine = playground.Standalone(limits, detector)
+    app = Starlette(routes=playground.routes(Settings(root=root), engine))
     return Client(app)
 
 
@@ -406,8 +405,6 @@ def test_a_full_image_queue_answers_503_for_uploads(tmp_path: Path) -> None:
 
 def test_a_body_that_never_ends_in_time_is_a_504() -> None:
     app = Starlette(routes=playground.routes(Settings(root=DEMO, request_timeout_s=0.3)))
-    app.state.limits = Limits()
-    app.state.detector = None
 
     async def slow_body() -> AsyncIterator[bytes]:
         yield png_bytes(8, 8)[:10]

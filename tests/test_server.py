@@ -35,7 +35,7 @@ from focal.errors import BusyError
 from focal.server import cache as cache_module
 from focal.server import signing
 from focal.server.app import Detection, ImageWorkers, Origins, create_app, error_response
-from focal.server.origins import LocalOrigin, Source, SourceInfo, is_remote
+from focal.server.origins import Defaults, LocalOrigin, Source, SourceInfo, is_remote
 from focal.server.settings import Settings
 
 DEMO = Path(__file__).resolve().parents[1] / "src" / "focal" / "demo"
@@ -393,7 +393,7 @@ def test_every_log_line_is_json(server: Server) -> None:
 # ---- in-process: time budget and image-thread queue -------------------------------------------
 
 
-class SlowOrigin:
+class SlowOrigin(Defaults):
     """An origin that answers after ``delay`` seconds (stands in for a slow remote host)."""
 
     def __init__(self, delay: float) -> None:

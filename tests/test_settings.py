@@ -126,7 +126,7 @@ def test_bad_values_name_setting_source_and_value(env: dict[str, str], words: li
 
 
 def test_the_detection_side_reaches_the_workers_detector() -> None:
-    from focal.server.detector_host import detector_config
+    from focal.server.detection.start import detector_config
 
     assert detector_config(load(environ={"FOCAL_DETECTOR_MAX_SIDE": "640"})).max_side == 640
     assert detector_config(load(environ={})).max_side == 1024

@@ -22,7 +22,14 @@ from focal.detection import Face, RGBImage
 from focal.errors import ForbiddenError, LimitError, NotFoundError, UpstreamError
 from focal.server.app import create_app
 from focal.server.cache import Meta
-from focal.server.detector_pool import CachingDetector
+from focal.server.detection.caching import (
+    CachingDetector,
+    RedisFaces,
+    decode_answer,
+    decode_faces,
+    encode_answer,
+    encode_faces,
+)
 from focal.server.objectstore import (
     Breaker,
     S3Origin,
@@ -33,13 +40,7 @@ from focal.server.objectstore import (
     parse,
 )
 from focal.server.settings import Settings
-from focal.server.shared_detection import (
-    RedisFaces,
-    decode_answer,
-    decode_faces,
-    encode_answer,
-    encode_faces,
-)
+from focal.server.variants import Variants
 
 DEMO = Path(__file__).resolve().parents[1] / "src" / "focal" / "demo"
 
@@ -403,8 +404,8 @@ def test_a_variant_cache_outage_with_head_identities_is_served_as_misses(
     app = create_app(s3_server_settings(moto, tmp_path))
     dead = stores(f"http://127.0.0.1:{free_port()}", timeout=0.3)
     cache = S3VariantCache("s3://cache/head-test/", dead, Breaker("variant", pause_s=600))
-    app.state.service.cache = cache
-    app.state.service.hot = None  # the store alone (the memory tier would answer the repeat)
+    service = app.state.service  # the store alone (the memory tier would answer the repeat)
+    service.variants = Variants(cache, None, service.metrics, "s3")
     path = "/cdn-cgi/image/width=80/s3://images/originals/astronaut.jpg"
     first, second = asyncio.run(get_twice(app, path))
     for response in (first, second):

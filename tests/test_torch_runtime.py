@@ -359,8 +359,8 @@ def test_model_id_matches_the_cpu_detector_in_fp32(
 def test_default_install_does_not_import_torch() -> None:
     code = (
         "import sys, focal.cli, focal.pipeline, focal.face.retinaface, focal.face.detector, "
-        "focal.face.sessions, focal.server.app, focal.server.detector_pool, "
-        "focal.server.detector_worker; "
+        "focal.face.sessions, focal.server.app, focal.server.detection.pool, "
+        "focal.server.detection.worker; "
         "print('torch' in sys.modules)"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

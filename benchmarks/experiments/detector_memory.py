@@ -63,7 +63,7 @@ from focal.face.detector import RetinaFace
 from focal.face.retinaface import Session, padded_size
 from focal.face.sessions import FACTORY, OnnxRuntimeSession, OpenVinoSession
 from focal.geometry import INFERENCE_CAP
-from focal.server.detector_pool import DetectorPool, PoolSettings
+from focal.server.detection.pool import DetectorPool, PoolSettings
 
 COMMAND = ".venv/bin/python benchmarks/experiments/detector_memory.py"
 MIB = 1024 * 1024

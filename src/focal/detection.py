@@ -49,16 +49,23 @@ class Detector(Protocol):
         """Identifies the model and its settings (part of cache keys)."""
         ...
 
+    @property
+    def max_side(self) -> int:
+        """The most pixels per side it runs on (``detector_max_side``; see
+        :func:`inference_cap`). A wrapper answers its inner detector's."""
+        ...
+
     def detect(self, images: Sequence[RGBImage]) -> list[list[Face]]:
         """Faces for each image, in the order given."""
         ...
 
 
 @runtime_checkable
-class CandidateDetector(Detector, Protocol):
-    """A detector that also hands over weak candidates: detections of the same pass scoring
-    below its face threshold. They are never faces: they only choose among the face crops that
-    keep the faces (focal.geometry.steer, docs/cropping.md)."""
+class CandidateDetector(Protocol):
+    """What a detector that also hands over weak candidates has beside :class:`Detector`:
+    detections of the same pass scoring below its face threshold. They are never faces: they
+    only choose among the face crops that keep the faces (focal.geometry.steer,
+    docs/cropping.md)."""
 
     def detect_with_candidates(
         self, images: Sequence[RGBImage]
@@ -84,7 +91,8 @@ def faces_from_rows(rows: Any) -> list[Face]:
 def inference_cap(detector: Detector) -> int:
     """The most pixels per side this detector runs on: its ``max_side`` where it has one
     (``detector_max_side``: smaller is faster and finds fewer small faces, docs/detector.md),
-    never more than the published cap (SPEC section 2, step 1)."""
+    never more than the published cap (SPEC section 2, step 1). A detector written before
+    ``max_side`` joined the protocol runs at the published cap."""
     side = getattr(detector, "max_side", INFERENCE_CAP)
     return min(INFERENCE_CAP, int(side))
 

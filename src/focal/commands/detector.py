@@ -43,7 +43,7 @@ def register(sub: Any) -> None:
 
 def service_config(settings: Settings) -> Any:
     """The deployment's ServiceConfig; SettingsError for settings that cannot deploy."""
-    from focal.server.detector_host import detector_config
+    from focal.server.detection.start import detector_config
     from focal.server.detector_service import ServiceConfig
 
     low, high = settings.detector_service_min_replicas, settings.detector_service_max_replicas

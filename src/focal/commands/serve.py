@@ -24,7 +24,7 @@ from focal.errors import FocalError
 from focal.server.settings import Settings, add_arguments, load
 
 if TYPE_CHECKING:
-    from focal.server.detector_host import Link, PoolHost
+    from focal.server.detection.host import Link
 
 BACKLOG = 2048
 RESTART_PAUSE_S = 1.0  # between restarts of a worker that died
@@ -153,32 +153,13 @@ def _worker(sock: socket.socket, settings: Settings, link: Link) -> None:  # pra
     sys.exit(serve_on(sock, settings, link))
 
 
-def host_detection(settings: Settings) -> tuple[PoolHost | None, str]:
-    """The one detector pool every worker asks (None and why not, when face detection is off or
-    cannot start)."""
-    from focal.server import detector_host
-    from focal.server.detector_pool import DetectorPool
-
-    if not settings.face:
-        return None, "face detection is off"
-    if settings.detector_url:  # each worker asks the shared detector service itself
-        return None, ""
-    pool = detector_host.start_pool(DetectorPool(detector_host.pool_settings(settings)))
-    if isinstance(pool, str):
-        return None, pool
-    assert isinstance(pool, DetectorPool)
-    from focal.server import logs
-
-    logs.event("face detection ready", {"model": pool.model_id, "shared by": settings.workers})
-    return detector_host.PoolHost(pool), ""
-
-
 def supervise(sock: socket.socket, settings: Settings) -> int:
     """Run ``settings.workers`` spawned processes on ``sock``, all asking this process's one
     detector pool; restart one that dies; on SIGTERM or SIGINT stop them all (each finishes its
     requests, as uvicorn does), then the pool."""
     from focal.server import logs
-    from focal.server.detector_host import Link
+    from focal.server.detection.host import Link
+    from focal.server.detection.start import host_detection
 
     context = multiprocessing.get_context("spawn")  # no fork of a process with libvips threads
     stopping = False

@@ -9,7 +9,7 @@ the bound, and also when the file system's free space would fall under ``min_fre
 bound may be larger than the disk: the disk's real free space is read with statvfs before each
 write). A write that finds no room is refused with ENOSPC before it starts. Every step tolerates
 another process deleting the same files; the server turns any fault of this tier into a miss
-(focal.server.app).
+(focal.server.variants).
 """
 
 from __future__ import annotations

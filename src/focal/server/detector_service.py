@@ -38,7 +38,7 @@ from starlette.responses import Response
 from focal.detection import RGBImage, inference_cap
 from focal.face.retinaface import padded_size
 from focal.server import inference_protocol as oip
-from focal.server.detector_worker import detect_each
+from focal.server.detection.worker import detect_each
 
 log = logging.getLogger("ray.serve")
 

@@ -39,7 +39,7 @@ from urllib.parse import unquote
 from focal.errors import ForbiddenError, LimitError, NotFoundError, UpstreamError
 from focal.server import memory
 from focal.server.cache import Entry, Meta, decode, encode
-from focal.server.origins import Source, SourceInfo, is_remote
+from focal.server.origins import Defaults, Source, SourceInfo, is_remote
 
 log = logging.getLogger("focal.objectstore")
 
@@ -227,7 +227,7 @@ def _setting_prefix(setting: str, prefix: str) -> Location:
 # ---- sources ---------------------------------------------------------------------------------
 
 
-class S3Origin:
+class S3Origin(Defaults):
     """``s3://bucket/key`` sources under the allowed prefixes; see the module docstring."""
 
     def __init__(self, prefixes: Sequence[str], max_bytes: int, stores: Stores) -> None:
@@ -285,7 +285,7 @@ class S3Origin:
         raise ForbiddenError(f"no redirect to an object-store source: {url}")
 
 
-class SchemeOrigin:
+class SchemeOrigin(Defaults):
     """The non-local origin: http(s) sources to ``http``, s3 sources to ``s3``."""
 
     def __init__(self, http: Any, s3: S3Origin) -> None:

@@ -35,10 +35,11 @@ import ipaddress
 import os
 import socket
 import stat
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
+from typing import Protocol
 from urllib.parse import quote, unquote
 
 import httpx
@@ -76,11 +77,58 @@ def is_remote(source: str) -> bool:
     return source.lower().startswith(("http://", "https://"))
 
 
+class Origin(Protocol):
+    """Every origin, one interface (:class:`Defaults` gives what an origin cannot do)."""
+
+    async def fetch(self, source: str) -> Source:
+        """The source's bytes and identity (FocalError: refused, missing, upstream down)."""
+        ...
+
+    async def identify(self, source: str) -> SourceInfo | None:
+        """Its identity from metadata alone, so a cached variant is answered without reading
+        the source; None when only reading it tells."""
+        ...
+
+    def identify_now(self, source: str) -> SourceInfo | None:
+        """The same, blocking, where that costs no network trip (a local file's open and
+        fstat): the server calls it in a thread, with the cache lookup; None elsewhere."""
+        ...
+
+    def location(self, source: str) -> str:
+        """Where onerror=redirect sends a client (ForbiddenError: nowhere)."""
+        ...
+
+
+class Defaults:
+    """What an origin answers for what it cannot do: no identity before the fetch, and no
+    redirect."""
+
+    async def identify(self, source: str) -> SourceInfo | None:
+        return None
+
+    def identify_now(self, source: str) -> SourceInfo | None:
+        return None
+
+    def location(self, source: str) -> str:
+        raise ForbiddenError("this origin gives no redirect target")
+
+
+@dataclass(frozen=True)
+class Origins:
+    local: Origin
+    remote: Origin | None
+    is_remote: Callable[[str], bool]
+
+    def of(self, source: str) -> Origin | None:
+        """The origin that serves ``source`` (None: a remote source, and none enabled)."""
+        return self.remote if self.is_remote(source) else self.local
+
+
 # ---------------------------------------------------------------------------------------------
 # Local files
 
 
-class LocalOrigin:
+class LocalOrigin(Defaults):
     """Files under `root`; see the module docstring for what is refused and with which status."""
 
     def __init__(self, root: Path, max_bytes: int) -> None:
@@ -104,6 +152,9 @@ class LocalOrigin:
         fd, info, full = self._open(path)
         os.close(fd)
         return self._info(full, info, info.st_size)
+
+    async def identify(self, path: str) -> SourceInfo | None:
+        return await asyncio.to_thread(self.identify_now, path)
 
     def _resolve(self, path: str) -> str:
         relative = decode_local_path(path)
@@ -310,7 +361,7 @@ class _Body:
     last_modified: float | None
 
 
-class RemoteOrigin:
+class RemoteOrigin(Defaults):
     """http(s) sources under allowed prefixes, refusing non-public addresses (SSRF)."""
 
     def __init__(

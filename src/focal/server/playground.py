@@ -25,6 +25,7 @@ from __future__ import annotations
 import base64
 import ipaddress
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol
@@ -100,12 +101,43 @@ class PlaygroundSettings(Protocol):
     def request_timeout_s(self) -> float: ...
 
 
-def routes(settings: PlaygroundSettings) -> list[BaseRoute]:
-    """The playground's routes; none when :func:`enabled` says it is off."""
+class Engine(Protocol):
+    """What an upload runs on: the server's limits, its detector (read at each upload: it starts
+    with the server; None: gravity=face falls back) and its image threads."""
+
+    @property
+    def limits(self) -> Limits: ...
+
+    @property
+    def detector(self) -> Detector | None: ...
+
+    async def run(self, job: Callable[[], Result], cancel: Cancel | None = None) -> Result: ...
+
+
+@dataclass(frozen=True)
+class Standalone:
+    """An engine of its own, for the page outside a server: Starlette's thread pool."""
+
+    limits: Limits = field(default_factory=Limits)
+    detector: Detector | None = None
+
+    async def run(self, job: Callable[[], Result], cancel: Cancel | None = None) -> Result:
+        try:
+            return await run_in_threadpool(job)
+        except BaseException:
+            if cancel is not None:
+                cancel.cancel()
+            raise
+
+
+def routes(settings: PlaygroundSettings, engine: Engine | None = None) -> list[BaseRoute]:
+    """The playground's routes, uploads run by ``engine`` (default: :class:`Standalone`); none
+    when :func:`enabled` says it is off."""
     if not enabled(settings):
         return []
     root = Path(settings.root)
     presets, only = dict(settings.presets), settings.presets_only
+    runner: Engine = engine if engine is not None else Standalone()
 
     async def samples(request: Request) -> Response:
         return JSONResponse({"samples": list_samples(root)}, headers={"Cache-Control": "no-cache"})
@@ -121,7 +153,7 @@ def routes(settings: PlaygroundSettings) -> list[BaseRoute]:
             options = expand_presets(options, presets, only=only)
         except FocalError as error:
             return error_response(error)
-        return await answer_upload(request, settings.request_timeout_s, options)
+        return await answer_upload(request, runner, settings.request_timeout_s, options)
 
     return [
         Route("/", index, methods=["GET", "HEAD"]),
@@ -247,12 +279,14 @@ def read_original(root: Path, name: str) -> Response:
 # ---- uploads --------------------------------------------------------------------------------
 
 
-async def answer_upload(request: Request, timeout_s: float, options: str | None = None) -> Response:
+async def answer_upload(
+    request: Request, engine: Engine, timeout_s: float, options: str | None = None
+) -> Response:
     """The upload's JSON answer; reading and transforming together get ``timeout_s`` (504).
     ``options``: the options text (presets expanded), default the ``options`` parameter."""
     try:
         with anyio.fail_after(timeout_s):
-            body = await transform_upload(request, options)
+            body = await transform_upload(request, engine, options)
         return JSONResponse(body, headers={"Cache-Control": "no-store"})
     except TimeoutError:
         return error_response(DeadlineError("The upload took too long to read and transform."))
@@ -263,14 +297,18 @@ async def answer_upload(request: Request, timeout_s: float, options: str | None 
         return response
 
 
-async def transform_upload(request: Request, text: str | None = None) -> dict[str, Any]:
+async def transform_upload(
+    request: Request, engine: Engine, text: str | None = None
+) -> dict[str, Any]:
+    """An upload transformed on ``engine``'s image threads (its concurrency limit and queue:
+    503 when full)."""
     options = parse_options(request.query_params.get("options", "") if text is None else text)
-    limits: Limits = getattr(request.app.state, "limits", Limits())
+    limits = engine.limits
     limit = upload_limit(limits)
     check_declared_length(request.headers.get("content-length"), limit)
     data = await read_limited(request.stream(), limit)
     check_image(data)
-    detector: Detector | None = getattr(request.app.state, "detector", None)
+    detector = engine.detector
     accept = request.headers.get("accept")
     cancel = Cancel()
 
@@ -279,27 +317,9 @@ async def transform_upload(request: Request, text: str | None = None) -> dict[st
             data, options, detector=detector, limits=limits, accept=accept, cancel=cancel
         )
 
-    result = await run_job(request, job, cancel)
+    result = await engine.run(job, cancel)
     image = None if result.format == "json" else data_url(result)
     return {"description": result.description, "image": image}
-
-
-class Workers(Protocol):
-    async def run(self, job: Callable[[], Result], cancel: Cancel | None = None) -> Result: ...
-
-
-async def run_job(request: Request, job: Callable[[], Result], cancel: Cancel) -> Result:
-    """On the server's image threads when it has them (same concurrency limit and queue as
-    image URLs, 503 when full), else on Starlette's thread pool."""
-    service = getattr(request.app.state, "service", None)
-    workers: Workers | None = getattr(service, "workers", None)
-    if workers is not None:
-        return await workers.run(job, cancel)
-    try:
-        return await run_in_threadpool(job)
-    except BaseException:
-        cancel.cancel()
-        raise
 
 
 def upload_limit(limits: Limits) -> int:

@@ -14,7 +14,7 @@ detection deadline sent with it. The process loads no model and imports no infer
 - A thread checks the service every ``HEALTH_INTERVAL_S`` (the proxy's ``/-/healthz``, and the
   model's metadata once, for its id and detection side). While it does not answer, detections
   fail at once instead of waiting for their deadline; when it answers again they resume.
-- The detection cache (:class:`focal.server.detector_pool.CachingDetector`, memory and Redis)
+- The detection cache (:class:`focal.server.detection.caching.CachingDetector`, memory and Redis)
   stays in front of it: only images no cache knows are sent.
 """
 

@@ -6,10 +6,9 @@ detector processes, one batching queue and one memory limit (rather than a pool 
     HTTP worker 2: RemotePool ──socket──┼──► supervisor: PoolHost ──► DetectorPool ──► detector
     ...                                 ┘                                              processes
 
-Messages are multiprocessing Connection messages; pixels travel as raw byte messages, as they do
-to the detector processes (focal.server.detector_worker):
+The link speaks the same protocol as the detector processes (focal.server.detection.wire):
 
-    host -> worker   Hello(model_id, max_side)                      once, first
+    host -> worker   Hello(model_id, pid)                           once, first
                      Answer(ask_id, results) | Refused(ask_id, busy, message, retry_after)
                      Stats(stats, pids)                             every STATS_INTERVAL_S
     worker -> host   Ask(ask_id, shapes, candidates), then len(shapes) raw uint8 buffers
@@ -36,94 +35,22 @@ from multiprocessing import Pipe
 from multiprocessing.connection import Connection
 from typing import Any
 
-import numpy as np
-
 from focal.detection import DetectionFailed, RGBImage
-from focal.errors import BusyError, FocalError
-from focal.face.sessions import FACTORY, DetectorConfig
-from focal.server import logs
-from focal.server.detector_pool import (
+from focal.errors import BusyError
+from focal.geometry import INFERENCE_CAP
+from focal.server.detection import wire
+from focal.server.detection.pool import (
     AskingDetector,
     DetectorPool,
-    PoolSettings,
     PoolStats,
     Request,
     past_deadline,
 )
-from focal.server.settings import Settings
 
 log = logging.getLogger("focal.detector")
 
 STATS_INTERVAL_S = 1.0
 HELLO_TIMEOUT_S = 30.0  # the host has started its pool before any worker connects
-
-
-def detector_config(settings: Settings) -> DetectorConfig:
-    """The detector each detector process builds (focal.face.sessions.open_detector)."""
-    return DetectorConfig(
-        runtime=settings.detector_runtime,
-        precision=settings.detector_precision,
-        device=settings.detector_device,
-        idle_offload_s=settings.detector_idle_offload_s,
-        max_batch=settings.detector_max_batch,
-        crop_threshold=settings.face_crop_threshold,
-        flip=settings.detector_flip,
-        max_side=settings.detector_max_side,
-    )
-
-
-def pool_settings(settings: Settings) -> PoolSettings:
-    return PoolSettings(
-        workers=settings.detector_workers,
-        queue_size=settings.detector_queue,
-        deadline_s=settings.detector_deadline_s,
-        batch_window_ms=settings.detector_batch_window_ms,
-        max_batch=settings.detector_max_batch,
-        rss_limit_mb=settings.detector_rss_limit_mb,
-        factory=FACTORY,
-        factory_args=detector_config(settings).factory_args(),
-    )
-
-
-# -- messages -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Hello:
-    model_id: str
-    max_side: int
-
-
-@dataclass(frozen=True)
-class Ask:
-    ask_id: int
-    shapes: tuple[tuple[int, ...], ...]
-    candidates: bool
-
-
-@dataclass(frozen=True)
-class Withdraw:
-    ask_id: int
-
-
-@dataclass(frozen=True)
-class Answer:
-    ask_id: int
-    results: list[Any]  # as DetectorPool.submit's future: per image, faces or (faces, weak)
-
-
-@dataclass(frozen=True)
-class Refused:
-    ask_id: int
-    busy: bool  # the queue was full (BusyError, 503) rather than a failed detection
-    message: str
-    retry_after: int = 1
-
-
-@dataclass(frozen=True)
-class Stats:
-    stats: PoolStats
-    pids: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -170,7 +97,7 @@ class PoolHost:
         client = _Client(ours)
         with self._lock:
             self._clients.append(client)
-        client.send(Hello(self._pool.model_id, self._pool.max_side))
+        client.send(wire.Hello(self._pool.model_id, os.getpid()))
         threading.Thread(
             target=self._serve, args=(client,), name="focal-host-client", daemon=True
         ).start()
@@ -189,13 +116,9 @@ class PoolHost:
         try:
             while not self._stopped.is_set():
                 message = client.conn.recv()
-                if isinstance(message, Ask):
-                    images = [
-                        np.frombuffer(client.conn.recv_bytes(), np.uint8).reshape(shape)
-                        for shape in message.shapes
-                    ]
-                    self._ask(client, message, images)
-                elif isinstance(message, Withdraw):
+                if isinstance(message, wire.Ask):
+                    self._ask(client, message, wire.receive_images(client.conn, message))
+                elif isinstance(message, wire.Withdraw):
                     request = client.asks.pop(message.ask_id, None)
                     if request is not None:
                         self._pool.withdraw(request)
@@ -210,14 +133,14 @@ class PoolHost:
             with contextlib.suppress(OSError):
                 client.conn.close()
 
-    def _ask(self, client: _Client, ask: Ask, images: Sequence[RGBImage]) -> None:
+    def _ask(self, client: _Client, ask: wire.Ask, images: Sequence[RGBImage]) -> None:
         try:
             request = self._pool.submit(images, ask.candidates)
         except BusyError as error:
-            client.send(Refused(ask.ask_id, True, error.public, error.retry_after))
+            client.send(wire.Refused(ask.ask_id, True, error.public, error.retry_after))
             return
         except DetectionFailed as error:
-            client.send(Refused(ask.ask_id, False, str(error)))
+            client.send(wire.Refused(ask.ask_id, False, str(error)))
             return
         client.asks[ask.ask_id] = request
         request.future.add_done_callback(lambda future: self._answer(client, ask.ask_id, future))
@@ -229,13 +152,13 @@ class PoolHost:
             return
         error = future.exception()
         if error is not None:
-            client.send(Refused(ask_id, False, str(error)))
+            client.send(wire.Refused(ask_id, False, str(error)))
         else:
-            client.send(Answer(ask_id, future.result()))
+            client.send(wire.Answer(ask_id, future.result()))
 
     def _push_stats(self) -> None:
         while not self._stopped.wait(STATS_INTERVAL_S):
-            stats = Stats(self._pool.stats(), tuple(self._pool.worker_pids()))
+            stats = wire.Stats(self._pool.stats(), tuple(self._pool.worker_pids()))
             with self._lock:
                 clients = list(self._clients)
             for client in clients:
@@ -247,13 +170,15 @@ class PoolHost:
 
 class RemotePool(AskingDetector):
     """The host's pool, seen from one HTTP worker: the same Detector interface and stats as a
-    DetectorPool of its own (stats as of the host's last report, at most STATS_INTERVAL_S old)."""
+    DetectorPool of its own (stats as of the host's last report, at most STATS_INTERVAL_S old).
+    ``max_side``: the detection side of the host's detectors (the same settings')."""
 
     _not_started = "the detector host link has not been started"
 
-    def __init__(self, conn: Connection, deadline_s: float) -> None:
+    def __init__(self, conn: Connection, deadline_s: float, max_side: int = INFERENCE_CAP) -> None:
         self._conn = conn
         self._deadline_s = deadline_s
+        self._max_side = max_side
         self._send_lock = threading.Lock()
         self._waiting: dict[int, Future[list[Any]]] = {}
         self._ids = itertools.count(1)
@@ -266,9 +191,9 @@ class RemotePool(AskingDetector):
         if not self._conn.poll(HELLO_TIMEOUT_S):
             raise TimeoutError("the detector host did not answer")
         hello = self._conn.recv()
-        if not isinstance(hello, Hello):
+        if not isinstance(hello, wire.Hello):
             raise RuntimeError(f"the detector host sent {type(hello).__name__} first")
-        self._model_id, self._max_side = hello.model_id, hello.max_side
+        self._model_id = hello.model_id
         self._reader = threading.Thread(target=self._read, name="focal-host-link", daemon=True)
         self._reader.start()
 
@@ -292,15 +217,13 @@ class RemotePool(AskingDetector):
             return []
         if self._closed.is_set():
             raise DetectionFailed("the detector host is gone")
-        arrays = [np.ascontiguousarray(image, dtype=np.uint8) for image in images]
+        arrays = wire.contiguous(images)
         ask_id = next(self._ids)
         future: Future[list[Any]] = Future()
         self._waiting[ask_id] = future
         try:
             with self._send_lock:
-                self._conn.send(Ask(ask_id, tuple(a.shape for a in arrays), candidates))
-                for array in arrays:
-                    self._conn.send_bytes(array.data.cast("B"))
+                wire.send_ask(self._conn, ask_id, arrays, candidates)
         except (OSError, ValueError):
             self._waiting.pop(ask_id, None)
             raise DetectionFailed("the detector host is gone") from None
@@ -308,7 +231,7 @@ class RemotePool(AskingDetector):
             return future.result(timeout=self._deadline_s)
         except TimeoutError:
             self._waiting.pop(ask_id, None)
-            self._send(Withdraw(ask_id))
+            self._send(wire.Withdraw(ask_id))
             raise past_deadline(self._deadline_s) from None
 
     def _send(self, message: object) -> None:
@@ -319,15 +242,15 @@ class RemotePool(AskingDetector):
         try:
             while not self._closed.is_set():
                 message = self._conn.recv()
-                if isinstance(message, Stats):
+                if isinstance(message, wire.Stats):
                     self._stats, self._pids = message.stats, message.pids
                     continue
                 future = self._waiting.pop(getattr(message, "ask_id", -1), None)
                 if future is None:  # withdrawn past its deadline
                     continue
-                if isinstance(message, Answer):
-                    future.set_result(message.results)
-                elif isinstance(message, Refused):
+                if isinstance(message, wire.Answer):
+                    future.set_result(list(message.results))
+                elif isinstance(message, wire.Refused):
                     future.set_exception(_refusal(message))
         except (EOFError, OSError, ValueError):
             if not self._closed.is_set():
@@ -351,28 +274,7 @@ def hang_up(conn: Connection) -> None:
         s.shutdown(socket.SHUT_RDWR)
 
 
-def _refusal(message: Refused) -> Exception:
+def _refusal(message: wire.Refused) -> Exception:
     if message.busy:
         return BusyError(message.message, retry_after=message.retry_after)
     return DetectionFailed(message.message)
-
-
-Pool = DetectorPool | RemotePool
-START_ERRORS = (FocalError, ImportError, OSError, RuntimeError, TimeoutError)
-
-
-def start_pool(pool: Pool) -> Pool | str:
-    """Start ``pool`` (a pool of its own, or the link to the host's); on a missing model or
-    runtime, or a host that does not answer, log and return the public reason: gravity=face then
-    falls back to the centre."""
-    try:
-        pool.start()
-    except START_ERRORS as error:
-        public = getattr(error, "public", None) or "the face detector could not start"
-        logs.event(
-            "face detection unavailable: gravity=face falls back to centre",
-            {"reason": public, "detail": repr(error), "fix": "focal models fetch"},
-            logging.WARNING,
-        )
-        return public
-    return pool

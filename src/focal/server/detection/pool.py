@@ -18,7 +18,9 @@ touched. Callers give up at their deadline; a worker still busy one more deadlin
 request of its batch gave up is treated as hung, killed and replaced. A worker whose resident
 memory passes rss_limit_mb is replaced between batches. Each replacement counts as a restart.
 
-Only the worker processes import the factory (and so any inference runtime); this module does not.
+Lanes and workers speak focal.server.detection.wire; a worker detects an ask's images in groups
+of one shape, so an image's faces never depend on the requests it was batched with. Only the
+worker processes import the factory (and so any inference runtime); this module does not.
 """
 
 from __future__ import annotations
@@ -33,30 +35,20 @@ import subprocess
 import sys
 import threading
 import time
-from collections import OrderedDict, deque
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Sequence
 from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass
-from hashlib import blake2b
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, Protocol
-
-import numpy as np
+from typing import Any
 
 import focal
 from focal import errors
-from focal.detection import (
-    CandidateDetector,
-    DetectionFailed,
-    Detector,
-    Face,
-    RGBImage,
-    inference_cap,
-)
+from focal.detection import DetectionFailed, Face, RGBImage
 from focal.face import sessions
 from focal.geometry import INFERENCE_CAP
-from focal.server import detector_worker as proto
+from focal.server.detection import wire
 
 log = logging.getLogger("focal.detector")
 
@@ -72,7 +64,8 @@ class PoolSettings:
     long detect() waits; batch_window_ms / max_batch: how long a batch waits for more images
     after its first, and its size in images; rss_limit_mb: memory above which a worker is
     replaced; factory: "module:function" building the Detector in the worker, called with
-    factory_args (picklable values) as keyword arguments."""
+    factory_args (picklable values) as keyword arguments; max_side: the detection side the
+    factory's detector runs at (``detector_max_side``, checked by the settings)."""
 
     workers: int = 1
     queue_size: int = 16
@@ -82,6 +75,7 @@ class PoolSettings:
     rss_limit_mb: int = 512
     factory: str = sessions.FACTORY
     factory_args: tuple[tuple[str, object], ...] = ()
+    max_side: int = INFERENCE_CAP
 
 
 @dataclass(frozen=True)
@@ -102,7 +96,7 @@ class Request:
 
 
 class _Worker:
-    """One worker process (`python -m focal.server.detector_worker`) and the server's end of its
+    """One worker process (`python -m focal.server.detection.worker`) and the server's end of its
     socket. The worker's end is the only descriptor it inherits; when either side exits, the
     other reads end-of-file."""
 
@@ -111,32 +105,31 @@ class _Worker:
         self.conn = conn
         self.pid = process.pid
         self.model_id = ""
-        self.max_side = INFERENCE_CAP
 
     @classmethod
     def launch(cls, settings: PoolSettings) -> _Worker:
         ours, theirs = socket.socketpair()
         with ours, theirs:
             process = subprocess.Popen(
-                [sys.executable, "-m", "focal.server.detector_worker", str(theirs.fileno())],
+                [sys.executable, "-m", "focal.server.detection.worker", str(theirs.fileno())],
                 stdin=subprocess.DEVNULL,
                 pass_fds=(theirs.fileno(),),
                 env=_worker_environment(),
             )
             conn = Connection(ours.detach())
-        start = proto.Start(settings.factory, settings.factory_args, tuple(sys.path))
+        start = wire.Start(settings.factory, settings.factory_args, tuple(sys.path))
         with contextlib.suppress(OSError):  # a worker that died at once is seen by wait_ready
             conn.send(start)
         return cls(process, conn)
 
     def wait_ready(self, timeout: float) -> None:
-        """Wait for Ready; on failure, kill the process and raise what the factory raised."""
+        """Wait for Hello; on failure, kill the process and raise what the factory raised."""
         message = self.receive(time.monotonic() + timeout)
-        if isinstance(message, proto.Ready):
-            self.model_id, self.max_side = message.model_id, message.max_side
+        if isinstance(message, wire.Hello):
+            self.model_id = message.model_id
             return
         self.kill()
-        if isinstance(message, proto.StartFailed):
+        if isinstance(message, wire.StartFailed):
             raise _start_error(message)
         raise RuntimeError("the detector worker exited or hung before it was ready")
 
@@ -144,10 +137,7 @@ class _Worker:
         return self.process.poll() is None
 
     def send(self, batch_id: int, images: Sequence[RGBImage], candidates: bool = False) -> None:
-        shapes = tuple(image.shape for image in images)
-        self.conn.send(proto.DetectBatch(batch_id, shapes, candidates))
-        for image in images:
-            self.conn.send_bytes(image.data.cast("B"))
+        wire.send_ask(self.conn, batch_id, images, candidates)
 
     def receive(self, deadline: float) -> object:
         """The next message, None if the worker died, or TimeoutError if the deadline passed."""
@@ -165,7 +155,7 @@ class _Worker:
     def stop(self) -> None:
         """Ask the worker to exit; kill it if it does not within STOP_TIMEOUT_S."""
         with contextlib.suppress(OSError):
-            self.conn.send(proto.Stop())
+            self.conn.send(wire.Stop())
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(STOP_TIMEOUT_S)
         self.kill()
@@ -196,7 +186,7 @@ def rss_bytes(pid: int) -> int:
     return 0
 
 
-def _start_error(failure: proto.StartFailed) -> Exception:
+def _start_error(failure: wire.StartFailed) -> Exception:
     """Rebuild a focal error by name (never unpickle a runtime's exception class here)."""
     module, _, name = failure.error_type.rpartition(".")
     cls = getattr(errors, name, None) if module == "focal.errors" else None
@@ -207,8 +197,8 @@ def _start_error(failure: proto.StartFailed) -> Exception:
 
 class AskingDetector:
     """The Detector interface of a pool whose answers come from ``_ask`` (DetectorPool here,
-    focal.server.detector_host.RemotePool in a worker of several): ``_model_id`` is set once
-    it has started, ``_max_side`` is its detectors' side."""
+    focal.server.detection.host.RemotePool in a worker of several): ``_model_id`` is set once
+    it has started, ``_max_side`` is its detectors' side (from the settings, never the wire)."""
 
     _model_id: str | None = None
     _max_side: int = INFERENCE_CAP
@@ -260,7 +250,7 @@ class DetectorPool(AskingDetector):
         self._closing = threading.Event()
         self._running = False
         self._model_id: str | None = None
-        self._max_side = INFERENCE_CAP
+        self._max_side = settings.max_side
         self._batch_ids = itertools.count(1)
         self._restarts = 0
         self._batches = 0
@@ -283,7 +273,7 @@ class DetectorPool(AskingDetector):
                 _kill_quietly(worker)
             raise
         self._workers = list(launched)
-        self._model_id, self._max_side = launched[0].model_id, launched[0].max_side
+        self._model_id = launched[0].model_id
         self._running = True
         self._lanes = [
             threading.Thread(
@@ -330,7 +320,7 @@ class DetectorPool(AskingDetector):
         future gets, per image, faces or (with ``candidates``) (faces, weak candidates), or
         DetectionFailed. A caller that gives up calls withdraw()."""
         request = Request(
-            images=[np.ascontiguousarray(image, dtype=np.uint8) for image in images],
+            images=wire.contiguous(images),
             future=Future(),
             deadline=time.monotonic() + self._settings.deadline_s,
             candidates=candidates,
@@ -454,7 +444,7 @@ class DetectorPool(AskingDetector):
         # treated as hung, so a slow but healthy worker is not restarted under load.
         last_deadline = max(request.deadline for request in batch)
         reply = worker.receive(last_deadline + self._settings.deadline_s)
-        if isinstance(reply, proto.BatchDone) and reply.batch_id == batch_id:
+        if isinstance(reply, wire.Answer) and reply.ask_id == batch_id:
             self._complete(batch, reply.results, time.monotonic() - started)
             return worker
         if isinstance(reply, TimeoutError):
@@ -463,9 +453,7 @@ class DetectorPool(AskingDetector):
         _fail(batch, "the face detector worker died")
         return self._replace(slot, worker, "the worker died during a batch")
 
-    def _complete(
-        self, batch: list[Request], results: Sequence[proto.Answer], seconds: float
-    ) -> None:
+    def _complete(self, batch: list[Request], results: Sequence[Any], seconds: float) -> None:
         with self._cond:
             self._batches += 1
             self._detections += len(results)
@@ -524,133 +512,3 @@ def _fail(requests: Sequence[Request], message: str) -> None:
 def _kill_quietly(worker: _Worker) -> None:
     with contextlib.suppress(OSError):
         worker.kill()
-
-
-# -- caching --------------------------------------------------------------------------------
-
-CachedAnswer = tuple[tuple[Face, ...], tuple[Face, ...]]  # (faces, weak candidates) of one image
-
-
-class SharedFaces(Protocol):
-    """A second tier behind CachingDetector's LRU that other processes or instances share
-    (focal.server.shared_detection.RedisFaces). It must never raise: a tier that is down answers
-    None for every key and drops stores."""
-
-    def get_many(self, keys: Sequence[bytes]) -> list[CachedAnswer | None]: ...
-    def put_many(self, items: Sequence[tuple[bytes, CachedAnswer]]) -> None: ...
-
-
-class CachingDetector:
-    """Wraps any Detector with an in-memory LRU of its answers, and optionally a shared tier.
-
-    Keyed by blake2b of the model id and each image's shape and bytes (:func:`image_key`,
-    computed once per image for both tiers). Only the faces' boxes and scores are kept: no
-    landmarks (they are dropped from what ``inner`` answers, hit or miss alike), never pixels.
-    Failures are not cached. Answers with weak candidates
-    (``detect_with_candidates``) are kept under keys of their own. Lookup order: the LRU, then
-    ``shared`` (its answers fill the LRU), then ``inner`` (its answers go to both).
-    ``max_entries=0`` keeps no LRU. ``hits`` counts images answered without ``inner``,
-    ``misses`` those ``inner`` detected.
-    """
-
-    def __init__(
-        self, inner: Detector, max_entries: int = 1024, shared: SharedFaces | None = None
-    ) -> None:
-        self._inner = inner
-        self._max_entries = max_entries
-        self.shared = shared
-        self._entries: OrderedDict[bytes, CachedAnswer] = OrderedDict()
-        self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
-
-    @property
-    def model_id(self) -> str:
-        return self._inner.model_id
-
-    @property
-    def max_side(self) -> int:
-        return inference_cap(self._inner)
-
-    def detect(self, images: Sequence[RGBImage]) -> list[list[Face]]:
-        def inner(missing: list[RGBImage]) -> list[tuple[list[Face], list[Face]]]:
-            return [(faces, []) for faces in self._inner.detect(missing)]
-
-        answers = self._answers(images, self._inner.model_id, inner)
-        return [list(faces) for faces, _ in answers]
-
-    def detect_with_candidates(
-        self, images: Sequence[RGBImage]
-    ) -> list[tuple[list[Face], list[Face]]]:
-        """(faces, weak candidates) for each image; faces and no candidates from an inner
-        detector that has none."""
-        inner = self._inner
-        if not isinstance(inner, CandidateDetector):
-            return [(faces, []) for faces in self.detect(images)]
-        answers = self._answers(
-            images, inner.model_id + "|candidates", inner.detect_with_candidates
-        )
-        return [(list(faces), list(weak)) for faces, weak in answers]
-
-    def _answers(
-        self,
-        images: Sequence[RGBImage],
-        model_id: str,
-        inner: Callable[[list[RGBImage]], list[tuple[list[Face], list[Face]]]],
-    ) -> list[CachedAnswer]:
-        keys = [image_key(model_id, image) for image in images]
-        found: list[CachedAnswer | None] = [self._lookup(key) for key in keys]
-        missing = [i for i, answer in enumerate(found) if answer is None]
-        if missing and self.shared is not None:
-            shared = self.shared.get_many([keys[i] for i in missing])
-            for i, answer in zip(missing, shared, strict=True):
-                if answer is not None:
-                    found[i] = answer
-                    self._store(keys[i], answer)
-            missing = [i for i in missing if found[i] is None]
-        with self._lock:
-            self.hits += len(images) - len(missing)
-            self.misses += len(missing)
-        if missing:
-            detected = inner([images[i] for i in missing])
-            stored: list[tuple[bytes, CachedAnswer]] = []
-            for i, (faces, weak) in zip(missing, detected, strict=True):
-                answer = (_kept(faces), _kept(weak))
-                found[i] = answer
-                self._store(keys[i], answer)
-                stored.append((keys[i], answer))
-            if self.shared is not None:
-                self.shared.put_many(stored)
-        return [answer or ((), ()) for answer in found]
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def _lookup(self, key: bytes) -> CachedAnswer | None:
-        with self._lock:
-            answer = self._entries.get(key)
-            if answer is not None:
-                self._entries.move_to_end(key)
-            return answer
-
-    def _store(self, key: bytes, answer: CachedAnswer) -> None:
-        if self._max_entries < 1:
-            return
-        with self._lock:
-            self._entries[key] = answer
-            self._entries.move_to_end(key)
-            while len(self._entries) > self._max_entries:
-                self._entries.popitem(last=False)
-
-
-def _kept(faces: Sequence[Face]) -> tuple[Face, ...]:
-    return tuple(face.box_and_score() for face in faces)
-
-
-def image_key(model_id: str, image: RGBImage) -> bytes:
-    """blake2b of the model id, the image's shape and dtype, and its pixels."""
-    digest = blake2b(digest_size=20)
-    digest.update(model_id.encode())
-    digest.update(repr((image.shape, image.dtype.str)).encode())
-    digest.update(np.ascontiguousarray(image).data)
-    return digest.digest()

@@ -1,0 +1,1 @@
+"""Face detection for the server: focal.server.detection.start builds it (see there)."""
