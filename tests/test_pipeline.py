@@ -626,7 +626,7 @@ def test_phase_two_never_redacts_an_animation_without_every_frames_faces() -> No
 
 
 def test_phase_two_takes_a_detector_or_faces_not_both() -> None:
-    with pytest.raises(ValueError, match="not both"):
+    with pytest.raises(OptionError, match="not both"):
         transform(ASTRONAUT, parse_options("width=10"), detector=FixedDetector([]), faces=Faces())
 
 
