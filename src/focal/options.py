@@ -13,6 +13,7 @@ helpers (focal.option_draw) and the table (focal.option_table) are re-exported h
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import MISSING, dataclass, fields, replace
 
@@ -40,6 +41,8 @@ from focal.option_values import Overlay as Overlay
 from focal.option_values import RedactStyle as RedactStyle
 from focal.option_values import Repeat as Repeat
 from focal.option_values import Trim as Trim
+
+PARSED_REMEMBERED = 1024  # option texts whose Options parse_options keeps (each a few kB)
 
 
 @dataclass(frozen=True)
@@ -239,11 +242,13 @@ def check_rules(options: Options) -> None:
             raise expected(rule.option, rule.expected, rule.received(options))
 
 
+@functools.lru_cache(maxsize=PARSED_REMEMBERED)
 def parse_options(text: str) -> Options:
     """Parse ``width=256,fit=cover,...`` into :class:`Options`; every problem is an OptionError.
 
     Linear in the length of ``text``, which is bounded first (MAX_OPTIONS_LENGTH, and
-    MAX_VALUE_LENGTH for each value)."""
+    MAX_VALUE_LENGTH for each value). The most recent texts' answers are remembered (an
+    Options is immutable): a server asked for the same variants again skips the checks."""
     if len(text) > MAX_OPTIONS_LENGTH:
         raise expected(
             "options", f"at most {MAX_OPTIONS_LENGTH} characters", f"{len(text)} characters"
