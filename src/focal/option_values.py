@@ -14,8 +14,8 @@ from enum import StrEnum
 from focal.errors import expected
 
 # The lowest redact-strength served: below it focal's own detector still finds faces in the
-# redacted regions (benchmarks/redact_strength.py: the rule, the images, the measurement; a lower
-# strength asked in a URL is raised to this one).
+# redacted regions (benchmarks/experiments/redact_strength.py: the rule, the images, the
+# measurement; a lower strength asked in a URL is raised to this one).
 MIN_REDACT_STRENGTH = 62
 MAX_DIMENSION = 12000
 MAX_BORDER = 1000

@@ -142,7 +142,7 @@ def register(sub: Any) -> None:
         default=0.0,
         help="CPUs Ray reserves for each detector actor (default 0: the inference runtime runs "
         "its own threads, and a reservation would only keep decode and encode tasks waiting; "
-        "benchmarks/batch.py)",
+        "benchmarks/experiments/batch.py)",
     )
     p.add_argument("--stats", type=Path, default=None, help="write Ray Data's stage times here")
     add_store_arguments(p.add_argument_group("object storage (an s3:// SRC or DEST)"))

@@ -10,8 +10,8 @@ A session runs one NHWC float32 batch and returns the network's raw per-anchor o
 detector workers) describes the detector it wants, and ``open_detector`` builds it. The default
 runtime ("auto") is ONNX Runtime at fp32 (OpenVINO for bf16 / f16): under a load of mixed image
 sizes it holds the detector worker's memory to about 350 MiB, where OpenVINO's per-shape
-compilations and caches grow it past 450 MiB to 1.3 GiB (benchmarks/detector_memory.py,
-docs/detector.md).
+compilations and caches grow it past 450 MiB to 1.3 GiB
+(benchmarks/experiments/detector_memory.py, docs/detector.md).
 
 Importing this module imports no runtime: each is imported where a session is opened, so the
 server process can read the names below without loading one.

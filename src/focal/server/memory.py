@@ -2,7 +2,7 @@
 
 An image transformation allocates and frees hundreds of megabytes in pieces of every size, on
 many threads. glibc keeps freed memory in per-thread arenas for reuse, so after a burst the
-process stays at its peak. Two measures, chosen with benchmarks/allocator.py
+process stays at its peak. Two measures, chosen with benchmarks/experiments/allocator.py
 (docs/deployment.md, "Memory"):
 
 - at most two malloc arenas, so freed memory is shared by the threads instead of held per thread;

@@ -1,6 +1,7 @@
 """Object storage (S3-compatible: AWS, R2, MinIO, GCS's S3 API): ``s3://bucket/key`` sources and
-the shared variant cache. The client is obstore (chosen by ``benchmarks/s3_client.py``: about a
-third of boto3's CPU time per fetch; docs/scaling.md). Needs the ``s3`` extra.
+the shared variant cache. The client is obstore (chosen by
+``benchmarks/experiments/s3_client.py``: about a third of boto3's CPU time per fetch;
+docs/scaling.md). Needs the ``s3`` extra.
 
 S3Origin serves ``s3://bucket/key`` sources whose bucket and key start with one of the allowed
 ``s3_prefixes``. The key is percent-decoded once; NUL, backslashes, ``.``/``..`` segments and
