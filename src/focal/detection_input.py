@@ -27,6 +27,8 @@ from focal.detection import (
 )
 from focal.errors import expected
 from focal.geometry import DETECTION_FAILED, INFERENCE_CAP, NO_FACE, Size
+from focal.geometry import FACE_CROP_SIDE as FACE_CROP_SIDE
+from focal.geometry import FACE_CROP_SIDES as FACE_CROP_SIDES
 from focal.options import Options
 from focal.source import (
     DEFAULT_LIMITS,
@@ -39,11 +41,6 @@ from focal.source import (
     split,
     working_size,
 )
-
-# The detection side of face crops (docs/detector.md): "output" follows the output's scale,
-# "cap" is always the detector's side. Redaction always detects at the detector's side.
-FACE_CROP_SIDES = ("output", "cap")
-FACE_CROP_SIDE = "cap"
 
 Answer = tuple[list[Face], list[Face]]  # a detector's (faces, weak candidates) for one image
 

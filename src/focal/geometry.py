@@ -125,6 +125,10 @@ def crop_target(source: Size, box: Size, fit: Fit) -> Size:
 
 # --- the detection side of a face crop ----------------------------------------------------------
 
+# "output" follows the output's scale (crop_detection_side), "cap" is always the detector's side.
+# Redaction always detects at the detector's side.
+FACE_CROP_SIDES = ("output", "cap")
+FACE_CROP_SIDE = "cap"
 MIN_DETECTION_SIDE = 256  # the smallest side a face crop detects at (detector_max_side's floor)
 OUTPUT_SCALE_FACTOR = 2  # a face shown 16 px tall in the output is 32 px in the detection image
 

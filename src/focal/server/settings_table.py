@@ -11,12 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from focal import geometry
 from focal.face import sessions
 
 KINDS = ("str", "int", "float", "bool", "path", "list", "table", "switch")
 SWITCH = ("auto", "on", "off")  # a "switch" setting: auto, or a boolean word (on, off)
 LOG_LEVELS = ("debug", "info", "warning", "error")
-# string settings with a closed set of values (the runtime names are focal.face.sessions')
+# string settings with a closed set of values (the runtime names are focal.face.sessions', the
+# face crop sides focal.geometry's)
 CHOICES: dict[str, tuple[str, ...]] = {
     "log_level": LOG_LEVELS,
     "detector_runtime": sessions.RUNTIMES,
@@ -25,7 +27,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "cache_backend": ("disk", "s3"),
     "loop": ("auto", "asyncio", "uvloop"),
     "http": ("auto", "h11", "httptools"),
-    "face_crop_side": ("output", "cap"),
+    "face_crop_side": geometry.FACE_CROP_SIDES,
 }
 
 
@@ -323,7 +325,7 @@ SETTINGS: tuple[Setting, ...] = (
     _s(
         "face_crop_side",
         "str",
-        "cap",
+        geometry.FACE_CROP_SIDE,
         "detector",
         "Detection side of gravity=face crops with zoom=0: output (twice the output's scale, at "
         "most detector_max_side) or cap (always detector_max_side, the published algorithm). "
