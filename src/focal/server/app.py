@@ -264,8 +264,11 @@ async def produce(service: Service, request: Request, trace: Trace) -> Response:
     variants = service.variants
     source = await fetch(service, source_raw, trace)
     asked = variant_key(source.identity, normal, accept, model)  # the key the URL maps to
-    options = trace.options = auto_width_clamped(options, source.data, trace)
-    key = variant_key(source.identity, normalise(options) + drawing, accept, model)
+    key = asked
+    clamped = auto_width_clamped(options, source.data, trace)
+    if clamped is not options:  # a width=auto width the source cannot give: the clamped one's key
+        options = trace.options = clamped
+        key = variant_key(source.identity, normalise(options) + drawing, accept, model)
     if known is None or known.identity != source.identity or key != asked:
         cached = await lookup(service, key, trace)
         if cached is not None:
