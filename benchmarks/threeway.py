@@ -6,6 +6,11 @@ Jobs (each on the same source files under benchmarks/work/inputs/):
     fit512-cold   resize to fit 512x512, JPEG q80, no caches on any server   focal, thumbor, ipx
     fit512-warm   the same, variants cached (every URL asked once first)   focal, thumbor
     face256-cold  face crop 256x256, JPEG q80, no caches          focal, thumbor smart + faces
+    face4x5-cold  face crop 256x320 (4:5), JPEG q80, no caches    focal, thumbor smart + faces
+
+The two face jobs differ in one way: two of the four face sources are square, and a 256x256
+crop of a square is the whole image, where no face can move the crop and focal does not detect
+(docs/detector.md); at 4:5 every crop of every source has room to move, so every request detects.
 
 ipx keeps no transformed images (it has no result cache) and has no face detection, so it is
 in the cold resize only. Cold: focal with --no-cache-enabled --detection-cache-entries 0;
@@ -67,6 +72,7 @@ class Job:
 
 FIT = "width=512,height=512,fit=scale-down,format=jpeg,quality=80,metadata=none"
 FACE = "width=256,height=256,fit=cover,gravity=face,format=jpeg,quality=80,metadata=none"
+FACE_4X5 = "width=256,height=320,fit=cover,gravity=face,format=jpeg,quality=80,metadata=none"
 JOBS = (
     Job(
         "fit512-cold",
@@ -94,6 +100,15 @@ JOBS = (
         "256x256/smart/filters:quality(80)",
         None,
         "face crop 256x256, JPEG q80, no caches (thumbor: smart with its face detector)",
+    ),
+    Job(
+        "face4x5-cold",
+        "cold",
+        "face",
+        FACE_4X5,
+        "256x320/smart/filters:quality(80)",
+        None,
+        "face crop 256x320 (4:5: every crop can move), JPEG q80, no caches (thumbor: smart)",
     ),
 )
 

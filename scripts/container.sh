@@ -223,7 +223,7 @@ while time.monotonic() < deadline:
     time.sleep(1)
 else:
     sys.exit("/healthz did not answer within 180 s")
-url = base + "/cdn-cgi/image/width=256,height=256,fit=cover,gravity=face/astronaut.jpg"
+url = base + "/cdn-cgi/image/width=256,height=320,fit=cover,gravity=face/astronaut.jpg"
 with urllib.request.urlopen(url, timeout=60) as r:
     status, headers, body = r.status, r.headers, r.read()
 
@@ -240,8 +240,8 @@ def jpeg_size(data: bytes) -> tuple[int, int]:
 size = jpeg_size(body)
 print(f"[container] GET {url} -> {status}, Focal-Gravity: {headers.get('Focal-Gravity')}, "
       f"{headers.get('Content-Type')}, {size[0]}x{size[1]}, {len(body)} bytes", file=sys.stderr)
-if status != 200 or headers.get("Focal-Gravity") != "face" or size != (256, 256):
-    sys.exit("not a 256x256 face crop")
+if status != 200 or headers.get("Focal-Gravity") != "face" or size != (256, 320):
+    sys.exit("not a 256x320 face crop")
 if headers.get("Focal-Gravity-Fallback"):
     sys.exit(f"fallback: {headers.get('Focal-Gravity-Fallback')}")
 PY

@@ -23,6 +23,7 @@ from focal.geometry import (
     crop_target,
     face_crop_size,
     face_region,
+    faces_can_move_crop,
     faces_that_fit,
     focal_point,
     inference_size,
@@ -937,3 +938,83 @@ def test_candidates_steer_the_same_way_in_any_order(
         candidates=data.draw(st.permutations(candidates)),
     )
     assert first.crop == second.crop and first.steering == second.steering
+
+
+# --- where faces cannot move the crop (detection is skipped) -------------------------------------
+
+
+@st.composite
+def scenes_and_boxes(draw: st.DrawFn) -> tuple[Size, list[Box], int | None, int | None]:
+    """A scene with faces and a target; half the time the target has the image's own aspect
+    ratio (the case where a zoom=0 crop has no room to move)."""
+    image, faces = draw(images_with_faces())
+    if draw(st.booleans()):
+        scale = draw(st.floats(min_value=0.05, max_value=2.0))
+        width = max(1, round(image.width * scale))
+        height = max(1, round(image.height * scale))
+        return image, faces, width, height
+    return image, faces, draw(targets), draw(targets)
+
+
+@settings(deadline=None, max_examples=400)
+@given(scene=scenes_and_boxes(), fit=fits, zoom=zooms, candidates=st.booleans())
+@example(
+    scene=(Size(1536, 1536), [Box(100, 100, 300, 350)], 256, 256),
+    fit=Fit.COVER,
+    zoom=0.0,
+    candidates=False,
+)
+def test_where_faces_cannot_move_the_crop_every_face_set_gives_the_plan_without_faces(
+    scene: tuple[Size, list[Box], int | None, int | None],
+    fit: Fit,
+    zoom: float,
+    candidates: bool,
+) -> None:
+    image, faces, width, height = scene
+    if faces_can_move_crop(image, width, height, fit, zoom):
+        return
+    weak = faces[1:] if candidates else []
+    found = plan(
+        image, width, height, fit, G["face"], faces=faces[:1] or faces, zoom=zoom, candidates=weak
+    )
+    everyone = plan(image, width, height, fit, G["face"], faces=faces, zoom=zoom)
+    nobody = plan(image, width, height, fit, G["face"], faces=[], zoom=zoom)
+    for result in (found, everyone):
+        assert (result.crop, result.resize, result.canvas, result.offset) == (
+            nobody.crop,
+            nobody.resize,
+            nobody.canvas,
+            nobody.offset,
+        )
+
+
+@pytest.mark.parametrize(
+    ("image", "width", "height", "fit", "zoom", "moves"),
+    [
+        (Size(1536, 1536), 256, 256, Fit.COVER, 0.0, False),  # square to square: the whole image
+        (Size(2000, 1000), 400, 200, Fit.CROP, 0.0, False),  # the image's own aspect ratio
+        (Size(1536, 1536), 256, None, Fit.COVER, 0.0, False),  # one side: the whole image
+        (Size(1000, 500), 200, 200, Fit.SCALE_DOWN, 0.0, False),  # not a cropping fit
+        (Size(1000, 500), 200, 200, Fit.COVER, 0.0, True),  # a square slides along x
+        (Size(1536, 1536), 256, 256, Fit.COVER, 0.5, True),  # zoom: the faces size the crop
+        (Size(1536, 1536), 256, 255, Fit.COVER, 0.0, True),  # one row of room
+    ],
+)
+def test_faces_can_move_the_crop_only_where_the_crop_has_room_or_zoom_sizes_it(
+    image: Size, width: int | None, height: int | None, fit: Fit, zoom: float, moves: bool
+) -> None:
+    assert faces_can_move_crop(image, width, height, fit, zoom) is moves
+
+
+def test_a_square_face_crop_of_a_square_image_is_the_same_wherever_the_face_is() -> None:
+    image = Size(1536, 1536)
+    crops = {
+        plan(image, 256, 256, Fit.COVER, G["face"], faces=[face]).crop
+        for face in (Box(0, 0, 50, 50), Box(1400, 1400, 1536, 1536), Box(700, 0, 800, 90))
+    }
+    assert crops == {Rect(0, 0, 1536, 1536)}
+    moved = {
+        plan(Size(1536, 1535), 256, 256, Fit.COVER, G["face"], faces=[face]).crop
+        for face in (Box(0, 0, 50, 50), Box(1400, 1400, 1536, 1535))
+    }
+    assert len(moved) == 2  # one pixel less: the face places the crop

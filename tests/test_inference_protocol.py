@@ -184,7 +184,7 @@ def test_focal_serve_without_its_service_serves_degraded_face_crops(tmp_path: Pa
 async def degraded_without_service(settings: Settings) -> None:
     origin = LocalOrigin(DEMO, settings.max_bytes)
     app = create_app(settings, Origins(local=origin, remote=None, is_remote=is_remote))
-    path = "/cdn-cgi/image/width=100,height=100,fit=cover,gravity=face/astronaut.jpg"
+    path = "/cdn-cgi/image/width=160,height=100,fit=cover,gravity=face/astronaut.jpg"
     transport = httpx.ASGITransport(app=app)
     async with (
         app.router.lifespan_context(app),

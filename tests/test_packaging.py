@@ -88,7 +88,7 @@ def test_the_wheel_installs_into_a_fresh_venv_and_serves_a_face_crop(tmp_path: P
         cwd=tmp_path,
     )
     try:
-        path = "/cdn-cgi/image/width=200,height=200,fit=cover,gravity=face/astronaut.jpg"
+        path = "/cdn-cgi/image/width=200,height=150,fit=cover,gravity=face/astronaut.jpg"
         response = httpx.get(live.url(path), timeout=120)
         assert response.status_code == 200, response.text
         assert response.headers["content-type"] == "image/jpeg"

@@ -333,7 +333,7 @@ def test_face_gravity_output_has_the_asked_size() -> None:
 def test_no_face_falls_back_to_centre_and_says_so() -> None:
     result = transform(
         ASTRONAUT,
-        parse_options("width=100,height=100,fit=cover,gravity=face"),
+        parse_options("width=160,height=100,fit=cover,gravity=face"),
         detector=FixedDetector([]),
     )
     assert (result.gravity_used, result.fallback, result.degraded) == (
@@ -346,7 +346,7 @@ def test_no_face_falls_back_to_centre_and_says_so() -> None:
 def test_a_failed_detection_falls_back_and_is_marked_degraded() -> None:
     result = transform(
         ASTRONAUT,
-        parse_options("width=100,height=100,fit=cover,gravity=face"),
+        parse_options("width=160,height=100,fit=cover,gravity=face"),
         detector=FailingDetector(),
     )
     assert result.gravity_used == "center"
@@ -631,8 +631,44 @@ def test_phase_two_takes_a_detector_or_faces_not_both() -> None:
 
 
 def test_a_damaged_source_found_in_phase_one_is_served_with_a_warning_in_phase_two() -> None:
-    options = parse_options("width=100,height=100,fit=cover,gravity=face")
+    options = parse_options("width=160,height=100,fit=cover,gravity=face")
     inputs = detection_input(images.truncated_jpeg(), options)
     assert inputs.damaged and inputs.page is not None
     result = transform(images.truncated_jpeg(), options, faces=inputs.faces([([], [])]))
     assert result.source_warning is not None and result.fallback == geometry.NO_FACE
+
+
+# --- face crops whose crop no face can move detect nothing ---------------------------------------
+
+
+def test_a_square_face_crop_of_a_square_source_detects_nothing_and_matches_the_centred_crop() -> (
+    None
+):
+    detector = FixedDetector([(10, 10, 60, 70)])  # a face in the corner, were it asked
+    face = transform(
+        ASTRONAUT, parse_options("width=128,height=128,fit=cover,gravity=face"), detector=detector
+    )
+    centre = transform(ASTRONAUT, parse_options("width=128,height=128,fit=cover"))
+    assert detector.seen == []
+    assert (face.gravity_used, face.fallback, face.degraded) == (
+        "center",
+        geometry.FACES_CANNOT_MOVE,
+        False,
+    )
+    assert face.data == centre.data
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "width=160,height=128,fit=cover,gravity=face",  # the crop has room to move
+        "width=128,height=128,fit=cover,gravity=face,zoom=0.5",  # the faces size the crop
+        "width=128,height=128,fit=cover,gravity=face,redact=faces",  # redaction needs them all
+        "width=128,height=128,fit=cover,gravity=face,format=json",  # the description lists them
+    ],
+)
+def test_face_crops_that_faces_can_change_still_detect(text: str) -> None:
+    detector = FixedDetector([(10, 10, 60, 70)])
+    result = transform(ASTRONAUT, parse_options(text), detector=detector)
+    assert len(detector.seen) == 1
+    assert result.fallback is None

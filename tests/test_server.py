@@ -670,7 +670,10 @@ def test_full_detector_queue_gives_503_with_retry_after(
     args = ["--face", "--concurrency", "10", "--detector-queue", "1", "--detector-max-batch", "1"]
     busy = face_server_with(face_root, args)
     try:
-        urls = [busy.url(f"/cdn-cgi/image/width=100,gravity=face/p{i}.jpg") for i in range(10)]
+        urls = [
+            busy.url(f"/cdn-cgi/image/width=100,height=60,fit=cover,gravity=face/p{i}.jpg")
+            for i in range(10)
+        ]
         responses = get_all(urls)
     finally:
         busy.stop()

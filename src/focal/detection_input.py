@@ -29,7 +29,7 @@ from focal.errors import expected
 from focal.geometry import DETECTION_FAILED, INFERENCE_CAP, NO_FACE, Size
 from focal.geometry import FACE_CROP_SIDE as FACE_CROP_SIDE
 from focal.geometry import FACE_CROP_SIDES as FACE_CROP_SIDES
-from focal.options import Options
+from focal.options import Format, Options
 from focal.source import (
     DEFAULT_LIMITS,
     Limits,
@@ -73,6 +73,7 @@ class DetectionInput:
     cap: int = INFERENCE_CAP
     damaged: bool = False
     timings: dict[str, float] = field(default_factory=dict)
+    fallback: str | None = None  # why a face crop needs no detection (page is None then)
 
     @property
     def images(self) -> list[RGBImage]:
@@ -83,7 +84,7 @@ class DetectionInput:
         it could not answer; the frames' may be left out after the page failed) as Faces."""
         base = Faces(cap=self.cap, damaged=self.damaged, timings=dict(self.timings))
         if self.page is None:
-            return base
+            return replace(base, fallback=self.fallback)
         page = answers[0]
         if isinstance(page, DetectionFailed):
             return replace(base, fallback=DETECTION_FAILED + str(page), degraded=True)
@@ -132,6 +133,9 @@ def detection_input(
         resolved = resolve_trim_border(data, options, header, cancel, timer, fail_on)
         frames = output_format(resolved, header, accept, limits)[2]
         working = working_size(header, resolved)
+        if not faces_matter(resolved, working):
+            fallback = geometry.FACES_CANNOT_MOVE
+            return DetectionInput(cap=cap, timings=dict(timer.ms), fallback=fallback)
         side = detection_side(resolved, working, cap, face_crop_side)
         source = _Source(data, resolved, header, cancel, fail_on)
         with timer("decode"):
@@ -197,6 +201,17 @@ def detector_faces(
     )
     cancel.check()
     return detect(inputs, detector)
+
+
+def faces_matter(options: Options, working: Size) -> bool:
+    """Whether these options need the faces of a ``working``-sized image: always for
+    redact=faces and for format=json (its description lists them); for a face crop only where
+    a face could move the crop (geometry.faces_can_move_crop)."""
+    if options.redact or options.format is Format.JSON:
+        return True
+    return geometry.faces_can_move_crop(
+        working, options.target_width, options.target_height, options.fit, options.zoom
+    )
 
 
 def detection_side(options: Options, working: Size, cap: int, face_crop_side: str) -> int:

@@ -43,6 +43,7 @@ NO_FACE = "no face found"
 NO_DETECTOR = "face detection is not available"
 DETECTION_FAILED = "face detection failed: "
 NO_FOCUS = "no focus point"
+FACES_CANNOT_MOVE = "not detected: the crop is the whole image, so no face can move it"
 # Why a face was left out of a face crop (the json "left_out" faces' reason)
 LEFT_OUT = "smaller than the faces kept, and not all faces fit the output's aspect ratio"
 
@@ -144,6 +145,24 @@ def crop_detection_side(source: Size, box: Size, fit: Fit, cap: int = INFERENCE_
     scale = min(resize.width / width, resize.height / height)
     side = math.ceil(OUTPUT_SCALE_FACTOR * scale * max(source.width, source.height) - EPS)
     return max(min(side, cap), min(MIN_DETECTION_SIDE, cap))
+
+
+def faces_can_move_crop(
+    source: Size, width: int | None, height: int | None, fit: Fit, zoom: float
+) -> bool:
+    """Whether the faces found could change a gravity=face plan of ``source`` (``width`` and
+    ``height`` already times dpr). At zoom=0 the face region is the whole image (published step
+    5 caps the crop at the image), so the crop is the whole image, or, with a cropping fit and
+    both sides, the largest crop of the box's aspect ratio, which the faces only place. When
+    that crop is the whole image as well, no face can move it: detection would change no
+    output pixel (docs/detector.md)."""
+    if zoom != 0:
+        return True
+    if width is None or height is None or fit not in CROPPING_FITS:
+        return False
+    box = crop_target(source, Size(width, height), fit)
+    crop = largest_crop(source.width, source.height, box.width / box.height)
+    return crop != (source.width, source.height)
 
 
 # --- the plan ---------------------------------------------------------------------------------
