@@ -1,13 +1,20 @@
 from __future__ import annotations
 
 import json
+import pickle
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 import pyvips
 from tests import images
+
+from focal.cli import main
+from focal.commands import batch
+from focal.commands import transform as command
+from focal.detection import Face, RGBImage
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -172,3 +179,38 @@ def test_detect_refuses_a_zoom_out_of_range_by_name_without_a_traceback(tmp_path
     assert "argument --zoom: Expected a number from 0 to 1 for zoom but received '2'" in done.stderr
     assert "Traceback" not in done.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_face_crop_side_flag_reaches_transform_and_batchs_first_phase(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[tuple[int, int]] = []
+
+    class Recorder:
+        model_id = "recorder"
+
+        def detect(self, shown: Sequence[RGBImage]) -> list[list[Face]]:
+            seen.extend((image.shape[1], image.shape[0]) for image in shown)
+            return [[] for _ in shown]
+
+    monkeypatch.setattr(command, "open_detector", lambda config: Recorder())
+    src = tmp_path / "wide.png"
+    pyvips.Image.black(2048, 1366, bands=3).pngsave(str(src))
+    options = "width=256,height=256,fit=cover,gravity=face"
+    # the 256 px output of a 1366 px crop: twice its scale is 768 px on the long side
+    for side, size in (("cap", (1024, 683)), ("output", (768, 512))):
+        seen.clear()
+        out = tmp_path / f"{side}.jpg"
+        args = ["transform", str(src), "-o", str(out), "--options", options]
+        assert main([*args, "--face-crop-side", side]) == 0
+        assert seen == [size], side
+    job = batch.Job(
+        options_text=options,
+        src=batch.Tree(folder=str(tmp_path)),
+        dest=batch.Tree(folder=str(tmp_path / "out")),
+        max_pixels=100_000_000,
+        face_crop_side="output",
+    )
+    row = batch.prepare({"src": str(src), "rel": "wide.png"}, job)
+    assert row["error"] == ""
+    assert pickle.loads(row["input"]).page.shape[:2] == (512, 768)

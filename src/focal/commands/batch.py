@@ -55,7 +55,7 @@ from focal.detection_input import Answer, DetectionInput, detection_input
 from focal.errors import FocalError, ModelMissingError, OptionError
 from focal.face.retinaface import PAD_MULTIPLE
 from focal.files import write_atomic
-from focal.geometry import INFERENCE_CAP
+from focal.geometry import FACE_CROP_SIDE, INFERENCE_CAP
 from focal.options import Options, parse_options
 from focal.pipeline import Limits
 from focal.server import objectstore
@@ -268,6 +268,7 @@ class Job:
     max_bytes: int = Limits.max_bytes
     detector_kwargs: dict[str, Any] = field(default_factory=dict)
     detector_url: str = ""  # the detector service, instead of a model in the actors
+    face_crop_side: str = FACE_CROP_SIDE  # focal.geometry.FACE_CROP_SIDES
 
     @property
     def options(self) -> Options:
@@ -295,7 +296,13 @@ def prepare(row: dict[str, Any], job: Job) -> dict[str, Any]:
         limits = job.limits
         out["data"] = data = job.src.read(row["rel"], limits.max_bytes)
         if job.options.needs_faces:
-            inputs = detection_input(data, job.options, cap=job.max_side, limits=limits)
+            inputs = detection_input(
+                data,
+                job.options,
+                cap=job.max_side,
+                limits=limits,
+                face_crop_side=job.face_crop_side,
+            )
             out["input"] = pickle.dumps(inputs)
     except (FocalError, OSError) as error:
         out["error"] = reason(error)
@@ -488,6 +495,7 @@ def run(args: argparse.Namespace) -> int:
         max_bytes=args.max_bytes,
         detector_kwargs=detector_kwargs(args),
         detector_url=args.detector_url,
+        face_crop_side=args.face_crop_side,
     )
     started_here = not ray.is_initialized() and bool(plan.todo)
     if started_here:

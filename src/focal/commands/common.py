@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 from focal.errors import FocalError, OptionError
 from focal.face.retinaface import CROP_THRESHOLD
 from focal.face.sessions import MIN_MAX_SIDE, PRECISIONS, RUNTIMES
-from focal.geometry import INFERENCE_CAP
+from focal.geometry import FACE_CROP_SIDE, FACE_CROP_SIDES, INFERENCE_CAP
 from focal.options import BY_KEY, Format, Options
 from focal.pipeline import Limits
 
@@ -86,6 +86,14 @@ def add_job_arguments(p: Any, *, folder: str = "") -> None:
         default=INFERENCE_CAP,
         help=f"most pixels per side detection runs on ({MIN_MAX_SIDE} to {INFERENCE_CAP}; smaller "
         "is faster and finds fewer small faces, docs/detector.md)",
+    )
+    p.add_argument(
+        "--face-crop-side",
+        choices=FACE_CROP_SIDES,
+        default=FACE_CROP_SIDE,
+        help="the side a zoom=0 face crop detects at: cap (the detector's side, the published "
+        "algorithm) or output (twice the output's scale: faster, finds fewer small faces; "
+        "docs/detector.md)",
     )
     p.add_argument(
         "--batch",

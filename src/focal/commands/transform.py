@@ -45,6 +45,7 @@ from focal.errors import FocalError, ForbiddenError, ModelMissingError, OptionEr
 from focal.face.batching import BatchingDetector
 from focal.face.sessions import DetectorConfig, open_detector
 from focal.files import write_atomic
+from focal.geometry import FACE_CROP_SIDE
 from focal.options import Format, Options, parse_options
 from focal.pipeline import Limits, Result, overlay_error, transform
 from focal.server.origins import LocalOrigin, is_remote
@@ -111,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as error:
         print(f"focal: the {args.runtime} runtime is not installed ({error})", file=sys.stderr)
         return USAGE
-    work = _Work(options, detector, limits, overlays)
+    work = _Work(options, detector, limits, overlays, args.face_crop_side)
     if args.src.is_dir():
         return _folder(args, work)
     return _single(args, work)
@@ -147,6 +148,7 @@ class _Work:
     detector: Detector | None
     limits: Limits
     overlays: dict[str, bytes]
+    face_crop_side: str = FACE_CROP_SIDE
 
     def one(self, src: Path, out: Path) -> Result:
         """``src`` transformed and written whole to ``out``."""
@@ -157,6 +159,7 @@ class _Work:
             detector=self.detector,
             limits=self.limits,
             overlays=self.overlays,
+            face_crop_side=self.face_crop_side,
         )
         write_atomic(out, result.data)
         return result

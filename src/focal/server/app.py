@@ -125,6 +125,11 @@ class Service:
         """The detector the pipeline gets (the playground reads it too)."""
         return self.detection.detector
 
+    @property
+    def face_crop_side(self) -> str:
+        """The side a face crop detects at (the playground's uploads follow it too)."""
+        return self.settings.face_crop_side
+
     async def run(self, job: Callable[[], Result], cancel: Cancel | None = None) -> Result:
         """A transformation on the image threads (the playground's uploads too)."""
         return await self.workers.run(job, cancel)

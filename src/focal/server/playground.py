@@ -46,6 +46,7 @@ from focal.errors import (
     LimitError,
     NotFoundError,
 )
+from focal.geometry import FACE_CROP_SIDE
 from focal.options import parse_options
 from focal.pipeline import Cancel, Limits, Result, transform
 from focal.presets import expand as expand_presets
@@ -111,6 +112,9 @@ class Engine(Protocol):
     @property
     def detector(self) -> Detector | None: ...
 
+    @property
+    def face_crop_side(self) -> str: ...
+
     async def run(self, job: Callable[[], Result], cancel: Cancel | None = None) -> Result: ...
 
 
@@ -120,6 +124,7 @@ class Standalone:
 
     limits: Limits = field(default_factory=Limits)
     detector: Detector | None = None
+    face_crop_side: str = FACE_CROP_SIDE
 
     async def run(self, job: Callable[[], Result], cancel: Cancel | None = None) -> Result:
         try:
@@ -314,7 +319,13 @@ async def transform_upload(
 
     def job() -> Result:
         return transform(
-            data, options, detector=detector, limits=limits, accept=accept, cancel=cancel
+            data,
+            options,
+            detector=detector,
+            limits=limits,
+            accept=accept,
+            cancel=cancel,
+            face_crop_side=engine.face_crop_side,
         )
 
     result = await engine.run(job, cancel)
