@@ -312,6 +312,7 @@ THREEWAY_TITLES = {
     "threeway_threads_face": "## 2j. Image threads per worker: face crops and cached variants",
     "threeway_workers_threads": "## 2k. Two workers, one or two image threads each: cold resizes",
     "threeway_workers_threads_face": "## 2l. Two workers, one or two image threads each: face crops",
+    "threeway_face_skip": "## 2m. Face crops that no face can move: not detected",
 }
 
 
@@ -742,6 +743,7 @@ OPTIONAL = {
     "threeway_threads_face",
     "threeway_workers_threads",
     "threeway_workers_threads_face",
+    "threeway_face_skip",
     "detector_service",
 }
 SECTIONS = (
@@ -758,6 +760,7 @@ SECTIONS = (
     ("threeway_threads_face", threeway_section),
     ("threeway_workers_threads", threeway_section),
     ("threeway_workers_threads_face", threeway_section),
+    ("threeway_face_skip", threeway_section),
     ("floor", floor_section),
     ("face_crop_breakdown", breakdown_section),
     ("face_cost", face_cost_section),
