@@ -181,6 +181,19 @@ def test_detect_refuses_a_zoom_out_of_range_by_name_without_a_traceback(tmp_path
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.timeout(120)
+def test_detect_refuses_a_score_threshold_out_of_range_by_name(tmp_path: Path) -> None:
+    out = tmp_path / "drawn.png"
+    args = ("detect", images.DEMO / "astronaut.jpg", "--draw", out, "--score-threshold")
+    for value in ("1.5", "-0.1", "nan", "half"):
+        done = focal(*args, value)
+        assert done.returncode == 2, value
+        expected = "argument --score-threshold: expected a number from 0 to below 1, received"
+        assert expected in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_the_face_crop_side_flag_reaches_transform_and_batchs_first_phase(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 import pyvips
 
 from focal import geometry
-from focal.commands.common import option_flag
+from focal.commands.common import option_flag, unit_float
 from focal.detection import Face
 from focal.errors import FocalError, ModelMissingError
 from focal.face import detector as cpu
@@ -43,7 +43,12 @@ def register(sub: Any) -> None:
     p.add_argument("--model-dir", type=Path, default=None, help="model cache dir")
     p.add_argument("--runtime", choices=sessions.CPU_RUNTIMES, default="auto")
     p.add_argument("--precision", choices=sessions.PRECISIONS, default=sessions.DEFAULT_PRECISION)
-    p.add_argument("--score-threshold", type=float, default=Settings.score_threshold)
+    p.add_argument(
+        "--score-threshold",
+        type=unit_float,
+        default=Settings.score_threshold,
+        help="lowest score listed as a face (0 to below 1)",
+    )
     p.set_defaults(func=run)
 
 

@@ -538,13 +538,15 @@ class Dispatch:
 
 
 def build_routes(
-    settings: Settings, engine: playground.Engine | None = None
+    settings: Settings,
+    engine: playground.Engine | None = None,
+    crawler_policy: crawlers.Policy | None = None,
 ) -> Sequence[BaseRoute]:
     routes: list[BaseRoute] = [
         Route("/healthz", healthz, methods=["GET", "HEAD"]),
         Route("/metrics", metrics, methods=["GET"]),
     ]
-    routes += crawlers.routes(settings)  # /robots.txt, with crawler settings
+    routes += crawlers.routes(settings, crawler_policy)  # /robots.txt, with crawler settings
     extra = playground.routes(settings, engine)  # none unless playground.enabled(settings)
     if not any(getattr(r, "path", None) == "/" for r in extra):
         routes.append(Route("/", index, methods=["GET", "HEAD"]))
@@ -594,7 +596,7 @@ def create_app(
             await anyio.to_thread.run_sync(service.detection.stop)
 
     app = Starlette(
-        routes=list(build_routes(settings, service)),
+        routes=list(build_routes(settings, service, service.crawlers)),
         middleware=[Middleware(Dispatch)],
         exception_handlers={HTTPException: http_error},
         lifespan=lifespan,

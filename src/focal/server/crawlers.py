@@ -535,19 +535,19 @@ def enabled(settings: Settings) -> bool:
     return bool(settings.crawler_rules) or serves_robots(settings)
 
 
-async def robots_endpoint(request: Request) -> Response:
-    policy: Policy | None = request.app.state.service.crawlers
-    text = policy.robots if policy is not None else None
-    if text is None:
-        raise HTTPException(404)
-    return PlainTextResponse(text, headers={"Cache-Control": "max-age=3600"})
-
-
-def routes(settings: Settings) -> list[BaseRoute]:
-    """/robots.txt when a robots setting is set; nothing otherwise (404, as without them)."""
+def routes(settings: Settings, policy: Policy | None) -> list[BaseRoute]:
+    """/robots.txt when a robots setting is set, answered from ``policy`` (the one
+    :func:`build` made of the same settings); nothing otherwise (404, as without them)."""
     if not serves_robots(settings):
         return []
-    return [Route("/robots.txt", robots_endpoint, methods=["GET", "HEAD"])]
+    text = policy.robots if policy is not None else None
+
+    async def robots(request: Request) -> Response:
+        if text is None:
+            raise HTTPException(404)
+        return PlainTextResponse(text, headers={"Cache-Control": "max-age=3600"})
+
+    return [Route("/robots.txt", robots, methods=["GET", "HEAD"])]
 
 
 def serves_robots(settings: Settings) -> bool:
