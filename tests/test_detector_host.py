@@ -140,7 +140,7 @@ def test_a_worker_that_exits_leaves_nothing_queued(hosted: Hosted, tmp_path: Pat
 
 
 def test_a_stopped_host_fails_asks_at_once(hosted: Hosted, tmp_path: Path) -> None:
-    sleepy = fake("sleepy", ("delay_s", 30.0), ("signal_dir", str(tmp_path)))
+    sleepy = fake("sleepy", ("delay_s", 10.0), ("signal_dir", str(tmp_path)))
     host, _ = hosted(replace(sleepy, deadline_s=60))
     remote = link(host, deadline_s=60)
     waiting = in_thread(remote, SLOW)
@@ -148,7 +148,7 @@ def test_a_stopped_host_fails_asks_at_once(hosted: Hosted, tmp_path: Path) -> No
     stopping = threading.Thread(target=host.stop)  # the pool waits out the batch in flight
     stopping.start()
     with pytest.raises(DetectionFailed):
-        waiting.result(15)  # at once, not at the 60 s deadline nor after the 30 s batch
+        waiting.result(8)  # at once, not at the 60 s deadline nor after the 10 s batch
     with pytest.raises(DetectionFailed, match="gone"):
         remote.detect([image_with(3)])
     stopping.join(60)
