@@ -89,7 +89,7 @@ def markdown() -> str:
     lines = [
         "# Configuration",
         "",
-        "<!-- Generated from src/focal/server/settings.py by "
+        "<!-- Generated from src/focal/server/settings_table.py by "
         "`python -m focal.server.settings > docs/configuration.md`; do not edit by hand. -->",
         "",
         "`focal serve` reads its settings from, lowest precedence first: the defaults below, a "
