@@ -1,8 +1,9 @@
 """A request that asks for redaction never yields an unredacted face, by any path of a real
 ``focal serve``: onerror=redirect (no redirect to the original), format=json, the playground's
 upload, presets, signed URLs and the variant cache, with the detector down (the model missing),
-and with trim=border (which redaction cannot follow). With the real model, the default strength
-leaves no face that focal's own detector finds, and strengths below the floor are raised to it."""
+and with trim=border. With the real model, the default strength leaves no face that focal's own
+detector finds (with trim=border too: faces are found on the trimmed image), and strengths below
+the floor are raised to it."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import pyvips
 from tests.live import Live, serve
 from tests.model_fixtures import require_model_dir
 from tests.test_server import DEMO
@@ -30,6 +32,11 @@ def root_folder(folder: Path) -> Path:
     root = folder / "root"
     root.mkdir(exist_ok=True)
     shutil.copy(DEMO / "astronaut.jpg", root / "astronaut.jpg")
+    # the photo off-centre on a wide white border: trim=border cuts 300 px left, 40 right,
+    # 160 top and 20 bottom, so faces found on the untrimmed image would land far off the face
+    photo = pyvips.Image.new_from_buffer(ORIGINAL, "")
+    framed = photo.embed(300, 160, photo.width + 340, photo.height + 180, extend="white")
+    framed.pngsave(str(root / "framed.png"))
     return root
 
 
@@ -149,6 +156,22 @@ def test_a_redacted_face_is_not_found_by_focals_detector(seeing: Live, style: st
         response = httpx.get(seeing.url(f"/cdn-cgi/image/{options}/astronaut.jpg"), timeout=60)
         assert response.status_code == 200
         assert [s for s in faces_found(response.content) if s >= 0.5] == [], strength
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_a_face_redacted_after_trim_border_is_not_found_by_focals_detector(seeing: Live) -> None:
+    trimmed = httpx.get(seeing.url("/cdn-cgi/image/trim=border,format=png/framed.png"), timeout=60)
+    assert trimmed.status_code == 200
+    assert pyvips.Image.new_from_buffer(trimmed.content, "").width == 512  # the photo alone
+    assert max(faces_found(trimmed.content)) > 0.9  # the face is there once trimmed
+    for options in ("redact=faces,trim=border", "redact=faces,trim=border,width=300,fit=cover"):
+        path = f"/cdn-cgi/image/{options},format=png/framed.png"
+        response = httpx.get(seeing.url(path), timeout=60)
+        assert response.status_code == 200, response.text
+        out = pyvips.Image.new_from_buffer(response.content, "")
+        assert out.width in (512, 300), options
+        assert [s for s in faces_found(response.content) if s >= 0.5] == [], options
 
 
 @pytest.mark.slow

@@ -221,12 +221,6 @@ RULES: tuple[Rule, ...] = (
         lambda o: f"redact-strength={o.redact_strength} without it",
     ),
     Rule(
-        "trim",
-        "no trim=border alongside redact=faces (faces are found on the untrimmed image)",
-        lambda o: o.redact and o.trim is not None and o.trim.border,
-        lambda o: "trim=border",
-    ),
-    Rule(
         "zoom",
         "gravity=face alongside it",
         lambda o: o.zoom != 0 and not o.face_gravity,
