@@ -15,6 +15,7 @@ starts slowly); the last test stops it and starts it again.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -32,6 +33,7 @@ import pyvips
 from tests.model_fixtures import require_model
 from tests.servers import Child, start_detector_service, start_redis
 from tests.test_server import DEMO, Server, start_server
+from tests.test_workers import children
 
 from focal.cli import main
 from focal.server import inference_protocol as oip
@@ -241,6 +243,41 @@ def test_focal_batch_crops_through_the_service_as_transform_does(
         assert got["crop"] == expected["crop"] and got["faces"] == expected["faces"], name
         found += len(got["faces"])
     assert found >= 2  # the crops depend on faces the service found
+
+
+@pytest.mark.timeout(900)
+def test_two_workers_crop_faces_through_the_service(
+    service: Holder, root: Path, tmp_path: Path
+) -> None:
+    """focal serve --workers 2 with detector_url: each worker reaches the service itself (no
+    detector pool is started for them), every crop is a face crop, none degraded."""
+    args = [*instance_args(root, tmp_path / "cache"), "--workers", "2"]
+    args += ["--detector-url", service.child.url, "--detector-deadline-s", "20"]
+    server = start_server(tmp_path, args)
+    try:
+        paths = [crop_path(i, width=150) for i in range(IMAGES)]
+        with ThreadPoolExecutor(4) as pool:  # several connections: the kernel shares them out
+            replies = list(pool.map(lambda path: get(server, path), paths))
+        for reply in replies:
+            assert reply.status_code == 200, reply.text
+            assert reply.headers["focal-gravity"] == "face" and not degraded(reply)
+        assert metric(server, "focal_detector_service_up") == 1
+        # every worker's answers, counted once each (a worker publishes its counts within 0.1 s)
+        answers = "focal_detector_service_answers_total"
+        deadline = time.monotonic() + 10
+        while metric(server, answers) < IMAGES and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert metric(server, answers) == IMAGES
+        workers = children(server.process.pid)
+        assert len(workers) >= 2
+        spawned = [*workers, *(pid for worker in workers for pid in children(worker))]
+        commands = []
+        for pid in spawned:
+            with contextlib.suppress(OSError):  # a process that has just exited
+                commands.append(Path(f"/proc/{pid}/cmdline").read_bytes())
+        assert not [c for c in commands if b"focal.server.detection.worker" in c]  # no pool
+    finally:
+        server.stop()
 
 
 @pytest.mark.timeout(900)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from focal.server.metrics import STALE_AFTER_S, Gauges, Metrics, SharedMetrics, merge, parse
+from focal.server.service_client import ServiceDetector
 
 
 def exposition(status: int, requests: int, seconds: float, waiting: int, restarts: int) -> str:
@@ -73,3 +74,28 @@ def test_workers_publish_atomically_and_an_old_snapshot_is_not_live(tmp_path: Pa
     os.utime(second.path, (old, old))
     assert [live for _, live in first.others()] == [False]
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def service_exposition(answered: int, reachable: bool, latency_ms: float) -> str:
+    """One worker's exposition with the detector service client's families (detector_url)."""
+    client = ServiceDetector("http://127.0.0.1:9", deadline_s=1.0)
+    client.stats.answered = answered
+    client.stats.reachable = reachable
+    client.stats.latency_ms.observe(latency_ms)
+    metrics = Metrics()
+    metrics.extra.append(client.metric_lines)
+    text = metrics.render(Gauges(detector_restarts=3))
+    client.stop()
+    return text
+
+
+def test_each_workers_detector_service_client_counts_and_up_means_every_worker_reaches_it() -> None:
+    own = service_exposition(answered=5, reachable=True, latency_ms=40.0)
+    other = service_exposition(answered=7, reachable=False, latency_ms=900.0)
+    text = merge(own, [(other, True)])
+    assert value(text, "focal_detector_service_answers_total") == "12"
+    assert value(text, "focal_detector_service_latency_ms_count") == "2"
+    assert value(text, "focal_detector_service_up") == "0"  # one live worker cannot reach it
+    assert value(merge(own, [(own, True)]), "focal_detector_service_up") == "1"
+    assert value(merge(own, [(other, False)]), "focal_detector_service_up") == "1"  # exited
+    assert value(text, "focal_detector_restarts_total") == "3"  # the host's pool: not doubled

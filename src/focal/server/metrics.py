@@ -225,7 +225,10 @@ SHARE_INTERVAL_S = 1.0  # how often a worker publishes its exposition for the ot
 PUBLISH_AFTER_S = 0.1  # and at most this long after a request it counted
 STALE_AFTER_S = 5.0  # a snapshot older than this is a worker that has exited
 HOST_WIDE = ("focal_detector_", "focal_cache_bytes")  # the same in every worker: the host's own
+# ... except the detector service's client: each worker has its own (detector_url)
+PER_WORKER = ("focal_detector_service_",)
 PEAKS = ("focal_event_loop_lag_max_seconds",)  # the largest, not the sum
+LOWEST = ("focal_detector_service_up",)  # 1 only where every live worker reaches the service
 
 
 @dataclass
@@ -258,9 +261,9 @@ def parse(text: str) -> dict[str, Family]:
     return families
 
 
-def _combined(mine: str, theirs: str, peak: bool) -> str:
+def _combined(mine: str, theirs: str, name: str) -> str:
     a, b = float(mine), float(theirs)
-    value = max(a, b) if peak else a + b
+    value = max(a, b) if name in PEAKS else min(a, b) if name in LOWEST else a + b
     if all(c.isdigit() or c == "-" for c in mine + theirs) and math.isfinite(value):
         return str(int(value))
     return f"{value:.6f}"
@@ -269,19 +272,19 @@ def _combined(mine: str, theirs: str, peak: bool) -> str:
 def merge(own: str, others: Sequence[tuple[str, bool]]) -> str:
     """This worker's exposition with the other workers' added: counters and histograms summed
     over every snapshot (those of exited workers too, so that totals never go down), gauges over
-    the live ones only (``(text, live)``), peaks as the largest; the host-wide families (the
-    detector pool's, the variant cache's size: every worker reads the same) stay this worker's."""
+    the live ones only (``(text, live)``), peaks as the largest, the service's reachability as
+    the lowest; the host-wide families (the detector pool's, the variant cache's size: every
+    worker reads the same) stay this worker's."""
     merged = parse(own)
     for text, live in others:
         for name, family in parse(text).items():
-            if name.startswith(HOST_WIDE) or (family.kind == "gauge" and not live):
+            host_wide = name.startswith(HOST_WIDE) and not name.startswith(PER_WORKER)
+            if host_wide or (family.kind == "gauge" and not live):
                 continue
             mine = merged.setdefault(name, Family(name, family.kind, family.header))
             for key, value in family.samples.items():
                 known = mine.samples.get(key)
-                mine.samples[key] = (
-                    value if known is None else _combined(known, value, name in PEAKS)
-                )
+                mine.samples[key] = value if known is None else _combined(known, value, name)
     lines: list[str] = []
     for family in merged.values():
         lines += family.header
