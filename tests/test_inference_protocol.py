@@ -4,9 +4,11 @@ client of a service that is not there: no Ray, no model."""
 from __future__ import annotations
 
 import asyncio
+import http.server
 import json
 import re
 import socket
+import threading
 from pathlib import Path
 
 import httpx
@@ -15,7 +17,7 @@ import pytest
 from tests.test_server import DEMO
 
 from focal.detection import DetectionFailed, Face
-from focal.errors import SettingsError
+from focal.errors import BusyError, SettingsError
 from focal.server import inference_protocol as oip
 from focal.server.app import Origins, create_app
 from focal.server.origins import LocalOrigin, is_remote
@@ -235,3 +237,94 @@ def test_focal_detector_serve_refuses_bad_settings_and_a_missing_model(
     assert "detector_service_max_batch" in capsys.readouterr().err
     assert main(["detector", "serve"]) == 3  # before any Ray starts
     assert "focal models fetch" in capsys.readouterr().err
+
+
+class RefusingService:
+    """A detector service of our own on loopback: healthy, a model, and every inference answered
+    with ``status`` (503: Serve's answer when its queue is full)."""
+
+    def __init__(self, status: int) -> None:
+        outer = self
+        self.infers = 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path == oip.METADATA_PATH:
+                    body = json.dumps({"parameters": {"model_id": "refusing", "max_side": 1024}})
+                    self.answer(200, body.encode())
+                else:
+                    self.answer(200, b"success")
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("content-length", 0)))
+                outer.infers += 1
+                self.answer(status, b'{"error": "refused"}')
+
+            def answer(self, code: int, body: bytes) -> None:
+                self.send_response(code)
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("status", "error"), [(503, BusyError), (500, DetectionFailed)])
+def test_a_full_service_queue_is_busy_and_a_failing_replica_a_failed_detection(
+    status: int, error: type[Exception]
+) -> None:
+    service = RefusingService(status)
+    detector = ServiceDetector(service.url, 5.0, health_interval_s=60)
+    detector.start()
+    try:
+        with pytest.raises(error) as raised:
+            detector.detect([image()])
+        assert service.infers == 2  # one retry, then the answer
+        if isinstance(raised.value, BusyError):
+            assert raised.value.retry_after >= 1
+        lines = list(detector.metric_lines())
+        assert f'focal_detector_service_errors_total{{reason="status_{status}"}} 1' in lines
+    finally:
+        detector.stop()
+        service.stop()
+
+
+@pytest.mark.timeout(120)
+def test_focal_serve_answers_503_with_retry_after_while_the_service_is_full(
+    tmp_path: Path,
+) -> None:
+    service = RefusingService(503)
+    try:
+        settings = Settings(cache_dir=tmp_path / "cache", detector_url=service.url)
+        asyncio.run(busy_service(settings))
+    finally:
+        service.stop()
+
+
+async def busy_service(settings: Settings) -> None:
+    origin = LocalOrigin(DEMO, settings.max_bytes)
+    app = create_app(settings, Origins(local=origin, remote=None, is_remote=is_remote))
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://t") as client,
+    ):
+        assert (await client.get("/healthz")).json()["face"] == "ready"
+        for options in ("width=160,height=100,fit=cover,gravity=face", "width=160,redact=faces"):
+            busy = await client.get(f"/cdn-cgi/image/{options}/astronaut.jpg")
+            assert busy.status_code == 503, options
+            assert int(busy.headers["retry-after"]) >= 1
+            assert "busy" in busy.json()["error"]
+        plain = await client.get("/cdn-cgi/image/width=100/astronaut.jpg")
+        assert plain.status_code == 200

@@ -57,6 +57,11 @@ def service_config(settings: Settings) -> Any:
             "Expected at least 1 for detector_service_max_batch but received "
             f"{settings.detector_service_max_batch}"
         )
+    if settings.detector_service_queue < 0:
+        raise SettingsError(
+            "Expected at least 0 for detector_service_queue but received "
+            f"{settings.detector_service_queue}"
+        )
     return ServiceConfig(
         factory_args=detector_config(settings).factory_args(),
         max_batch=settings.detector_service_max_batch,
@@ -67,6 +72,7 @@ def service_config(settings: Settings) -> Any:
         target_requests=max(settings.detector_service_target_requests, 0.1),
         replica_cpus=settings.detector_service_replica_cpus,
         replica_gpus=settings.detector_service_replica_gpus,
+        queue=settings.detector_service_queue,
     )
 
 

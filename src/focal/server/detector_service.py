@@ -59,6 +59,7 @@ class ServiceConfig:
     target_requests: float = 4.0
     replica_cpus: float = 1.0
     replica_gpus: float = 0.0
+    queue: int = 64  # images the proxy holds for a replica, past which it answers 503; 0: any
 
 
 @dataclass
@@ -214,6 +215,7 @@ def application(config: ServiceConfig) -> Any:
             "upscale_delay_s": 1.0,
         },
         max_ongoing_requests=max(2 * config.max_batch, 8),
+        max_queued_requests=config.queue if config.queue > 0 else -1,
         health_check_period_s=2.0,
         health_check_timeout_s=30.0,
     )

@@ -10,7 +10,8 @@ detection deadline sent with it. The process loads no model and imports no infer
 - A replica that fails (connection reset, 5xx) costs one retry, which the service's proxy
   routes to a live replica; past that, or past the deadline, :class:`DetectionFailed`: the
   pipeline answers the centre crop marked degraded, and the server does not cache it (the same
-  path as a detector pool whose worker died).
+  path as a detector pool whose worker died). A service whose queue is full (503, twice) is
+  :class:`focal.errors.BusyError`: 503 with Retry-After, as a full local pool answers.
 - A thread checks the service every ``HEALTH_INTERVAL_S`` (the proxy's ``/-/healthz``, and the
   model's metadata once, for its id and detection side). While it does not answer, detections
   fail at once instead of waiting for their deadline; when it answers again they resume.
@@ -33,6 +34,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from focal.detection import DetectionFailed, Face, RGBImage
+from focal.errors import BusyError
 from focal.geometry import INFERENCE_CAP
 from focal.server import inference_protocol as oip
 from focal.server import logs
@@ -46,6 +48,8 @@ UNKNOWN_MODEL = "detector-service-not-reached"
 LATENCY_BUCKETS_MS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 PARALLEL_IMAGES = 8  # a call with several images sends them at once (focal batch)
+BUSY = "status_503"  # the service's queue is full (Serve's back pressure answer)
+BUSY_RETRY_AFTER_S = 1
 
 
 def caller_id() -> str:
@@ -261,6 +265,8 @@ class ServiceDetector:
             if reply.status_code < 500 or reply.status_code == 504:
                 break
         self._count_error(reason or "timeout")
+        if reason == BUSY:  # its queue is full (detector_service_queue), twice: as a full pool
+            raise BusyError("face detection is busy, retry later", retry_after=BUSY_RETRY_AFTER_S)
         if reason == "timeout" or not reason:
             raise DetectionFailed(f"face detection passed its {self.deadline_s:g} s deadline")
         raise DetectionFailed(f"the detector service failed ({reason})")

@@ -114,6 +114,7 @@ class Settings:
     detector_service_replica_gpus: float = DEFAULTS["detector_service_replica_gpus"]
     detector_service_max_batch: int = DEFAULTS["detector_service_max_batch"]
     detector_service_batch_wait_ms: float = DEFAULTS["detector_service_batch_wait_ms"]
+    detector_service_queue: int = DEFAULTS["detector_service_queue"]
     log_level: str = DEFAULTS["log_level"]
     playground: str = DEFAULTS["playground"]  # auto, on or off
     robots_txt: str = DEFAULTS["robots_txt"]

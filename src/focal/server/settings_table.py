@@ -427,6 +427,14 @@ SETTINGS: tuple[Setting, ...] = (
         "detector_service",
         "Longest a batch waits for more images after its first (ms).",
     ),
+    _s(
+        "detector_service_queue",
+        "int",
+        64,
+        "detector_service",
+        "Images the service's proxy holds waiting for a replica; past it the service answers 503 "
+        "and focal answers 503 with Retry-After, as a full local pool does (0: no limit).",
+    ),
     _s("log_level", "str", "info", "server", "One of debug, info, warning, error."),
     _s(
         "playground",
