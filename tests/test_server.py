@@ -435,6 +435,46 @@ class FailingDetector:
         raise DetectionFailed("the detector worker died")
 
 
+class NoFaceDetector:
+    """Finds no face, and counts the images it was shown."""
+
+    model_id = "no-face-test-detector"
+
+    def __init__(self) -> None:
+        self.shown = 0
+
+    def detect(self, images: Sequence[Any]) -> list[list[Any]]:
+        self.shown += len(images)
+        return [[] for _ in images]
+
+
+def test_a_crop_no_face_can_move_is_counted_apart_from_fallbacks(tmp_path: Path) -> None:
+    """coffee.jpg is 600x400: a 3:2 crop of it is the whole image, a square one can move."""
+    settings = Settings(cache_dir=tmp_path / "cache", face=False)
+    app = create_app(settings, Origins(local=SlowOrigin(0.0), remote=None, is_remote=is_remote))
+    detector = NoFaceDetector()
+    app.state.service.detection = Detection(detector=detector, state="ready")
+    whole = "/cdn-cgi/image/width=300,height=200,fit=cover,gravity=face/a.jpg"
+    square = "/cdn-cgi/image/width=200,height=200,fit=cover,gravity=face/a.jpg"
+
+    async def asks() -> tuple[list[httpx.Response], str]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            replies = [await client.get(path) for path in (whole, square)]
+            return replies, (await client.get("/metrics")).text
+
+    try:
+        (undetected, fallen), metrics = asyncio.run(asks())
+    finally:
+        app.state.service.workers.shutdown()
+    assert undetected.status_code == 200 and undetected.headers["focal-gravity"] == "center"
+    assert undetected.headers["focal-gravity-fallback"].startswith("not detected: the crop is")
+    assert fallen.headers["focal-gravity-fallback"] == "no face found"
+    assert detector.shown == 1  # the square crop only
+    assert "focal_face_crops_undetected_total 1" in metrics.splitlines()
+    assert "focal_face_fallbacks_total 1" in metrics.splitlines()
+
+
 def test_degraded_results_are_marked_and_never_cached(tmp_path: Path) -> None:
     settings = Settings(cache_dir=tmp_path / "cache", face=False)
     app = create_app(settings, Origins(local=SlowOrigin(0.0), remote=None, is_remote=is_remote))

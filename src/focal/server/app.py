@@ -291,8 +291,8 @@ async def produce(service: Service, request: Request, trace: Trace) -> Response:
     if variants.enabled and cacheable(options, result, accept):
         for each in {key, asked}:  # the same bytes and ETag under both
             await run_in_threadpool(variants.put, each, Entry(meta, result.data))
-    if result.fallback and options.face_gravity:
-        service.metrics.record_fallback()
+    if options.face_gravity:
+        service.metrics.record_face_crop(result.fallback)
     return variant_response(request, settings, (meta, result), source.last_modified, trace)
 
 

@@ -26,6 +26,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from focal.geometry import FACES_CANNOT_MOVE
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 STAGES = ("fetch", "decode", "detect", "process", "encode", "total")
 BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -122,6 +124,7 @@ class Metrics:
         self.stages: dict[str, Histogram] = {stage: Histogram() for stage in STAGES}
         self.cache: dict[str, int] = {"hit": 0, "miss": 0, "bypass": 0}
         self.fallbacks = 0
+        self.undetected = 0  # face crops no face could move: answered without detection
         self.changes = 0  # counted events so far: a worker publishes when it moves
         self.cache_faults: dict[tuple[str, str, str], int] = {}  # (tier, operation, reason)
         self.loop_lag = LoopLag()
@@ -146,9 +149,14 @@ class Metrics:
         with self._lock:
             self.cache_faults[key] = self.cache_faults.get(key, 0) + 1
 
-    def record_fallback(self) -> None:
+    def record_face_crop(self, fallback: str | None) -> None:
+        """A gravity=face answer: a fallback, or a crop no face could move (not a fallback: the
+        same crop any faces give), or neither."""
         with self._lock:
-            self.fallbacks += 1
+            if fallback == FACES_CANNOT_MOVE:
+                self.undetected += 1
+            elif fallback:
+                self.fallbacks += 1
 
     def render(self, gauges: Gauges) -> str:
         with self._lock:
@@ -170,6 +178,12 @@ class Metrics:
         yield "# HELP focal_face_fallbacks_total gravity=face requests served with a fallback."
         yield "# TYPE focal_face_fallbacks_total counter"
         yield f"focal_face_fallbacks_total {self.fallbacks}"
+        yield (
+            "# HELP focal_face_crops_undetected_total gravity=face crops that no face could "
+            "move (the crop is the whole image), served without detection."
+        )
+        yield "# TYPE focal_face_crops_undetected_total counter"
+        yield f"focal_face_crops_undetected_total {self.undetected}"
         yield (
             "# HELP focal_cache_faults_total Variant cache reads and writes that failed "
             "(served without the cache)."
