@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from typing import Any
 
@@ -263,3 +264,58 @@ def test_a_directory_that_is_not_a_jwks_is_refused() -> None:
     with pytest.raises(botauth.BotAuthError, match="JWKS"):
         botauth.ed25519_keys(json.loads('{"not": "keys"}'))
     assert botauth.ed25519_keys({"keys": [{"kty": "RSA", "n": "x", "e": "AQAB"}]}) == {}
+
+
+def test_a_replayed_signature_is_refused_and_a_fresh_one_passes() -> None:
+    auth = authenticator()
+    headers = wba.sign(HOST_URL)
+    assert run(auth.verify(message(HOST_URL, headers), pinned(), agents=())).keyid
+    with pytest.raises(botauth.BotAuthError, match="replayed"):
+        run(auth.verify(message(HOST_URL, headers), pinned(), agents=()))
+    fresh = wba.sign(HOST_URL)
+    assert fresh["Signature-Input"] != headers["Signature-Input"]  # another nonce
+    assert run(auth.verify(message(HOST_URL, fresh), pinned(), agents=())).keyid
+
+
+def test_a_vector_is_accepted_once_by_one_authenticator() -> None:
+    auth = authenticator(VECTOR_TIME, max_age_s=4e9)
+    vector = wba.vectors("v1")[0]
+    request = message(vector["target_url"], wba.vector_headers(vector))
+    run(auth.verify(request, pinned(), agents=()))
+    with pytest.raises(botauth.BotAuthError, match="replayed"):
+        run(auth.verify(request, pinned(), agents=()))
+
+
+def test_a_request_that_does_not_verify_spends_no_nonce() -> None:
+    auth = authenticator()
+    headers = wba.sign(HOST_URL)
+    elsewhere = HOST_URL.replace("example.com", "example.org")  # not the signed authority
+    with pytest.raises(botauth.BotAuthError, match="does not verify"):
+        run(auth.verify(message(elsewhere, headers), pinned(), agents=()))
+    assert len(auth.nonces) == 0
+    assert run(auth.verify(message(HOST_URL, headers), pinned(), agents=())).keyid
+
+
+def test_nonces_are_kept_until_their_window_ends_and_within_a_bound() -> None:
+    nonces = botauth.Nonces(limit=2)
+    nonces.spend("k", "a", until=100, now=0)
+    with pytest.raises(botauth.BotAuthError, match="replayed"):
+        nonces.spend("k", "a", until=100, now=99)
+    nonces.spend("other-key", "a", until=100, now=99)  # a nonce is per key
+    nonces.spend("k", "a", until=300, now=101)  # its window had ended: forgotten
+    nonces.spend("k", "b", until=200, now=101)
+    nonces.spend("k", "c", until=400, now=101)
+    assert len(nonces) == 2  # the bound: the one ending first (b) forgotten
+    nonces.spend("k", "b", until=500, now=102)
+    with pytest.raises(botauth.BotAuthError, match="replayed"):
+        nonces.spend("k", "c", until=400, now=102)
+
+
+def test_a_nonce_that_is_not_a_short_string_is_refused() -> None:
+    headers = wba.sign(HOST_URL)
+    long_nonce = "n" * (botauth.MAX_NONCE_CHARS + 1)
+    headers["Signature-Input"] = re.sub(
+        r'nonce="[^"]*"', f'nonce="{long_nonce}"', headers["Signature-Input"]
+    )
+    with pytest.raises(botauth.BotAuthError, match="nonce must be a string"):
+        run(authenticator().verify(message(HOST_URL, headers), pinned(), agents=()))

@@ -364,6 +364,8 @@ def test_a_valid_signature_with_keys_from_the_agents_directory_is_verified(
         assert response.status_code == 200, response.text
         assert response.headers["content-type"] == "image/jpeg"
     assert directories["good"].requests == 1  # kept for its max-age
+    # the same signed request again, within its window: its nonce is spent
+    assert_refused(get(live, SMALL, "GPTBot/1.2", old), 403, "InvalidSignature", "replayed")
     logged = [line["crawler"] for line in crawler_lines(live) if line.get("status") == 200]
     assert any(c["name"] == "GPTBot" and c["verified"] and c["agent"] == url for c in logged)
 

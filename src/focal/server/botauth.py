@@ -14,8 +14,10 @@ signature replayed after its window is refused); ``@authority`` covered, ``signa
 covered whenever the header is there, plus any component the caller requires (a price offer);
 the key found by its JWK thumbprint (``keyid``) among the keys the operator pinned or, for an
 agent the operator listed, in its directory; and the signature itself (the signature base is
-built and checked by the ``http-message-signatures`` library). Nonces are not remembered: a
-signature may be replayed within its window.
+built and checked by the ``http-message-signatures`` library); last, a ``nonce`` seen before in a
+verified signature of the same key, while that signature's window lasts, is a replay
+(:class:`Nonces`, this process's memory: a signature without a nonce, or replayed to another
+worker, is not caught).
 
 Key directories are fetched by :class:`KeyDirectory`: only for agents the operator listed,
 https only (http only where every address lies in an explicitly allowed network), every address
@@ -32,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import heapq
 import ipaddress
 import json
 import re
@@ -194,6 +197,7 @@ class Signed:
     created: int
     expires: int
     covered: tuple[tuple[str, tuple[tuple[str, object], ...]], ...]  # (name, params) each
+    nonce: str | None = None
 
     def covers(self, name: str, **params: object) -> bool:
         want = tuple(sorted(params.items()))
@@ -229,10 +233,13 @@ def _signed(label: str, inner: list[Any], params: Mapping[str, object]) -> Signe
         raise BotAuthError("the signature has no keyid")
     if type(created) is not int or type(expires) is not int:
         raise BotAuthError("the signature needs integer created and expires parameters")
+    nonce = params.get("nonce")
+    if nonce is not None and (not isinstance(nonce, str) or len(nonce) > MAX_NONCE_CHARS):
+        raise BotAuthError(f"the signature's nonce must be a string of at most {MAX_NONCE_CHARS}")
     covered = tuple(
         (str(name), tuple(sorted(dict(item_params).items()))) for name, item_params in inner
     )
-    return Signed(label, keyid, created, expires, covered)
+    return Signed(label, keyid, created, expires, covered, nonce)
 
 
 def check_window(signed: Signed, now: float, skew_s: float, max_age_s: float) -> None:
@@ -269,6 +276,36 @@ def verify_signature(
         raise BotAuthError(f"the signature does not verify: {exc}") from None
 
 
+MAX_NONCE_CHARS = 256
+MAX_NONCES = 100_000  # about 30 MiB at the longest nonces
+
+
+@dataclass
+class Nonces:
+    """The nonces of verified signatures, each kept until its signature's window ends: one seen
+    again in that time is a replay. At most ``limit`` are kept (only verified signatures add
+    one); past it the one whose window ends first is forgotten."""
+
+    limit: int = MAX_NONCES
+    _until: dict[tuple[str, str], float] = field(default_factory=dict)
+    _ends: list[tuple[float, tuple[str, str]]] = field(default_factory=list)  # a heap
+
+    def spend(self, keyid: str, nonce: str, until: float, now: float) -> None:
+        """Remember ``nonce`` of ``keyid`` until ``until``; BotAuthError if it is known."""
+        while self._ends and self._ends[0][0] < now:
+            del self._until[heapq.heappop(self._ends)[1]]
+        key = (keyid, nonce)
+        if key in self._until:
+            raise BotAuthError("the signature's nonce was used before (a replayed request)")
+        self._until[key] = until
+        heapq.heappush(self._ends, (until, key))
+        while len(self._until) > self.limit:
+            del self._until[heapq.heappop(self._ends)[1]]
+
+    def __len__(self) -> int:
+        return len(self._until)
+
+
 @dataclass(frozen=True)
 class Verified:
     keyid: str
@@ -283,6 +320,7 @@ class Authenticator:
     skew_s: float = 30.0
     max_age_s: float = 3600.0
     clock: Callable[[], float] = time.time
+    nonces: Nonces = field(default_factory=Nonces)
 
     async def verify(
         self,
@@ -308,6 +346,9 @@ class Authenticator:
         if key is None:
             raise BotAuthError(f"unknown key {signed.keyid[:64]!r}")
         verify_signature(message, signed.label, signed.keyid, key)
+        if signed.nonce is not None:  # verified first: a forged request cannot spend a nonce
+            until = signed.expires + self.skew_s
+            self.nonces.spend(signed.keyid, signed.nonce, until, self.clock())
         return Verified(keyid=signed.keyid, agent=origin)
 
     @staticmethod
