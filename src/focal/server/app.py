@@ -38,7 +38,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from focal import __version__
 from focal.accept import negotiable_formats
-from focal.decode import read_header
 from focal.detection import Detector
 from focal.errors import (
     DeadlineError,
@@ -270,7 +269,9 @@ async def produce(service: Service, request: Request, trace: Trace) -> Response:
     source = await fetch(service, source_raw, trace)
     asked = variant_key(source.identity, normal, accept, model)  # the key the URL maps to
     key = asked
-    clamped = auto_width_clamped(options, source.data, trace)
+    clamped = options
+    if "Sec-CH-Width" in trace.vary and options.width is not None:  # width=auto, hinted
+        clamped = await run_in_threadpool(hints.clamp_to_source_of, options, source.data)
     if clamped is not options:  # a width=auto width the source cannot give: the clamped one's key
         options = trace.options = clamped
         key = variant_key(source.identity, normalise(options) + drawing, accept, model)
@@ -294,18 +295,6 @@ async def produce(service: Service, request: Request, trace: Trace) -> Response:
     if options.face_gravity:
         service.metrics.record_face_crop(result.fallback)
     return variant_response(request, settings, (meta, result), source.last_modified, trace)
-
-
-def auto_width_clamped(options: Options, data: bytes, trace: Trace) -> Options:
-    """A width=auto width brought down to what the source can give (focal.server.hints), read
-    from the source's header; other options unchanged."""
-    if "Sec-CH-Width" not in trace.vary or options.width is None:
-        return options
-    try:
-        header = read_header(data)
-    except FocalError:
-        return options  # the transformation says what is wrong with the source
-    return hints.clamp_to_source(options, max(header.width, header.height))
 
 
 def _transform_job(

@@ -25,6 +25,8 @@ import math
 from collections.abc import Mapping
 from dataclasses import replace
 
+from focal.decode import read_header
+from focal.errors import FocalError
 from focal.options import Fit, Options
 
 WIDTH_HINTS: tuple[str, ...] = ("Sec-CH-Width", "Width", "Sec-CH-Viewport-Width")
@@ -98,3 +100,14 @@ def resolve(options: Options, headers: Mapping[str, str]) -> tuple[Options, tupl
         if slow_connection(headers):
             options = replace(options, quality=options.slow_connection_quality)
     return options, vary
+
+
+def clamp_to_source_of(options: Options, data: bytes) -> Options:
+    """:func:`clamp_to_source` with the longer side read from the header of ``data`` (a thread's
+    work: it parses the source); ``options`` as they are when the header cannot be read (the
+    transformation then says what is wrong with the source)."""
+    try:
+        header = read_header(data)
+    except FocalError:
+        return options
+    return clamp_to_source(options, max(header.width, header.height))
