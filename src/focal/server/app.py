@@ -318,7 +318,7 @@ def _transform_job(
             accept=accept,
             cancel=cancel,
             overlays=overlay_bytes,
-            face_crop_side=service.settings.face_crop_side,
+            face_crop_side=service.face_crop_side,
         )
 
     return job

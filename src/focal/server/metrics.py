@@ -238,9 +238,16 @@ def _gauges(g: Gauges) -> Iterable[str]:
 SHARE_INTERVAL_S = 1.0  # how often a worker publishes its exposition for the others
 PUBLISH_AFTER_S = 0.1  # and at most this long after a request it counted
 STALE_AFTER_S = 5.0  # a snapshot older than this is a worker that has exited
-HOST_WIDE = ("focal_detector_", "focal_cache_bytes")  # the same in every worker: the host's own
-# ... except the detector service's client: each worker has its own (detector_url)
-PER_WORKER = ("focal_detector_service_",)
+# the same in every worker, the host's own: its detector pool's families and the variant cache's
+# size (not the detector service's client: with detector_url each worker has its own)
+HOST_WIDE = (
+    "focal_detector_queue_depth",
+    "focal_detector_restarts_total",
+    "focal_detector_worker_rss_bytes",
+    "focal_detector_batches_total",
+    "focal_detector_detections_total",
+    "focal_cache_bytes",
+)
 PEAKS = ("focal_event_loop_lag_max_seconds",)  # the largest, not the sum
 LOWEST = ("focal_detector_service_up",)  # 1 only where every live worker reaches the service
 
@@ -292,8 +299,7 @@ def merge(own: str, others: Sequence[tuple[str, bool]]) -> str:
     merged = parse(own)
     for text, live in others:
         for name, family in parse(text).items():
-            host_wide = name.startswith(HOST_WIDE) and not name.startswith(PER_WORKER)
-            if host_wide or (family.kind == "gauge" and not live):
+            if name in HOST_WIDE or (family.kind == "gauge" and not live):
                 continue
             mine = merged.setdefault(name, Family(name, family.kind, family.header))
             for key, value in family.samples.items():
