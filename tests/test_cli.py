@@ -4,17 +4,16 @@ import json
 import pickle
 import subprocess
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 import pyvips
 from tests import images
+from tests.test_pipeline import FixedDetector
 
 from focal.cli import main
 from focal.commands import batch
 from focal.commands import transform as command
-from focal.detection import Face, RGBImage
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -197,26 +196,18 @@ def test_detect_refuses_a_score_threshold_out_of_range_by_name(tmp_path: Path) -
 def test_the_face_crop_side_flag_reaches_transform_and_batchs_first_phase(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    seen: list[tuple[int, int]] = []
-
-    class Recorder:
-        model_id = "recorder"
-
-        def detect(self, shown: Sequence[RGBImage]) -> list[list[Face]]:
-            seen.extend((image.shape[1], image.shape[0]) for image in shown)
-            return [[] for _ in shown]
-
-    monkeypatch.setattr(command, "open_detector", lambda config: Recorder())
+    detector = FixedDetector([])  # records the size of every image it is shown
+    monkeypatch.setattr(command, "open_detector", lambda config: detector)
     src = tmp_path / "wide.png"
     pyvips.Image.black(2048, 1366, bands=3).pngsave(str(src))
     options = "width=256,height=256,fit=cover,gravity=face"
     # the 256 px output of a 1366 px crop: twice its scale is 768 px on the long side
     for side, size in (("cap", (1024, 683)), ("output", (768, 512))):
-        seen.clear()
+        detector.seen.clear()
         out = tmp_path / f"{side}.jpg"
         args = ["transform", str(src), "-o", str(out), "--options", options]
         assert main([*args, "--face-crop-side", side]) == 0
-        assert seen == [size], side
+        assert detector.seen == [size], side
     job = batch.Job(
         options_text=options,
         src=batch.Tree(folder=str(tmp_path)),

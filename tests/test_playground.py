@@ -19,6 +19,7 @@ import httpx
 import pytest
 import pyvips
 from starlette.applications import Starlette
+from tests.test_pipeline import FixedDetector
 
 from focal.detection import Face, RGBImage
 from focal.errors import ImageError, LimitError
@@ -429,20 +430,9 @@ def test_the_docs_quote_the_refusal_message_as_it_is() -> None:
     assert refused.value.public in text
 
 
-class SideRecorder(OneFace):
-    """OneFace that records the size of every image it is shown."""
-
-    def __init__(self) -> None:
-        self.seen: list[tuple[int, int]] = []
-
-    def detect(self, images: Sequence[RGBImage]) -> list[list[Face]]:
-        self.seen.extend((im.shape[1], im.shape[0]) for im in images)
-        return super().detect(images)
-
-
 @pytest.mark.parametrize(("side", "seen"), [("cap", (1024, 683)), ("output", (768, 512))])
 def test_uploads_detect_at_the_servers_face_crop_side(side: str, seen: tuple[int, int]) -> None:
-    detector = SideRecorder()
+    detector = FixedDetector([])  # records the size of every image it is shown
     engine = playground.Standalone(DEFAULT_LIMITS, detector, face_crop_side=side)
     app = Starlette(routes=playground.routes(Settings(root=DEMO), engine))
     photo = png_bytes(2048, 1366)
