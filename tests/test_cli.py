@@ -158,6 +158,7 @@ def test_batch_refuses_a_malformed_prefix(tmp_path: Path) -> None:
             "2048",
             "expected a whole number of pixels from 256 to 1024, received '2048'",
         ),
+        ("--face-crop-side", "sideways", "invalid choice: 'sideways' (choose from"),
     ],
 )
 def test_a_bad_number_flag_is_refused_by_name_and_nothing_is_written(
